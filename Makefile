@@ -1,0 +1,44 @@
+# Fresh-machine entry points. Everything installs into .venv (CPU torch 2.13.0 here;
+# on a machine that already has torch, set PYTHON to that interpreter and use `make build`).
+PYTHON ?= .venv/bin/python
+PIP := $(PYTHON) -m pip
+PYTEST_ARGS ?=
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: all venv deps build test test-triton check-cuda demo bench selfcheck clean
+
+all: build
+
+.venv/bin/python:
+	python3 -m venv .venv
+
+venv: .venv/bin/python
+
+# torch first and pinned, so nothing later can pull a second (CUDA) torch.
+deps: venv
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q triton numpy tqdm safetensors av imageio pillow matplotlib \
+	    pytest pytest-benchmark expecttest hypothesis ninja
+
+# Serialized with flock: several builds in one tree at once would clash.
+build: deps
+	flock .build.lock $(PIP) install -q --no-build-isolation --no-deps -e .
+
+selfcheck: build
+	$(PYTHON) -m leo selfcheck
+
+# The main job. Until `leo demo` exists it runs the kernel self-check.
+demo: build
+	@if $(PYTHON) -m leo --help | grep -q " demo"; then $(PYTHON) -m leo demo; else $(PYTHON) -m leo selfcheck; fi
+
+check-cuda: deps
+	$(PYTHON) tools/check_cuda_compile.py
+
+test: build
+	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
+
+bench: build
+	$(PYTHON) -m pytest benchmarks --benchmark-only $(PYTEST_ARGS)
+
+clean:
+	rm -rf build leo_kernels/*.so *.egg-info .build.lock

@@ -1,0 +1,5 @@
+import sys
+
+from leo.cli import main
+
+sys.exit(main())
