@@ -1,0 +1,33 @@
+"""Shared test set-up.
+
+Without CUDA the Triton backend is tested through its interpreter: TRITON_INTERPRET
+must be set before triton is first imported, so it is set here.
+"""
+import os
+import pathlib
+
+import pytest
+
+try:
+    import torch
+
+    _HAS_CUDA = torch.cuda.is_available()
+except ImportError:  # pragma: no cover
+    _HAS_CUDA = False
+
+if not _HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LIA_SAMPLES = REPO.parent / "shared" / "data" / "lia_samples"
+
+
+@pytest.fixture
+def lia_samples() -> pathlib.Path:
+    """The real TaichiHD/TED sample clips beside the repo; skip when absent."""
+    if not (LIA_SAMPLES / "taichi").is_dir():
+        pytest.skip(f"real sample clips not found at {LIA_SAMPLES} (../shared/data/lia_samples)")
+    return LIA_SAMPLES
+
+
+requires_cuda = pytest.mark.skipif(not _HAS_CUDA, reason="needs a CUDA device (none visible)")
