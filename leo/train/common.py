@@ -1,0 +1,404 @@
+"""Shared training infrastructure for every leo trainer.
+
+- seeding and RNG state capture/restore (python, numpy, torch CPU and CUDA);
+- atomic training checkpoints (temp file + fsync + rename, so a killed run never leaves a
+  corrupt file) with a clear error when a file is corrupt;
+- :class:`DistributedContext`: the same code runs as one process or under ``torchrun``;
+- :class:`StreamSampler`: an infinite, resumable stream of sample ids, split across ranks;
+- :class:`TrainLogger`: tqdm progress bar with losses and throughput plus ``metrics.csv``;
+- :func:`plot_losses`: a PNG of the curves in a ``metrics.csv``.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import math
+import os
+import pathlib
+import random
+import sys
+import time
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from leo.checkpoint_io import atomic_write
+
+CHECKPOINT_FORMAT = "leo-training-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A training checkpoint that cannot be read (corrupt, truncated, or not ours)."""
+
+
+# --------------------------------------------------------------------------- seeding / RNG
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every CUDA device)."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def rng_state() -> dict:
+    """The global RNG states, as plain types and tensors (safe for ``torch.load(weights_only=True)``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore states captured by :func:`rng_state`."""
+    if not isinstance(state, dict) or "torch" not in state:
+        raise ValueError("state must be a dict returned by rng_state()")
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        n = state["numpy"]
+        keys = np.asarray(n["keys"].numpy() if torch.is_tensor(n["keys"]) else n["keys"], dtype=np.uint32)
+        np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = list(state["cuda"])[: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+_PLAIN = (str, int, float, bool, type(None), torch.dtype, torch.device, torch.Size)
+
+
+def _plain(obj: Any, where: str) -> Any:
+    """Convert ``obj`` to types ``torch.load(weights_only=True)`` accepts, or raise naming the key."""
+    if torch.is_tensor(obj) or isinstance(obj, _PLAIN):
+        return obj
+    if isinstance(obj, dict):
+        return {k: _plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        out = [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return tuple(out) if isinstance(obj, tuple) else out
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"payload{where} has type {type(obj).__name__}, which a training checkpoint "
+                    "cannot hold (use tensors, numbers, strings, lists and dicts)")
+
+
+def save_training_checkpoint(path: str | os.PathLike, payload: dict) -> None:
+    """Write ``payload`` (a dict of state_dicts, tensors and plain values) to ``path`` atomically.
+
+    The file is written to a temporary name, fsynced and renamed over ``path``: the previous
+    checkpoint stays intact until the new one is complete.
+    """
+    if not isinstance(payload, dict):
+        raise TypeError(f"payload must be a dict, got {type(payload).__name__}")
+    blob = {"format": CHECKPOINT_FORMAT, "payload": _plain(payload, "")}
+    atomic_write(path, lambda tmp: torch.save(blob, tmp))
+
+
+def load_training_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Read a checkpoint written by :func:`save_training_checkpoint`.
+
+    Raises FileNotFoundError for a missing file and :class:`CheckpointError` (a ValueError) for
+    a corrupt, truncated or foreign one.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"training checkpoint not found: {path}")
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # zip errors, EOF, unpickling errors all mean the same to the user
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"training checkpoint {path} is corrupt or unreadable ({msg})") from None
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a leo training checkpoint")
+    return blob["payload"]
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/"auto" -> cuda when available, else cpu; otherwise checked as given."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} requested but CUDA is not available")
+    return dev
+
+
+class DistributedContext:
+    """One process, or one rank of a ``torchrun`` job (read from its RANK/WORLD_SIZE/LOCAL_RANK env).
+
+    Under torchrun the process group uses nccl on CUDA and gloo on CPU, and each rank takes the
+    GPU ``cuda:LOCAL_RANK``. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, device: str | torch.device | None = None, timeout_s: float = 1800.0):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        dev = resolve_device(device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", self.local_rank if self.world_size > 1 else torch.cuda.current_device())
+        self.device = dev
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        self._owns_group = False
+        if self.world_size > 1 and not dist.is_initialized():
+            backend = "nccl" if dev.type == "cuda" else "gloo"
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+            self._owns_group = True
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model: torch.nn.Module, **ddp_kwargs) -> torch.nn.Module:
+        """DistributedDataParallel(model) when distributed, else ``model`` itself."""
+        if not self.distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DDP(model, device_ids=ids, **ddp_kwargs)
+
+    @staticmethod
+    def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+        return getattr(model, "module", model)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            if self.device.type == "cuda":
+                dist.barrier(device_ids=[self.device.index])
+            else:
+                dist.barrier()
+
+    def all_reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
+        """Mean of ``t`` over ranks (returns ``t`` unchanged in one process)."""
+        if not self.distributed:
+            return t
+        t = t.detach().clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t / self.world_size
+
+    def close(self) -> None:
+        if self._owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self._owns_group = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class StreamSampler(torch.utils.data.Sampler):
+    """Infinite stream of sample ids ``start, start+1, ...`` (this rank's share of them).
+
+    Datasets derive all their randomness from the id (see leo.data), so a run resumed at
+    ``start = samples consumed so far`` sees exactly the batches an uninterrupted run would,
+    whatever the number of DataLoader workers. Rank r of w takes ids ``i*w + r``.
+    """
+
+    def __init__(self, start: int = 0, rank: int = 0, world_size: int = 1):
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        self.start, self.rank, self.world_size = int(start), int(rank), int(world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        i = self.start
+        while True:
+            yield i * self.world_size + self.rank
+            i += 1
+
+    def __len__(self) -> int:  # DataLoader asks only for progress estimates
+        return sys.maxsize
+
+
+# --------------------------------------------------------------------------- logging
+
+
+def _fmt(v: float) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+class TrainLogger:
+    """Progress bar (tqdm) with losses and throughput, plus a ``metrics.csv`` in ``out_dir``.
+
+    ``log(step, metrics)`` appends one row (columns ``step``, ``time`` then the metric names;
+    a new metric name rewrites the file with the wider header). When resuming at ``start_step``,
+    rows after it (from the run that was killed) are dropped so the CSV stays one consistent
+    history. Only the main rank should pass ``enabled=True``.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, total_steps: int | None = None, start_step: int = 0,
+                 enabled: bool = True, desc: str = "train", samples_per_step: int | None = None,
+                 file=None):
+        self.out_dir = pathlib.Path(out_dir)
+        self.csv_path = self.out_dir / "metrics.csv"
+        self.enabled = enabled
+        self.samples_per_step = samples_per_step
+        self.start_step = start_step
+        self._last_step, self._last_time = start_step, time.perf_counter()
+        self._t0 = time.time()
+        self._fields: list[str] = []
+        self._rows: list[dict] = []
+        self.bar = None
+        if not enabled:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.csv_path.exists():
+            with open(self.csv_path, newline="") as f:
+                reader = csv.DictReader(f)
+                self._fields = list(reader.fieldnames or [])
+                self._rows = [r for r in reader if r.get("step") and int(float(r["step"])) <= start_step]
+            if self._rows and self._rows[-1].get("time"):  # keep the time column cumulative
+                self._t0 -= float(self._rows[-1]["time"])
+            self._rewrite()
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True,
+                        file=file if file is not None else sys.stderr, smoothing=0.1)
+
+    def _rewrite(self) -> None:
+        def write(tmp):
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=self._fields)
+                w.writeheader()
+                w.writerows(self._rows)
+
+        atomic_write(self.csv_path, write)
+
+    def log(self, step: int, metrics: dict, to_csv: bool = True) -> None:
+        """Record ``metrics`` (floats or 0-d tensors) at ``step``; updates the bar's postfix."""
+        if not self.enabled:
+            return
+        vals = {k: (float(v.detach().float().item()) if torch.is_tensor(v) else v) for k, v in metrics.items()}
+        now = time.perf_counter()
+        dt = now - self._last_time
+        if step > self._last_step and dt > 0:
+            vals.setdefault("steps_per_s", (step - self._last_step) / dt)
+            if self.samples_per_step:
+                vals.setdefault("samples_per_s", vals["steps_per_s"] * self.samples_per_step)
+        if self.bar is not None:
+            self.bar.update(max(0, step - self.bar.n))
+            self.bar.set_postfix({k: _fmt(v) for k, v in vals.items()}, refresh=False)
+        self._last_step, self._last_time = step, now
+        if not to_csv:
+            return
+        row = {"step": step, "time": round(time.time() - self._t0, 3), **vals}
+        self._rows.append(row)
+        new = [k for k in row if k not in self._fields]
+        if new or not self.csv_path.exists():
+            self._fields += new
+            self._rewrite()
+        else:
+            with open(self.csv_path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self._fields).writerow(row)
+
+    def message(self, text: str) -> None:
+        """Print a line without breaking the progress bar."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=self.bar.fp)
+        else:
+            print(text, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def read_metrics(csv_path: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+    """``{column: [(step, value), ...]}`` for every numeric column of a ``metrics.csv``."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            step = int(float(row["step"]))
+            for k, v in row.items():
+                if k in ("step", "time") or v in (None, ""):
+                    continue
+                try:
+                    x = float(v)
+                except ValueError:
+                    continue
+                if math.isfinite(x):
+                    series.setdefault(k, []).append((step, x))
+    return series
+
+
+def plot_losses(csv_path: str | os.PathLike, png_path: str | os.PathLike, keys: list[str] | None = None,
+                title: str | None = None) -> None:
+    """Plot the loss columns of ``csv_path`` (all but throughput by default) into ``png_path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = read_metrics(csv_path)
+    if keys is None:
+        keys = [k for k in series if not k.endswith("_per_s") and k != "lr"]
+    keys = [k for k in keys if k in series]
+    if not keys:
+        raise ValueError(f"{csv_path} has no numeric columns to plot")
+    n = len(keys)
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, k in zip(axes.flat, keys):
+        steps, vals = zip(*series[k])
+        ax.plot(steps, vals, lw=1.0)
+        if len(vals) >= 20:  # a moving average makes noisy losses readable
+            w = max(2, len(vals) // 20)
+            sm = np.convolve(vals, np.ones(w) / w, mode="valid")
+            ax.plot(steps[w - 1:], sm, lw=1.5)
+        ax.set_title(k, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if min(vals) > 0 and max(vals) / max(min(vals), 1e-12) > 20:
+            ax.set_yscale("log")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    png_path = os.fspath(png_path)
+    os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
