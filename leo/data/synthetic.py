@@ -1,0 +1,176 @@
+"""Synthetic human-like videos, so tests and the demo need no downloaded data.
+
+Each video shows one articulated figure (head, torso, two-segment arms and legs drawn as soft
+capsules) whose joint angles follow smooth sums of sinusoids, drifting slowly over a textured
+background (gratings + smooth colour gradient + blobs). Everything (colours, proportions, motion,
+background) is drawn from ``numpy.random.default_rng([seed, index])``, so a (seed, index) pair
+always renders the same frames, at any size.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+
+@dataclass
+class _Figure:
+    colors: np.ndarray      # (6, 3) skin, shirt, pants, far-arm, far-leg, hair in [0, 1]
+    scale: float            # body height as a fraction of the frame
+    center: np.ndarray      # (2,) mean hip position (x, y) in [0, 1]
+    drift: np.ndarray       # (2, 3) amplitude, frequency, phase of the slow hip drift for x and y
+    angles: np.ndarray      # (10, 4) base, amplitude, frequency, phase for every joint angle
+    harm: np.ndarray        # (10, 2) second-harmonic amplitude and phase
+
+
+def _figure(rng: np.random.Generator) -> _Figure:
+    skin = np.array([0.85, 0.65, 0.5]) * rng.uniform(0.6, 1.1)
+    shirt, pants, hair = rng.uniform(0.05, 0.95, size=(3, 3))
+    colors = np.stack([skin, shirt, pants, shirt * 0.7, pants * 0.7, hair]).clip(0, 1)
+    # joints: torso lean, upper arm L/R, forearm L/R (relative), thigh L/R, shin L/R (relative), head tilt
+    base = np.array([0.0, 0.5, -0.5, 0.4, -0.4, 0.15, -0.15, -0.2, 0.2, 0.0])
+    amp = np.array([0.15, 1.0, 1.0, 0.8, 0.8, 0.35, 0.35, 0.45, 0.45, 0.2]) * rng.uniform(0.5, 1.2, 10)
+    freq = rng.uniform(0.3, 1.2, 10)  # cycles per 25 frames: smooth at any frame rate we write
+    phase = rng.uniform(0, 2 * math.pi, 10)
+    angles = np.stack([base + rng.normal(0, 0.15, 10), amp, freq, phase], axis=1)
+    harm = np.stack([rng.uniform(0, 0.3, 10), rng.uniform(0, 2 * math.pi, 10)], axis=1)
+    drift = np.stack([rng.uniform(0.02, 0.1, 2), rng.uniform(0.05, 0.25, 2), rng.uniform(0, 2 * math.pi, 2)], axis=1)
+    return _Figure(colors, float(rng.uniform(0.55, 0.8)), np.array([rng.uniform(0.4, 0.6), rng.uniform(0.55, 0.65)]),
+                   drift, angles, harm)
+
+
+def _background(rng: np.random.Generator, size: int) -> torch.Tensor:
+    """(3, S, S) in [0, 1]: colour gradient + oriented gratings + soft blobs (resolution-independent)."""
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, size, dtype=torch.float64),
+                            torch.linspace(0, 1, size, dtype=torch.float64), indexing="ij")
+    c0, c1 = torch.from_numpy(rng.uniform(0.1, 0.9, size=(2, 3, 1, 1)))
+    d = rng.uniform(0, 2 * math.pi)
+    t = (xs * math.cos(d) + ys * math.sin(d) + 1.5) / 3.0
+    img = c0 * (1 - t) + c1 * t
+    for _ in range(3):
+        th, f, ph = rng.uniform(0, math.pi), rng.uniform(3, 14), rng.uniform(0, 2 * math.pi)
+        amp = torch.from_numpy(rng.uniform(-0.12, 0.12, size=(3, 1, 1)))
+        img = img + amp * torch.sin(2 * math.pi * f * (xs * math.cos(th) + ys * math.sin(th)) + ph)
+    for _ in range(int(rng.integers(3, 7))):
+        cx, cy, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.04, 0.15)
+        col = torch.from_numpy(rng.uniform(0, 1, size=(3, 1, 1)))
+        w = torch.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * r * r))
+        img = img * (1 - 0.6 * w) + col * 0.6 * w
+    return img.clamp(0, 1).float()
+
+
+def _joint_angles(fig: _Figure, t: np.ndarray) -> np.ndarray:
+    """(T, 10) joint angles at times ``t`` (in units of 25 frames)."""
+    b, a, f, p = (fig.angles[:, i][None] for i in range(4))
+    h_amp, h_ph = fig.harm[:, 0][None], fig.harm[:, 1][None]
+    tt = t[:, None]
+    return b + a * np.sin(2 * math.pi * f * tt + p) + a * h_amp * np.sin(4 * math.pi * f * tt + h_ph)
+
+
+def _segments(fig: _Figure, t: np.ndarray):
+    """Capsules (start (T,2), end (T,2), radius, colour index) back to front, coordinates in [0, 1]."""
+    ang = _joint_angles(fig, t)
+    s = fig.scale
+    dx = fig.drift[:, 0] * np.sin(2 * math.pi * fig.drift[:, 1] * t[:, None] + fig.drift[:, 2])
+    hip = fig.center[None] + dx + np.array([0.0, 0.05]) * s
+    hip[:, 1] += 0.02 * s * np.sin(2 * math.pi * fig.angles[7, 2] * 2 * t)  # a little bounce
+
+    def vec(theta, length):  # theta = 0 points down the image (y grows downwards)
+        return np.stack([np.sin(theta), np.cos(theta)], axis=1) * length
+
+    lean = ang[:, 0]
+    neck = hip + vec(math.pi + lean, 0.30 * s)
+    head = neck + vec(math.pi + lean + ang[:, 9], 0.09 * s)
+    segs = []
+    limbs = []
+    for side, (ua, fa, th, sh) in enumerate([(1, 3, 5, 7), (2, 4, 6, 8)]):
+        sign = 1.0 if side == 0 else -1.0
+        shoulder = neck + vec(math.pi + lean, -0.02 * s) + np.stack([sign * 0.07 * s * np.cos(lean), 0 * lean], 1)
+        elbow = shoulder + vec(lean + ang[:, ua], 0.14 * s)
+        wrist = elbow + vec(lean + ang[:, ua] + ang[:, fa], 0.13 * s)
+        hip_j = hip + np.stack([sign * 0.045 * s * np.ones_like(lean), 0 * lean], 1)
+        knee = hip_j + vec(ang[:, th], 0.21 * s)
+        ankle = knee + vec(ang[:, th] + ang[:, sh], 0.20 * s)
+        far = side == 1
+        limbs.append(((shoulder, elbow, 0.030 * s, 3 if far else 1), (elbow, wrist, 0.025 * s, 0),
+                      (hip_j, knee, 0.045 * s, 4 if far else 2), (knee, ankle, 0.038 * s, 4 if far else 2)))
+    segs += list(limbs[1])  # far side first
+    segs.append((hip, neck, 0.085 * s, 1))
+    segs.append((neck, head, 0.028 * s, 0))
+    segs.append((head, head + vec(math.pi + lean + ang[:, 9], 0.001), 0.075 * s, 0))  # head (a disc)
+    segs.append((head + vec(math.pi + lean + ang[:, 9], 0.035 * s), head + vec(math.pi + lean + ang[:, 9], 0.036 * s),
+                 0.06 * s, 5))  # hair cap
+    segs += list(limbs[0])
+    return segs
+
+
+def render_video(seed: int, index: int = 0, num_frames: int = 32, size: int = 64, fps: float = 25.0) -> torch.Tensor:
+    """Render synthetic video ``index`` of ``seed``: (T, 3, size, size) float32 in [-1, 1]."""
+    for name, v in (("num_frames", num_frames), ("size", size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps!r}")
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index)])
+    fig = _figure(rng)
+    bg = _background(rng, size)
+    pan = rng.uniform(-0.03, 0.03, size=2)  # slow camera drift of the whole scene, in frame units
+    t = np.arange(num_frames, dtype=np.float64) * (25.0 / fps) / 25.0
+    segs = _segments(fig, t)
+
+    coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    py, px = torch.meshgrid(coords, coords, indexing="ij")
+    p = torch.stack([px, py], -1)[None]  # (1, S, S, 2)
+    shift = torch.from_numpy(pan[None] * t[:, None]).float()[:, None, None, :]  # (T,1,1,2)
+    out = bg[None].expand(num_frames, -1, -1, -1).clone()
+    colors = torch.from_numpy(fig.colors).float()
+    soft = 0.6 / size  # about one pixel of anti-aliasing
+    for a, b, r, ci in segs:
+        a = torch.from_numpy(a).float()[:, None, None, :] + shift
+        b = torch.from_numpy(b).float()[:, None, None, :] + shift
+        ab = b - a
+        u = ((p - a) * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)
+        d = (p - a - u.clamp(0, 1)[..., None] * ab).norm(dim=-1)
+        alpha = torch.sigmoid((r - d) / soft)[:, None]  # (T,1,S,S)
+        # a little shading along the limb makes rotations visible
+        shade = 0.85 + 0.15 * torch.cos(u.clamp(0, 1) * math.pi)[:, None]
+        out = out * (1 - alpha) + (colors[ci][None, :, None, None] * shade).clamp(0, 1) * alpha
+    return out.mul_(2).sub_(1).contiguous()
+
+
+def iter_videos(num_videos: int, num_frames: int = 32, size: int = 64, seed: int = 0) -> Iterator[torch.Tensor]:
+    """Yield ``num_videos`` synthetic videos (T, 3, S, S) in [-1, 1]."""
+    for i in range(num_videos):
+        yield render_video(seed, i, num_frames, size)
+
+
+def write_dataset(out_dir: str | os.PathLike, num_videos: int = 16, num_frames: int = 48, size: int = 64,
+                  seed: int = 0, fmt: str = "mp4", fps: float = 25.0) -> list[str]:
+    """Write synthetic videos into ``out_dir`` as mp4 files (``fmt="mp4"``) or PNG frame folders
+    (``fmt="frames"``); returns the written paths. Existing identical names are overwritten."""
+    from leo.media import VideoWriter, save_image
+
+    if fmt not in ("mp4", "frames"):
+        raise ValueError(f"fmt must be 'mp4' or 'frames', got {fmt!r}")
+    if isinstance(num_videos, bool) or not isinstance(num_videos, int) or num_videos < 1:
+        raise ValueError(f"num_videos must be a positive int, got {num_videos!r}")
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for i in range(num_videos):
+        frames = render_video(seed, i, num_frames, size, fps)
+        name = os.path.join(os.fspath(out_dir), f"synthetic_{i:04d}")
+        if fmt == "mp4":
+            path = name + ".mp4"
+            with VideoWriter(path, fps=fps) as w:
+                w.write(frames)
+        else:
+            path = name
+            os.makedirs(path, exist_ok=True)
+            for j, f in enumerate(frames):
+                save_image(os.path.join(path, f"{j:05d}.png"), f)
+        paths.append(path)
+    return paths

@@ -1,0 +1,274 @@
+"""Training data: synthetic videos, video/frame folders, splits, corrupt-file handling."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from leo.data import (
+    DataError,
+    FramePairDataset,
+    VideoFolder,
+    WindowDataset,
+    find_clips,
+    fixed_pairs,
+    render_video,
+    split_clips,
+    write_dataset,
+)
+from leo.data.synthetic import iter_videos
+from leo.media import save_image
+from leo.train.common import StreamSampler
+
+
+def _loader(ds, start=0, batch=4, workers=0):
+    return torch.utils.data.DataLoader(ds, batch_size=batch, sampler=StreamSampler(start), num_workers=workers)
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def test_synthetic_is_deterministic_and_varied():
+    a = render_video(seed=3, index=1, num_frames=6, size=40)
+    b = render_video(seed=3, index=1, num_frames=6, size=40)
+    assert a.shape == (6, 3, 40, 40) and a.dtype == torch.float32
+    assert torch.equal(a, b)
+    assert a.min() >= -1 and a.max() <= 1 and torch.isfinite(a).all()
+    assert not torch.equal(a, render_video(seed=4, index=1, num_frames=6, size=40))
+    assert not torch.equal(a, render_video(seed=3, index=2, num_frames=6, size=40))
+    # a prefix of a longer render is the same video: motion depends on time only
+    assert torch.equal(render_video(3, 1, 9, 40)[:6], a)
+    vids = list(iter_videos(2, num_frames=3, size=16, seed=3))
+    assert len(vids) == 2 and torch.equal(vids[1], render_video(3, 1, 3, 16))
+
+
+def test_synthetic_moves_smoothly():
+    v = render_video(seed=0, index=0, num_frames=40, size=48)
+    step = (v[1:] - v[:-1]).abs().mean(dim=(1, 2, 3))
+    far = (v[20:] - v[:20]).abs().mean(dim=(1, 2, 3))
+    assert step.min() > 0, "a frame repeats: the figure does not move"
+    assert step.mean() < far.mean(), "consecutive frames should be closer than frames 20 apart"
+    # the background is textured, not flat
+    assert v[0].std(dim=(1, 2)).min() > 0.05
+
+
+def test_synthetic_bad_arguments():
+    with pytest.raises(ValueError, match="size"):
+        render_video(0, 0, 4, 0)
+    with pytest.raises(ValueError, match="num_frames"):
+        render_video(0, 0, -1, 8)
+    with pytest.raises(ValueError, match="fmt"):
+        write_dataset("/tmp/never", 1, 2, 8, fmt="gif")
+
+
+# --------------------------------------------------------------------------- folders and splits
+
+
+def _write_lossless_video(path, frames):
+    """Write (T,3,S,S) in [-1,1] with a lossless codec (ffv1 in mkv) through PyAV."""
+    import av
+
+    u8 = ((frames + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    with av.open(os.fspath(path), "w") as c:
+        s = c.add_stream("ffv1", rate=25)
+        s.width, s.height, s.pix_fmt = u8.shape[2], u8.shape[1], "bgr0"
+        for arr in u8:
+            for pkt in s.encode(av.VideoFrame.from_ndarray(arr, format="rgb24").reformat(format="bgr0")):
+                c.mux(pkt)
+        for pkt in s.encode(None):
+            c.mux(pkt)
+
+
+def test_frame_folder_and_video_give_the_same_frames(tmp_path):
+    frames = render_video(seed=5, index=0, num_frames=7, size=48)
+    (tmp_path / "frames").mkdir()
+    for j, f in enumerate(frames):  # natural order: 2 before 10
+        save_image(tmp_path / "frames" / f"f{j}.png", f)
+    _write_lossless_video(tmp_path / "lossless.mkv", frames)
+    write_dataset(tmp_path / "h264", num_videos=1, num_frames=7, size=48, seed=5)  # the same video, lossy
+    vf = VideoFolder(tmp_path, size=32, test_fraction=0.0)  # resized 48 -> 32 on the way
+    names = [c.name for c in vf.clips]
+    assert names == ["frames", os.path.join("h264", "synthetic_0000.mp4"), "lossless.mkv"]
+    from_folder, from_h264, from_lossless = (vf.frames(i) for i in range(3))
+    assert from_folder.shape == (7, 3, 32, 32)
+    assert torch.equal(from_folder, from_lossless)
+    # H.264 (yuv420p, crf 18) is lossy: close, not equal
+    err = (from_h264 - from_folder).abs().mean().item()
+    assert 0 < err < 0.04, err
+    # and the frames match the source resized once (no double resize)
+    from leo.media import read_image
+    assert torch.equal(from_folder[3], read_image(tmp_path / "frames" / "f3.png", 32))
+
+
+def test_resize_and_center_crop_non_square(tmp_path):
+    img = torch.zeros(3, 40, 80)
+    img[:, :, 20:60] = 1.0  # a white square in the middle of a wide frame
+    img[0] = -1.0
+    (tmp_path / "clip").mkdir()
+    for j in range(2):
+        save_image(tmp_path / "clip" / f"{j}.png", img)
+    f = VideoFolder(tmp_path, size=20, test_fraction=0).frames(0)
+    assert f.shape == (2, 3, 20, 20)
+    # the crop keeps the centre square (white in green/blue; resampling softens only the edge columns)
+    assert f[:, 1:, :, 1:-1].min() > 0.99 and f[:, 1:].min() > 0.5 and f[:, 0].max() < -0.99
+
+
+def test_split_is_by_clip_deterministic_and_disjoint(tmp_path):
+    write_dataset(tmp_path, num_videos=10, num_frames=2, size=16, seed=0, fmt="frames")
+    clips = find_clips(tmp_path)
+    assert len(clips) == 10
+    tr, te = split_clips(clips, 0.2, seed=0)
+    assert len(te) == 2 and len(tr) == 8
+    assert {c.name for c in tr}.isdisjoint({c.name for c in te})
+    assert split_clips(clips, 0.2, seed=0) == (tr, te)
+    assert split_clips(clips, 0.2, seed=1) != (tr, te)
+    # a single clip is split in time
+    tr1, te1 = split_clips(clips[:1], 0.25)
+    assert tr1[0].span == (0.0, 0.75) and te1[0].span == (0.75, 1.0)
+    with pytest.raises(ValueError, match="test_fraction"):
+        split_clips(clips, 1.0)
+
+
+def test_single_clip_time_split_frames(tmp_path):
+    frames = render_video(1, 0, 8, 16)
+    (tmp_path / "c").mkdir()
+    for j, f in enumerate(frames):
+        save_image(tmp_path / "c" / f"{j:03d}.png", f)
+    vf = VideoFolder(tmp_path, size=16, test_fraction=0.25)
+    train, test = vf.frames(vf.split("train")[0]), vf.frames(vf.split("test")[0])
+    assert train.shape[0] == 6 and test.shape[0] == 2
+    # png stores uint8: frames match the render to within one level
+    assert torch.allclose(train, frames[:6], atol=1.01 / 127.5)
+    assert torch.allclose(test, frames[6:], atol=1.01 / 127.5)
+
+
+def test_missing_and_empty_folders(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        VideoFolder(tmp_path / "nope")
+    with pytest.raises(DataError, match="no videos"):
+        VideoFolder(tmp_path)
+    (tmp_path / "a.mp4").write_bytes(b"\x00" * 64)
+    with pytest.raises(DataError, match="none of the clips"), pytest.warns(RuntimeWarning, match="a.mp4"):
+        VideoFolder(tmp_path)
+
+
+# --------------------------------------------------------------------------- corrupt files
+
+
+def _mixed_folder(tmp_path):
+    write_dataset(tmp_path, num_videos=3, num_frames=6, size=24, seed=0)
+    write_dataset(tmp_path / "frames", num_videos=2, num_frames=6, size=24, seed=1, fmt="frames")
+    (tmp_path / "garbage.mp4").write_bytes(os.urandom(2000))                # header unreadable
+    data = (tmp_path / "synthetic_0001.mp4").read_bytes()
+    (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 3])       # cut mid-file
+    # a frame folder whose 3rd png is corrupt: passes indexing, fails when decoded (in a worker)
+    bad = tmp_path / "frames" / "synthetic_0001"
+    (bad / "00002.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(100))
+    (tmp_path / "empty_dir_with_nothing").mkdir()
+    return tmp_path
+
+
+def test_corrupt_files_are_skipped_and_counted(tmp_path):
+    root = _mixed_folder(tmp_path)
+    with pytest.warns(RuntimeWarning, match="skipping"):
+        vf = VideoFolder(root, size=16, test_fraction=0.0)
+    assert vf.num_skipped == 2  # garbage + truncated are found at indexing
+    ds = FramePairDataset(vf, "train", seed=0)
+    seen = set()
+    # two workers: the corrupt frame folder is found inside a worker, and the mark reaches us
+    with _quiet():
+        for j, b in enumerate(_loader(ds, batch=4, workers=2)):
+            assert torch.isfinite(b["source"]).all() and b["source"].shape == (4, 3, 16, 16)
+            seen.update(b["clip"].tolist())
+            if j == 7:
+                break
+    names = {vf.clips[i].name for i in seen}
+    assert os.path.join("frames", "synthetic_0001") not in names
+    assert len(names) == 4  # every good clip is used
+    assert vf.num_skipped == 3
+    summary = vf.summary()
+    assert "3 skipped" in summary and "garbage.mp4" in summary and "truncated.mp4" in summary
+    assert "synthetic_0001" in summary
+
+
+class _quiet:
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore")
+
+    def __exit__(self, *a):
+        self._w.__exit__(*a)
+
+
+def test_all_clips_bad_in_split_raises_clear_error(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
+    with _quiet():
+        vf = VideoFolder(tmp_path, size=16, test_fraction=0.0)
+        with pytest.raises(DataError, match="no usable clip"):
+            FramePairDataset(vf)[0]
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def test_pair_samples_depend_only_on_the_id(tmp_path):
+    write_dataset(tmp_path, num_videos=4, num_frames=6, size=16, seed=2, fmt="frames")
+    vf = VideoFolder(tmp_path, size=16, test_fraction=0.25)
+    ds = FramePairDataset(vf, "train", seed=11)
+    it0 = iter(_loader(ds, batch=3))
+    ref = [next(it0) for _ in range(4)]
+    it2 = iter(_loader(ds, batch=3, workers=2))
+    got = [next(it2) for _ in range(4)]
+    for a, b in zip(ref, got):
+        assert torch.equal(a["source"], b["source"]) and torch.equal(a["target"], b["target"])
+    # resuming the stream at sample 6 gives batch 2 onwards
+    resumed = next(iter(_loader(ds, start=6, batch=3)))
+    assert torch.equal(resumed["source"], ref[2]["source"])
+    # pairs are two different frames of one train clip; each pass visits every clip once
+    assert all(b["frame_index"][:, 0].ne(b["frame_index"][:, 1]).all() for b in ref)
+    clips = torch.cat([b["clip"] for b in ref])[:3].tolist()
+    assert sorted(clips) == vf.split("train")
+    # another seed, another stream
+    other = next(iter(_loader(FramePairDataset(vf, "train", seed=12), batch=3)))
+    assert not torch.equal(other["source"], ref[0]["source"])
+
+
+def test_window_dataset_gives_consecutive_frames(tmp_path):
+    write_dataset(tmp_path, num_videos=2, num_frames=9, size=16, seed=3, fmt="frames")
+    write_dataset(tmp_path / "short", num_videos=1, num_frames=3, size=16, seed=4, fmt="frames")
+    vf = VideoFolder(tmp_path, size=16, test_fraction=0.0)
+    ds = WindowDataset(vf, window=4, stride=2)
+    for k in range(6):
+        s = ds[k]
+        clip = vf.frames(s["clip"])
+        assert clip.shape[0] == 9  # the 3-frame clip is too short for 7 frames and never used
+        assert torch.equal(s["frames"], clip[s["start"]:s["start"] + 7:2])
+    with pytest.raises(ValueError, match="window"):
+        WindowDataset(vf, window=0)
+
+
+def test_fixed_pairs_are_deterministic(tmp_path):
+    write_dataset(tmp_path, num_videos=3, num_frames=5, size=16, seed=0, fmt="frames")
+    vf = VideoFolder(tmp_path, size=16, test_fraction=0.34)
+    a, b = fixed_pairs(vf, 4), fixed_pairs(vf, 4)
+    assert a["source"].shape == (4, 3, 16, 16)
+    assert torch.equal(a["source"], b["source"]) and torch.equal(a["target"], b["target"])
+    assert len(vf.split("test")) == 2  # ceil(3 * 0.34)
+    held_out = torch.cat([vf.frames(i) for i in vf.split("test")])
+    for s in torch.cat([a["source"], a["target"]]):
+        assert any(torch.equal(s, f) for f in held_out), "evaluation pairs must come from held-out clips"
+
+
+def test_iter_clips_and_cache_budget(tmp_path):
+    write_dataset(tmp_path, num_videos=3, num_frames=4, size=16, seed=0, fmt="frames")
+    vf = VideoFolder(tmp_path, size=16, test_fraction=0.0, cache_mb=16 * 16 * 3 * 4 * 1.5 / 2**20)
+    got = list(vf.iter_clips())
+    assert [n for _, n, _ in got] == ["synthetic_0000", "synthetic_0001", "synthetic_0002"]
+    assert len(vf._cache) == 1  # the budget holds one clip
+    assert all(f.shape == (4, 3, 16, 16) for _, _, f in got)
