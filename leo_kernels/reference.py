@@ -104,18 +104,23 @@ def bias_act(x, bias=None, negative_slope=0.2, gain=math.sqrt(2.0)):
 
 
 # --------------------------------------------------------------------------- temporal attention
-def rope_rotate(t: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding (rotate-half) along the time axis of (B, heads, L, d)."""
+def rope_rotate(t: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """Rotary embedding (rotate-half) along the time axis of (B, heads, L, d): for i < d/2 the
+    pair (t[i], t[i + d/2]) at time p is rotated by p * 10000^(-2i/d) (by minus that angle
+    when ``inverse``, which is also the transpose, used for gradients). Angles in float64."""
     L, d = t.shape[-2], t.shape[-1]
     half = d // 2
     inv = 10000.0 ** (-torch.arange(half, device=t.device, dtype=torch.float64) * 2.0 / d)
     ang = torch.arange(L, device=t.device, dtype=torch.float64)[:, None] * inv[None, :]
     cos, sin = ang.cos().to(t.dtype), ang.sin().to(t.dtype)
+    if inverse:
+        sin = -sin
     t1, t2 = t[..., :half], t[..., half:]
     return torch.cat((t1 * cos - t2 * sin, t1 * sin + t2 * cos), dim=-1)
 
 
 def temporal_attention(q, k, v, rope=False):
+    """softmax(q k^T / sqrt(d)) v over the time axis of (B, heads, L, d), no mask."""
     dtype, ct = q.dtype, _compute_dtype(q.dtype)
     q, k, v = q.to(ct), k.to(ct), v.to(ct)
     if rope:
@@ -133,6 +138,9 @@ def rms_norm_channels(x, weight, eps=1e-6):
 
 
 def temporal_attention_block(x, norm_weight, w_qkv, w_out, b_out, heads, rope=False):
+    """x + w_out @ attention(split(w_qkv @ rmsnorm(x))) + b_out on (B, C, L). The rows of
+    w_qkv are [q | k | v], each head-major (head h owns rows h*d .. h*d + d - 1); the
+    attention output's channels are head-major too."""
     ct = _compute_dtype(x.dtype)
     B, C, L = x.shape
     h = rms_norm_channels(x, norm_weight)
