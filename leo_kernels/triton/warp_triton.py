@@ -10,6 +10,8 @@ Design:
 - Coordinates, weights and accumulations are float32 (float64 for float64 storage, interpreter only).
 - warp_inpaint recomputes the composed logits (incl. the FIR [1,3,3,1] upsampling of skip), tanh,
   the linspace grid and the sigmoid mask in registers; grid and mask are never written.
+- warp_inpaint_bwd takes `composed` in feat's dtype or float32 (the autograd glue keeps the exact
+  float32 logits for half types); its gradients have feat's dtype.
 - Backward: per-pixel reductions over channels (grid / mask gradients) go to per-channel-block fp32
   partial buffers summed in a fixed order (always deterministic). Input gradients are scattered with
   fp32 atomics (fp32 scratch for half types), or, with deterministic=True, gathered: the 4 corner
@@ -764,8 +766,8 @@ def warp_inpaint_bwd(grad_warped, grad_blended, grad_composed, feat, x, composed
     gl = torch.empty((N, 3, H, W), device=dev, dtype=_acc_torch(composed.dtype))
     if P == 0:
         gfeat = torch.zeros_like(feat, memory_format=fmt)
-        gskip = composed.new_zeros((N, 3, H // 2, W // 2)) if has_skip else composed.new_empty((0,))
-        return gfeat, grad_x, gl.to(composed.dtype), gskip
+        gskip = feat.new_zeros((N, 3, H // 2, W // 2)) if has_skip else feat.new_empty((0,))
+        return gfeat, grad_x, feat.new_zeros((N, 3, H, W)), gskip
     bp, bc = _blocks(C)
     ncb = max(triton.cdiv(C, bc), 1)
     part = torch.empty((ncb, P, 3), device=dev, dtype=acc_t)
@@ -790,9 +792,9 @@ def warp_inpaint_bwd(grad_warped, grad_blended, grad_composed, feat, x, composed
             composed, composed.stride(), (N, C, H, W), H, W, PAD_ZEROS, align_corners, True, feat.dtype, fmt, acc,
         )
     if has_skip:
-        gskip = torch.empty((N, 3, H // 2, W // 2), device=dev, dtype=composed.dtype)
-        _compose_bwd_into(gl, gskip, _acc(composed.dtype))
+        gskip = torch.empty((N, 3, H // 2, W // 2), device=dev, dtype=feat.dtype)
+        _compose_bwd_into(gl, gskip, acc)  # from the float32 logits gradient
     else:
-        gskip = composed.new_empty((0,))
-    grad_logits = gl if gl.dtype == composed.dtype else gl.to(composed.dtype)
+        gskip = feat.new_empty((0,))
+    grad_logits = gl if gl.dtype == feat.dtype else gl.to(feat.dtype)
     return grad_feat, grad_x, grad_logits, gskip
