@@ -9,8 +9,10 @@ Attention core (q, k, v of shape (B, heads, L, d), any strides):
 - Rotary embedding (rotate-half) is applied while q/k tiles are loaded: the tile and its
   half-swapped twin are both read (same cache lines) and combined with cos/sin tables computed in
   float64 and stored as float32, so no roped copy of q/k is ever written.
-- Backward: delta = rowsum(dO * O); one kernel per key tile accumulates dK, dV over query tiles, one
-  per query tile accumulates dQ over key tiles (no atomics, deterministic). Gradients of roped q/k
+- Backward: for short sequences one program per (batch, head) computes delta = rowsum(dO * O), P and
+  dS once and produces dQ, dK, dV together; longer ones use three launches: delta, one kernel per
+  key tile accumulating dK, dV over query tiles, one per query tile accumulating dQ over key tiles
+  (no atomics anywhere: deterministic). Gradients of roped q/k
   are rotated back in registers (the half swap is a tiny permutation matmul).
 
 Block forward (x (B, C, L) -> y): three launches.
@@ -240,6 +242,46 @@ def _attn_bwd_dq_kernel(
     tl.store(DQ + bh * L * D + offs_m[:, None] * D + offs_d[None, :], _cast(dq, dt, DOT), mask=mask_m[:, None])
 
 
+@triton.jit
+def _attn_bwd_single_kernel(
+    Q, K, V, O, DO, LSE, DQ, DK, DV, COS, SIN,
+    sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd, sdb, sdh, sdl, sdd,
+    H, L, scale, scale_log2e,
+    D: tl.constexpr, BLOCK: tl.constexpr, ROPE: tl.constexpr, DOT: tl.constexpr,
+):
+    """Short sequences (L <= BLOCK): one program per (batch, head) holds the whole sequence and
+    computes delta, P, dS once for dQ, dK and dV together (one launch instead of three)."""
+    bh = tl.program_id(0)
+    b = bh // H
+    h = bh % H
+    dt = DQ.dtype.element_ty
+    offs = tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, D)
+    mask = offs < L
+    q = _cast(_load_rows(Q + b * sqb + h * sqh, offs, offs_d, sql, sqd, mask, COS, SIN, D, ROPE), dt, DOT)
+    k = _cast(_load_rows(K + b * skb + h * skh, offs, offs_d, skl, skd, mask, COS, SIN, D, ROPE), dt, DOT)
+    v = tl.load(V + b * svb + h * svh + offs[:, None] * svl + offs_d[None, :] * svd, mask=mask[:, None], other=0.0)
+    do = tl.load(DO + b * sdb + h * sdh + offs[:, None] * sdl + offs_d[None, :] * sdd, mask=mask[:, None], other=0.0)
+    o = tl.load(O + bh * L * D + offs[:, None] * D + offs_d[None, :], mask=mask[:, None], other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    lse = tl.load(LSE + bh * L + offs, mask=mask, other=0.0) * 1.4426950408889634
+    s = _mm(q, tl.trans(k), DOT) * scale_log2e
+    p = tl.exp2(s - lse[:, None])
+    p = tl.where(mask[None, :], p, 0.0)
+    dp = _mm(do, tl.trans(v), DOT)
+    ds = p * (dp - delta[:, None])
+    dv = _mm32(tl.trans(p), do, DOT)
+    dk = _mm32(tl.trans(ds), q, DOT) * scale
+    dq = _mm32(ds, k, DOT) * scale
+    if ROPE:
+        dq = _unrope(dq, offs, offs_d, mask, COS, SIN, D)
+        dk = _unrope(dk, offs, offs_d, mask, COS, SIN, D)
+    out = bh * L * D + offs[:, None] * D + offs_d[None, :]
+    tl.store(DQ + out, _cast(dq, dt, DOT), mask=mask[:, None])
+    tl.store(DK + out, _cast(dk, dt, DOT), mask=mask[:, None])
+    tl.store(DV + out, _cast(dv, dt, DOT), mask=mask[:, None])
+
+
 # --------------------------------------------------------------------------- fused block kernels
 @triton.jit
 def _norm_qkv_kernel(
@@ -384,17 +426,22 @@ def attention_bwd(grad_out, q, k, v, out, lse, rope: bool):
     B, H, L, d = q.shape
     out = out.contiguous()
     lse = lse.contiguous()
-    delta = _empty((B, H, L), device=q.device, dtype=torch.float32)
     cos, sin = rope_tables(L, d, q.device) if rope else (_dummy(q), _dummy(q))
     bm, bn, nw = _blocks(L, d)
-    _attn_bwd_delta_kernel[(triton.cdiv(L, bm), B * H)](
-        out, grad_out, delta, *grad_out.stride(), H, L, D=d, BLOCK_M=bm)
-    dq = _empty((B, H, L, d), device=q.device, dtype=q.dtype)
-    dk = _empty(dq.shape, device=q.device, dtype=q.dtype)
-    dv = _empty(dq.shape, device=q.device, dtype=q.dtype)
     strides = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
     scale = d ** -0.5
     mode = _dot_mode(q.dtype)
+    dq = _empty((B, H, L, d), device=q.device, dtype=q.dtype)
+    dk = _empty(dq.shape, device=q.device, dtype=q.dtype)
+    dv = _empty(dq.shape, device=q.device, dtype=q.dtype)
+    if bm >= L and bn >= L and bm == bn and bm <= 64:  # larger: P, dP, dS tiles would spill
+        _attn_bwd_single_kernel[(B * H,)](
+            q, k, v, out, grad_out, lse, dq, dk, dv, cos, sin, *strides, H, L, scale, scale * LOG2E,
+            D=d, BLOCK=bm, ROPE=rope, DOT=mode, num_warps=nw)
+        return dq, dk, dv
+    delta = _empty((B, H, L), device=q.device, dtype=torch.float32)
+    _attn_bwd_delta_kernel[(triton.cdiv(L, bm), B * H)](
+        out, grad_out, delta, *grad_out.stride(), H, L, D=d, BLOCK_M=bm)
     _attn_bwd_dkdv_kernel[(triton.cdiv(L, bn), B * H)](
         q, k, v, grad_out, lse, delta, dk, dv, cos, sin, *strides, H, L, scale, scale * LOG2E,
         D=d, BLOCK_M=bm, BLOCK_N=bn, ROPE=rope, DOT=mode, num_warps=nw)
