@@ -56,9 +56,12 @@ def _unnormalize(coord, size, ALIGN: tl.constexpr):
     # Returns the pixel coordinate and d(pixel)/d(normalized).
     sizef = size * 1.0  # (written so a size specialized to a constant also works)
     if ALIGN:
-        return (coord + 1.0) / 2.0 * (sizef - 1.0), (sizef - 1.0) / 2.0
+        x = (coord + 1.0) / 2.0 * (sizef - 1.0)
+        mult = (sizef - 1.0) / 2.0
     else:
-        return ((coord + 1.0) * sizef - 1.0) / 2.0, sizef / 2.0
+        x = ((coord + 1.0) * sizef - 1.0) / 2.0
+        mult = sizef / 2.0
+    return x, mult
 
 
 @triton.jit
@@ -109,7 +112,7 @@ def _source_coord(coord, size, PAD: tl.constexpr, ALIGN: tl.constexpr):
 
 
 # --------------------------------------------------------------------------- grid_sample
-@triton.jit
+@triton.jit(do_not_specialize=["C", "H", "W", "Ho", "Wo", "P"])
 def _gs_fwd_kernel(
     inp, grid, out,
     C, H, W, Ho, Wo, P,
@@ -158,7 +161,7 @@ def _gs_fwd_kernel(
     tl.store(optr, acc.to(out.dtype.element_ty), mask=m2)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["C", "H", "W", "Ho", "Wo", "P"])
 def _gs_bwd_kernel(
     go, inp, grid, gin, part,
     C, H, W, Ho, Wo, P,
@@ -222,7 +225,7 @@ def _gs_bwd_kernel(
     tl.store(pbase + 1, py.to(part.dtype.element_ty), mask=pm)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "W", "Ho", "Wo", "P"])
 def _gs_corners_kernel(
     grid, keys, wts,
     H, W, Ho, Wo, P,
@@ -274,7 +277,7 @@ def _gs_corners_kernel(
         tl.store(wts + q, (wx * wy).to(wts.dtype.element_ty), mask=pm)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["C", "H", "W", "Ho", "Wo", "T"])
 def _gather_kernel(
     starts, perm, wts, go, gb, comp, gin,
     C, H, W, Ho, Wo, T,
@@ -345,7 +348,7 @@ def _up2_tap(src, n, k, a, b, hs, ws, s_n, s_k, s_h, s_w, mask, ACC: tl.constexp
     return v
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["K", "Hc", "Wc", "Q"])
 def _compose_fwd_kernel(
     coarse, fine, out, K, Hc, Wc, Q,
     s_cn, s_ck, s_ch, s_cw,
@@ -366,7 +369,7 @@ def _compose_fwd_kernel(
     tl.store(out + n * s_on + k * s_ok + a * s_oh + b * s_ow, v.to(out.dtype.element_ty), mask=m)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["K", "Hc", "Wc", "Q"])
 def _compose_bwd_kernel(
     g, out, K, Hc, Wc, Q,
     s_gn, s_gk, s_gh, s_gw,
@@ -386,17 +389,17 @@ def _compose_bwd_kernel(
     acc = tl.zeros((BLOCK,), dtype=ACC)
     for da in tl.static_range(4):
         a = 2 * ra - 1 + da
-        wa = 0.25 if (da == 0 or da == 3) else 0.75
+        wa = 0.75 if (da % 3) != 0 else 0.25
         for db in tl.static_range(4):
             b = 2 * rb - 1 + db
-            wb = 0.25 if (db == 0 or db == 3) else 0.75
+            wb = 0.75 if (db % 3) != 0 else 0.25
             ok = m & (a >= 0) & (a < H) & (b >= 0) & (b < W)
             acc += (wa * wb) * tl.load(base + a * s_gh + b * s_gw, mask=ok, other=0.0).to(ACC)
     tl.store(out + n * s_on + k * s_ok + ra * s_oh + rb * s_ow, acc.to(out.dtype.element_ty), mask=m)
 
 
 # --------------------------------------------------------------------------- warp_inpaint
-@triton.jit
+@triton.jit(do_not_specialize=["C", "H", "W", "P"])
 def _wi_fwd_kernel(
     feat, x, logits, skip, warped, blended, composed,
     C, H, W, P,
@@ -466,7 +469,7 @@ def _wi_fwd_kernel(
     tl.store(blended + (n * s_bn + i * s_bh + j * s_bw)[:, None] + (c64 * s_bc)[None, :], bv.to(blended.dtype.element_ty), mask=m2)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["C", "H", "W", "P"])
 def _wi_bwd_kernel(
     gw, gb, feat, x, comp, gfeat, gx_out, part,
     C, H, W, P,
@@ -545,7 +548,7 @@ def _wi_bwd_kernel(
     tl.store(pbase + 2, dm, mask=pm)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "W", "P", "NCB"])
 def _wi_logits_grad_kernel(
     part, comp, gcomp, out, H, W, P, NCB,
     s_cn, s_cc, s_ch, s_cw,
