@@ -5,6 +5,8 @@ argument lists of the compiled ops (interfaces.md).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from leo_kernels import reference as R
@@ -22,11 +24,33 @@ class CompiledOps:
 
 
 def poison_allocator(device):
-    """Fill freed memory of the CUDA caching allocator with NaN so outputs made by torch.empty start
+    """Fill freed memory of the CUDA caching allocator with NaN so outputs made by at::empty start
     poisoned; an element a kernel fails to write then shows up as NaN."""
     if torch.device(device).type == "cuda":
         torch.empty(1 << 24, device=device).fill_(float("nan"))
         torch.cuda.synchronize(device)
+
+
+def _poisoned(t):
+    if t.is_floating_point():
+        return t.fill_(float("nan"))
+    if t.dtype in (torch.int64, torch.int32):
+        return t.fill_(-(2**30))
+    return t
+
+
+@contextlib.contextmanager
+def poisoned_outputs(device):
+    """Every torch.empty / empty_like made inside (the Triton module's outputs and scratch) starts as
+    NaN, and the CUDA caching allocator's free memory is NaN too (the compiled ops' at::empty)."""
+    poison_allocator(device)
+    empty, empty_like = torch.empty, torch.empty_like
+    torch.empty = lambda *a, **k: _poisoned(empty(*a, **k))
+    torch.empty_like = lambda *a, **k: _poisoned(empty_like(*a, **k))
+    try:
+        yield
+    finally:
+        torch.empty, torch.empty_like = empty, empty_like
 
 
 def tol(dtype, grad=False):
@@ -48,13 +72,13 @@ def check_grid_sample(ops, inp, grid, pad, align, det_repeat=False):
     ref = R.grid_sample(ref_in, ref_grid, pad, align)
     go = randn(*ref.shape, dtype=dtype, device=dev)
     ref_gi, ref_gg = torch.autograd.grad(ref, (ref_in, ref_grid), go)
-    poison_allocator(dev)
-    out = ops.grid_sample_fwd(inp, grid, PADS.index(pad), align)
+    with poisoned_outputs(dev):
+        out = ops.grid_sample_fwd(inp, grid, PADS.index(pad), align)
     assert out.dtype == dtype
     assert_close(out, ref, dtype, tol(dtype), f"grid_sample out ({pad}, align={align})")
     for det in (False, True):
-        poison_allocator(dev)
-        gi, gg = ops.grid_sample_bwd(go, inp, grid, PADS.index(pad), align, det)
+        with poisoned_outputs(dev):
+            gi, gg = ops.grid_sample_bwd(go, inp, grid, PADS.index(pad), align, det)
         assert gi.dtype == inp.dtype and gg.dtype == grid.dtype
         assert_close(gi, ref_gi, dtype, tol(dtype, True), f"grad_input det={det} ({pad}, align={align})")
         assert_close(gg, ref_gg, dtype, tol(dtype, True), f"grad_grid det={det} ({pad}, align={align})")
@@ -69,10 +93,10 @@ def check_compose_flow(ops, coarse, fine, go):
     f = fine.detach().clone().requires_grad_()
     ref = R.compose_flow(c, f)
     (ref_gc,) = torch.autograd.grad(ref, (c,), go)
-    poison_allocator(fine.device)
-    assert_close(ops.compose_flow_fwd(coarse, fine), ref, dtype, tol(dtype), "compose_flow out")
-    poison_allocator(fine.device)
-    assert_close(ops.compose_flow_bwd(go), ref_gc, dtype, tol(dtype), "grad_coarse")
+    with poisoned_outputs(fine.device):
+        out, gc = ops.compose_flow_fwd(coarse, fine), ops.compose_flow_bwd(go)
+    assert_close(out, ref, dtype, tol(dtype), "compose_flow out")
+    assert_close(gc, ref_gc, dtype, tol(dtype), "grad_coarse")
 
 
 def check_warp_inpaint(ops, feat, x, logits, skip, align, det_repeat=False):
@@ -82,8 +106,8 @@ def check_warp_inpaint(ops, feat, x, logits, skip, align, det_repeat=False):
         ins.append(skip.detach().clone().requires_grad_())
     refs = R.warp_inpaint(*ins[:3], ins[3] if skip is not None else None, align)
     grads_out = [randn(*r.shape, dtype=dtype, device=dev) for r in refs]
-    poison_allocator(dev)
-    outs = ops.warp_inpaint_fwd(feat, x, logits, skip, align)
+    with poisoned_outputs(dev):
+        outs = ops.warp_inpaint_fwd(feat, x, logits, skip, align)
     for name, o, r in zip(("warped", "blended", "composed"), outs, refs):
         assert o.dtype == r.dtype
         assert_close(o, r, dtype, tol(dtype), f"{name} (align={align})")
@@ -92,7 +116,8 @@ def check_warp_inpaint(ops, feat, x, logits, skip, align, det_repeat=False):
     if dtype in HALF:
         # What the autograd glue passes for half types: the exact float32 composed logits.
         c32 = logits.float() if skip is None else R.compose_flow(skip.float(), logits.float())
-        g = ops.warp_inpaint_bwd(*grads_out, feat, x, c32, skip is not None, align, False)
+        with poisoned_outputs(dev):
+            g = ops.warp_inpaint_bwd(*grads_out, feat, x, c32, skip is not None, align, False)
         for name, a, b in zip(("grad_feat", "grad_x", "grad_logits", "grad_skip"), g, full_ref_g):
             assert a.dtype == dtype, f"{name}: dtype {a.dtype} != {dtype}"
             assert_close(a, b, dtype, tol(dtype, True), f"{name} float32 composed (align={align})")
@@ -106,8 +131,8 @@ def check_warp_inpaint(ops, feat, x, logits, skip, align, det_repeat=False):
     else:
         ref_g = full_ref_g
     for det in (False, True):
-        poison_allocator(dev)
-        g = ops.warp_inpaint_bwd(*grads_out, feat, x, composed, skip is not None, align, det)
+        with poisoned_outputs(dev):
+            g = ops.warp_inpaint_bwd(*grads_out, feat, x, composed, skip is not None, align, det)
         assert len(g) == 4
         for name, a, b in zip(("grad_feat", "grad_x", "grad_logits", "grad_skip"), g, ref_g):
             assert a.dtype == dtype, f"{name}: dtype {a.dtype} != {dtype}"
