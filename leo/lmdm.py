@@ -267,6 +267,9 @@ class LMDM(nn.Module):
             t = t.expand(B)
         if t.shape != (B,):
             raise ValueError(f"t must be (B,) = ({B},), got {tuple(t.shape)}")
+        # The sampler may keep its state in float32 while the weights are half precision.
+        out_dtype = x.dtype
+        x = x.to(self.conv_in.weight.dtype)
         c = self._cond_vector(cond, cond_mask, B, x)
         emb = self.time_mlp(timestep_embedding(t, self.config["width"]).to(x.dtype)) + self.cond_mlp(c)
 
@@ -295,7 +298,7 @@ class LMDM(nn.Module):
                 h = level["upsample"](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         h = torch.cat((h, skips.pop()), dim=1)
         out = self.conv_out(F.silu(self.out_norm(h)))
-        return out[:, :, :L]
+        return out[:, :, :L].to(out_dtype)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path) -> None:

@@ -127,8 +127,8 @@ class LEOPipeline:
         D, W = self.lmdm.motion_dim, self.lmdm.window
         if alpha_1.dim() != 2 or alpha_1.shape[1] != D:
             raise ValueError(f"alpha_1 must be (B, {D}), got {tuple(alpha_1.shape)}")
-        dev, dt = self._lmdm_device_dtype()
-        current = alpha_1.to(dev, dt)
+        dev, _ = self._lmdm_device_dtype()
+        current = alpha_1.to(dev, torch.float32)  # the sampler state stays float32 (LMDM casts inside)
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
         produced, k = 0, 0
@@ -136,7 +136,7 @@ class LEOPipeline:
             # Every chunk is sampled at the full window (one shape: one CUDA graph), then cropped.
             x = self.diffusion.sample(
                 self.lmdm, (current.shape[0], D, W), cond=current, sampler=sampler, steps=steps, eta=eta,
-                seed=(seed + k * _SEED_STRIDE) % 2**63, cuda_graph=cuda_graph, device=dev, dtype=dt,
+                seed=(seed + k * _SEED_STRIDE) % 2**63, cuda_graph=cuda_graph, device=dev, dtype=torch.float32,
                 guidance_scale=guidance_scale,
             )
             codes = self.lmdm.residuals_to_codes(x, current)  # codes[:, 0] == current exactly

@@ -207,3 +207,22 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("leo: error:") and needle in err and "\n" not in err, err
+
+
+def test_cli_unconditional_with_first_frame_model(tmp_path, animator):
+    ff = pytest.importorskip("leo.first_frame", reason="leo.first_frame (stage2-demo) not landed yet")
+    from leo.cli import main
+    from leo.media import VideoReader
+
+    anim_path, lmdm_path, ff_path = (tmp_path / n for n in ("a.safetensors", "m.safetensors", "ff.safetensors"))
+    animator.save(anim_path)
+    small_lmdm(window=4).save(lmdm_path)
+    torch.manual_seed(0)
+    ff.FirstFrameModel(image_size=16, base_channels=8, channel_mults=(1, 2), attn_resolutions=()).save(ff_path)
+    out = tmp_path / "u.mp4"
+    rc = main(["generate", "--animator", str(anim_path), "--lmdm", str(lmdm_path), "--unconditional",
+               "--first-frame-model", str(ff_path), "--frames", "5", "--out", str(out), "--steps", "2",
+               "--seed", "0", "--no-progress"])
+    assert rc == 0
+    with VideoReader(out, 32) as r:
+        assert r.read_all().shape == (5, 3, 32, 32)
