@@ -1,0 +1,486 @@
+"""grid_sample, compose_flow, warp_inpaint: every CPU-runnable backend against the eager reference.
+
+The Triton backend (interpreter) is tested in tests/test_warp_triton.py; CUDA where present.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import leo_kernels
+from leo_kernels import reference
+from tests._util import REL_TOL, assert_close, channels_last, non_contiguous
+
+FAST = [b for b in ("cpu",) if b in leo_kernels.available_backends("cpu")]
+BACKENDS = FAST + ["reference"]
+PADDINGS = ("zeros", "border", "reflection")
+LOW = (torch.float16, torch.bfloat16)
+
+# Gradient tolerances: gradients sum many products, so low precision gets a little more room.
+GRAD_TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+
+
+def _fresh(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _randn(*shape, dtype=torch.float32, g=None, scale=1.0):
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+
+def _layout(t, layout):
+    if layout == "channels_last":
+        return channels_last(t)
+    if layout == "non_contiguous":
+        return non_contiguous(t)
+    return t.contiguous()
+
+
+def _poison_heap(*shapes, dtype):
+    """Allocate and free NaN-filled blocks of the output sizes, so that memory the kernels get
+    back from the allocator likely holds NaN: an element a kernel forgets to write shows up."""
+    blocks = [torch.full(s, float("nan"), dtype=dtype) for s in shapes for _ in range(2)]
+    del blocks
+
+
+def _grads(outs, inputs, gouts):
+    outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+    return torch.autograd.grad(outs, inputs, gouts, allow_unused=False)
+
+
+# --------------------------------------------------------------------------- grid_sample
+GS_SHAPES = [
+    # (N, C, H, W, Ho, Wo)
+    (1, 1, 1, 1, 1, 1),
+    (1, 2, 2, 2, 3, 2),
+    (2, 3, 7, 5, 6, 9),
+    (3, 16, 9, 13, 8, 7),
+    (2, 64, 5, 6, 4, 4),
+]
+
+
+def _grid(n, ho, wo, dtype, g, spread=1.3):
+    """Normalized coords in [-spread, spread]; spread > 1 puts samples outside the image."""
+    return ((torch.rand(n, ho, wo, 2, generator=g, dtype=torch.float64) * 2 - 1) * spread).to(dtype)
+
+
+def _check_grid_sample(backend, shape, padding, align, dtype, layout="contiguous", spread=1.3, seed=0):
+    g = _fresh(seed)
+    n, c, h, w, ho, wo = shape
+    inp = _layout(_randn(n, c, h, w, dtype=dtype, g=g), layout).requires_grad_()
+    grid = _layout(_grid(n, ho, wo, dtype, g, spread), layout if layout == "non_contiguous" else "contiguous")
+    grid.requires_grad_()
+    _poison_heap((n, c, ho, wo), (n, c, h, w), dtype=dtype)
+    out = leo_kernels.grid_sample(inp, grid, padding, align, backend=backend)
+    assert leo_kernels.last_backend("grid_sample") == backend
+    assert out.data_ptr() != inp.data_ptr()
+    ref = reference.grid_sample(inp, grid, padding, align)
+    assert out.dtype == dtype
+    assert_close(out, ref, dtype, name="out")
+    gout = _randn(*out.shape, dtype=dtype, g=g)
+    gi, gg = _grads(out, (inp, grid), gout)
+    ri, rg = _grads(ref, (inp, grid), gout)
+    assert_close(gi, ri, tol=GRAD_TOL[dtype], name="grad_input")
+    assert_close(gg, rg, tol=GRAD_TOL[dtype], name="grad_grid")
+    if layout == "channels_last" and backend != "reference" and c > 1 and h * w > 1:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", GS_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align", [False, True])
+def test_grid_sample_matches_reference(backend, shape, padding, align):
+    for i, dtype in enumerate((torch.float32, torch.float64)):
+        _check_grid_sample(backend, shape, padding, align, dtype, seed=i)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("layout", ["channels_last", "non_contiguous"])
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_grid_sample_layouts(backend, layout, padding):
+    _check_grid_sample(backend, (2, 8, 6, 7, 5, 4), padding, False, torch.float32, layout)
+    _check_grid_sample(backend, (1, 3, 5, 4, 3, 6), padding, True, torch.float64, layout)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_grid_sample_low_precision(backend, dtype, layout):
+    for padding in PADDINGS:
+        _check_grid_sample(backend, (2, 16, 9, 8, 7, 10), padding, False, dtype, layout)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_grid_sample_far_outside(backend, padding):
+    # Samples up to 40 image widths away, and a few huge coordinates.
+    _check_grid_sample(backend, (2, 5, 6, 7, 8, 9), padding, False, torch.float64, spread=80.0)
+    g = _fresh(3)
+    inp = _randn(1, 4, 5, 6, g=g)
+    # (torch's own reflection of coordinates beyond int range is undefined, so stay inside it.)
+    big = 1e30 if padding != "reflection" else 1e5
+    grid = torch.tensor([[[[big, -big], [-3e4, 2e4], [0.5, -0.25]]]])
+    out = leo_kernels.grid_sample(inp, grid, padding, True, backend=backend)
+    assert_close(out, F.grid_sample(inp, grid, padding_mode=padding, align_corners=True), name="out")
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_grid_sample_big_channels(backend):
+    _check_grid_sample(backend, (1, 512, 5, 4, 3, 5), "zeros", False, torch.float32)
+    _check_grid_sample(backend, (2, 512, 3, 3, 2, 2), "border", True, torch.float32, "channels_last")
+
+
+def test_reference_grid_sample_is_f_grid_sample():
+    g = _fresh(4)
+    inp, grid = _randn(2, 3, 5, 6, g=g), _grid(2, 4, 3, torch.float32, g)
+    for padding in PADDINGS:
+        for align in (False, True):
+            want = F.grid_sample(inp, grid, mode="bilinear", padding_mode=padding, align_corners=align)
+            assert torch.equal(leo_kernels.grid_sample(inp, grid, padding, align, backend="reference"), want)
+
+
+# --------------------------------------------------------------------------- compose_flow
+CF_SHAPES = [(1, 1, 1, 1), (2, 2, 3, 5), (1, 3, 8, 8), (3, 2, 5, 2)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", CF_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_compose_flow_matches_reference(backend, shape, dtype):
+    g = _fresh(5)
+    n, k, h, w = shape
+    coarse = _randn(n, k, h, w, dtype=dtype, g=g).requires_grad_()
+    fine = _randn(n, k, 2 * h, 2 * w, dtype=dtype, g=g).requires_grad_()
+    _poison_heap((n, k, 2 * h, 2 * w), (n, k, h, w), dtype=dtype)
+    out = leo_kernels.compose_flow(coarse, fine, backend=backend)
+    assert leo_kernels.last_backend("compose_flow") == backend
+    ref = reference.compose_flow(coarse, fine)
+    assert_close(out, ref, dtype, name="out")
+    gout = _randn(*out.shape, dtype=dtype, g=g)
+    for got, want, name in zip(_grads(out, (coarse, fine), gout), _grads(ref, (coarse, fine), gout), ("coarse", "fine")):
+        assert_close(got, want, tol=GRAD_TOL[dtype], name=f"grad_{name}")
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_compose_flow_strided_inputs(backend):
+    g = _fresh(6)
+    coarse = non_contiguous(_randn(2, 2, 4, 3, g=g))
+    fine = channels_last(_randn(2, 2, 8, 6, g=g))
+    assert_close(leo_kernels.compose_flow(coarse, fine, backend=backend), reference.compose_flow(coarse, fine))
+
+
+def test_up2_is_fir_1331_upsampling():
+    # OPS.md: up2 is StyleGAN2's [1,3,3,1] FIR upsampler (x2, gain 4) = zero insertion + pad + conv.
+    g = _fresh(7)
+    x = _randn(2, 3, 5, 4, dtype=torch.float64, g=g)
+    k1 = torch.tensor([1.0, 3.0, 3.0, 1.0], dtype=torch.float64)
+    k = torch.outer(k1, k1) / k1.sum() ** 2 * 4
+    z = torch.zeros(2, 3, 10, 8, dtype=torch.float64)
+    z[:, :, ::2, ::2] = x
+    z = F.pad(z, (2, 1, 2, 1))
+    want = F.conv2d(z.view(6, 1, 13, 11), k.flip(0, 1).view(1, 1, 4, 4)).view(2, 3, 10, 8)
+    assert_close(reference.up2(x), want)
+    fine = torch.zeros_like(want)
+    for backend in FAST:
+        assert_close(leo_kernels.compose_flow(x, fine, backend=backend), want)
+
+
+# --------------------------------------------------------------------------- warp_inpaint
+WI_SHAPES = [
+    # (N, C, H, W, with skip)
+    (1, 1, 1, 1, False),
+    (1, 1, 2, 2, True),
+    (2, 3, 6, 10, True),
+    (1, 5, 7, 9, False),
+    (3, 16, 8, 6, True),
+    (2, 64, 4, 4, True),
+]
+
+
+def _wi_inputs(shape, dtype, g, layout="contiguous", flow_scale=2.0):
+    n, c, h, w, with_skip = shape
+    feat = _layout(_randn(n, c, h, w, dtype=dtype, g=g), layout).requires_grad_()
+    x = _layout(_randn(n, c, h, w, dtype=dtype, g=g), layout).requires_grad_()
+    logits = _randn(n, 3, h, w, dtype=dtype, g=g, scale=flow_scale).requires_grad_()
+    skip = _randn(n, 3, h // 2, w // 2, dtype=dtype, g=g, scale=flow_scale).requires_grad_() if with_skip else None
+    return feat, x, logits, skip
+
+
+def _check_warp_inpaint(backend, shape, align, dtype, layout="contiguous", flow_scale=2.0, seed=0):
+    g = _fresh(seed)
+    feat, x, logits, skip = _wi_inputs(shape, dtype, g, layout, flow_scale)
+    inputs = [t for t in (feat, x, logits, skip) if t is not None]
+    _poison_heap(tuple(feat.shape), tuple(logits.shape), dtype=dtype)
+    outs = leo_kernels.warp_inpaint(feat, x, logits, skip, align, backend=backend)
+    assert leo_kernels.last_backend("warp_inpaint") == backend
+    refs = reference.warp_inpaint(feat, x, logits, skip, align)
+    for got, want, name in zip(outs, refs, ("warped", "blended", "composed")):
+        assert got.dtype == dtype
+        assert_close(got, want, dtype, name=name)
+    gouts = [_randn(*o.shape, dtype=dtype, g=g) for o in outs]
+    names = ("feat", "x", "logits", "skip")
+    for got, want, name in zip(_grads(outs, inputs, gouts), _grads(refs, inputs, gouts), names):
+        assert_close(got, want, tol=GRAD_TOL[dtype], name=f"grad_{name}")
+    if layout == "channels_last" and backend != "reference" and shape[1] > 1 and shape[2] * shape[3] > 1:
+        assert outs[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", WI_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("align", [False, True])
+def test_warp_inpaint_matches_reference(backend, shape, align):
+    for i, dtype in enumerate((torch.float32, torch.float64)):
+        _check_warp_inpaint(backend, shape, align, dtype, seed=i)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("layout", ["channels_last", "non_contiguous"])
+def test_warp_inpaint_layouts(backend, layout):
+    _check_warp_inpaint(backend, (2, 8, 6, 8, True), False, torch.float32, layout)
+    _check_warp_inpaint(backend, (1, 3, 5, 7, False), True, torch.float64, layout)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_warp_inpaint_low_precision(backend, dtype, layout):
+    _check_warp_inpaint(backend, (2, 16, 16, 24, True), False, dtype, layout)
+    _check_warp_inpaint(backend, (1, 8, 9, 7, False), True, dtype, layout)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_warp_inpaint_saturated_flow_and_mask(backend):
+    # tanh and sigmoid saturate: samples land up to a full image away, masks at 0 and 1.
+    _check_warp_inpaint(backend, (2, 4, 8, 8, True), False, torch.float64, flow_scale=30.0)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_warp_inpaint_big_channels(backend):
+    _check_warp_inpaint(backend, (1, 512, 4, 6, True), False, torch.float32)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_warp_inpaint_unused_outputs(backend):
+    # Only `blended` reaches the loss; the other output grads arrive as None/zeros.
+    g = _fresh(8)
+    feat, x, logits, skip = _wi_inputs((2, 4, 6, 6, True), torch.float32, g)
+    _, blended, _ = leo_kernels.warp_inpaint(feat, x, logits, skip, backend=backend)
+    _, rblended, _ = reference.warp_inpaint(feat, x, logits, skip)
+    inputs = (feat, x, logits, skip)
+    for got, want in zip(torch.autograd.grad(blended.sum(), inputs), torch.autograd.grad(rblended.sum(), inputs)):
+        assert_close(got, want)
+
+
+# --------------------------------------------------------------------------- gradcheck, opcheck, compile
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_float64(backend):
+    g = _fresh(9)
+    inp = _randn(2, 3, 4, 5, dtype=torch.float64, g=g).requires_grad_()
+    for padding in PADDINGS:
+        for align in (False, True):
+            grid = _grid(2, 3, 2, torch.float64, g, 1.2).requires_grad_()
+            assert torch.autograd.gradcheck(
+                lambda a, b: leo_kernels.grid_sample(a, b, padding, align, backend=backend), (inp, grid)
+            )
+    coarse = _randn(1, 2, 3, 2, dtype=torch.float64, g=g).requires_grad_()
+    fine = _randn(1, 2, 6, 4, dtype=torch.float64, g=g).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: leo_kernels.compose_flow(a, b, backend=backend), (coarse, fine))
+    for align in (False, True):
+        feat, x, logits, skip = _wi_inputs((1, 2, 4, 6, True), torch.float64, g)
+        assert torch.autograd.gradcheck(
+            lambda *a: leo_kernels.warp_inpaint(*a, align_corners=align, backend=backend), (feat, x, logits, skip)
+        )
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_opcheck(backend):
+    g = _fresh(10)
+    inp = _randn(2, 3, 4, 5, g=g).requires_grad_()
+    grid = _grid(2, 3, 2, torch.float32, g).requires_grad_()
+    ops = torch.ops.leo_kernels
+    torch.library.opcheck(ops.grid_sample.default, (inp, grid, 2, False, False, backend))
+    torch.library.opcheck(ops.grid_sample.default, (channels_last(inp.detach()).requires_grad_(), grid, 0, True, True, backend))
+    go = _randn(2, 3, 3, 2, g=g)
+    torch.library.opcheck(ops.grid_sample_backward.default, (go, inp.detach(), grid.detach(), 1, True, False, backend))
+    coarse = _randn(1, 2, 3, 2, g=g).requires_grad_()
+    fine = _randn(1, 2, 6, 4, g=g).requires_grad_()
+    torch.library.opcheck(ops.compose_flow.default, (coarse, fine, backend))
+    torch.library.opcheck(ops.compose_flow_backward.default, (fine.detach(), backend))
+    for dtype in (torch.float32, torch.bfloat16):
+        feat, x, logits, skip = _wi_inputs((2, 3, 4, 6, True), dtype, g)
+        torch.library.opcheck(ops.warp_inpaint.default, (feat, x, logits, skip, False, False, backend))
+        torch.library.opcheck(ops.warp_inpaint.default, (feat, x, logits, None, True, False, backend))
+        d = [t.detach() for t in (feat, x, logits)]
+        gws = [_randn(*feat.shape, dtype=dtype, g=g) for _ in range(2)]
+        torch.library.opcheck(
+            ops.warp_inpaint_backward.default, (*gws, d[2], d[0], d[1], d[2], True, False, False, backend)
+        )
+    # The compiled ops themselves (schemas declared in csrc/cpu/warp_cpu.cpp).
+    torch.library.opcheck(ops._grid_sample_fwd.default, (inp.detach(), grid.detach(), 0, False))
+    torch.library.opcheck(ops._compose_flow_fwd.default, (coarse.detach(), fine.detach()))
+    torch.library.opcheck(ops._warp_inpaint_fwd.default, (d[0], d[1], d[2], None, False))
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_torch_compile_fullgraph_matches_eager(backend):
+    def level(feat, x, logits, skip, grid):
+        warped, blended, composed = leo_kernels.warp_inpaint(feat, x, logits, skip, backend=backend)
+        resampled = leo_kernels.grid_sample(blended, grid, "border", backend=backend)
+        flow = leo_kernels.compose_flow(composed, torch.zeros_like(logits).repeat(1, 1, 2, 2), backend=backend)
+        return (resampled.square().sum() + warped.sum() + flow.square().sum())
+
+    g = _fresh(11)
+    feat, x, logits, skip = _wi_inputs((2, 4, 6, 8, True), torch.float32, g)
+    grid = _grid(2, 5, 3, torch.float32, g).requires_grad_()
+    inputs = (feat, x, logits, skip, grid)
+    torch._dynamo.reset()
+    compiled = torch.compile(level, fullgraph=True)
+    got = compiled(*inputs)
+    want = level(*inputs)
+    assert_close(got, want)
+    for a, b in zip(torch.autograd.grad(got, inputs), torch.autograd.grad(want, inputs)):
+        assert_close(a, b)
+
+
+# --------------------------------------------------------------------------- determinism, backend choice
+@pytest.mark.parametrize("backend", FAST)
+def test_deterministic_backward_is_bitwise_repeatable(backend):
+    g = _fresh(12)
+    feat, x, logits, skip = _wi_inputs((2, 16, 12, 10, True), torch.float32, g)
+    # Many samples land on the same input pixels (a squeezed grid), so scatter order matters.
+    grid = (_grid(2, 20, 20, torch.float32, g) * 0.2).requires_grad_()
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = []
+        for _ in range(3):
+            outs = leo_kernels.warp_inpaint(feat, x, logits, skip, backend=backend)
+            loss = sum((o * o).sum() for o in outs) + leo_kernels.grid_sample(feat, grid, backend=backend).sum()
+            runs.append(torch.autograd.grad(loss, (feat, x, logits, skip, grid)))
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    for run in runs[1:]:
+        for a, b in zip(run, runs[0]):
+            assert torch.equal(a, b)
+
+
+def test_last_backend_reports_what_ran():
+    g = _fresh(13)
+    inp, grid = _randn(1, 2, 3, 3, g=g), _grid(1, 2, 2, torch.float32, g)
+    for backend in BACKENDS:
+        leo_kernels.grid_sample(inp, grid, backend=backend)
+        assert leo_kernels.last_backend("grid_sample") == backend
+    leo_kernels.grid_sample(inp, grid)
+    assert leo_kernels.last_backend("grid_sample") == BACKENDS[0]
+
+
+def test_env_var_forces_backend(monkeypatch):
+    g = _fresh(14)
+    inp, grid = _randn(1, 2, 3, 3, g=g), _grid(1, 2, 2, torch.float32, g)
+    monkeypatch.setenv("LEO_KERNELS_BACKEND", "reference")
+    leo_kernels.grid_sample(inp, grid)
+    assert leo_kernels.last_backend("grid_sample") == "reference"
+
+
+# --------------------------------------------------------------------------- bad input
+def _gs_args():
+    return torch.zeros(2, 3, 4, 5), torch.zeros(2, 3, 3, 2)
+
+
+def _wi_args(skip=True):
+    return torch.zeros(2, 4, 6, 8), torch.zeros(2, 4, 6, 8), torch.zeros(2, 3, 6, 8), torch.zeros(2, 3, 3, 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(input=torch.zeros(3, 4, 5)), ValueError, "input"),
+        (dict(grid=torch.zeros(2, 3, 3)), ValueError, "grid"),
+        (dict(grid=torch.zeros(2, 3, 3, 3)), ValueError, "grid"),
+        (dict(grid=torch.zeros(1, 3, 3, 2)), ValueError, "grid"),
+        (dict(grid=torch.zeros(2, 3, 3, 2, dtype=torch.float64)), TypeError, "grid"),
+        (dict(grid=torch.zeros(2, 3, 3, 2, device="meta")), ValueError, "grid"),
+        (dict(input=torch.zeros(2, 3, 4, 5, dtype=torch.int32)), TypeError, "input"),
+        (dict(input=[[1.0]]), TypeError, "input"),
+        (dict(input=torch.zeros(2, 3, 0, 5)), ValueError, "input"),
+        (dict(padding_mode="mirror"), ValueError, "padding_mode"),
+        (dict(align_corners=1), TypeError, "align_corners"),
+        (dict(backend="tpu"), ValueError, "backend"),
+    ],
+)
+def test_grid_sample_bad_input(kwargs, exc, match):
+    inp, grid = _gs_args()
+    args = dict(input=inp, grid=grid, padding_mode="zeros", align_corners=False)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        leo_kernels.grid_sample(**args)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(feat=torch.zeros(4, 6, 8)), ValueError, "feat"),
+        (dict(x=torch.zeros(2, 4, 6, 7)), ValueError, "x"),
+        (dict(x=torch.zeros(2, 5, 6, 8)), ValueError, "x"),
+        (dict(logits=torch.zeros(2, 2, 6, 8)), ValueError, "logits"),
+        (dict(logits=torch.zeros(2, 4, 6, 8)), ValueError, "logits.*3 channels"),
+        (dict(logits=torch.zeros(1, 3, 6, 8)), ValueError, "logits"),
+        (dict(logits=torch.zeros(2, 3, 6, 4)), ValueError, "logits"),
+        (dict(skip=torch.zeros(2, 3, 6, 8)), ValueError, "skip"),
+        (dict(skip=torch.zeros(1, 3, 3, 4)), ValueError, "skip"),
+        (dict(skip=torch.zeros(2, 2, 3, 4)), ValueError, "skip"),
+        (dict(skip=torch.zeros(2, 3, 3, 4, dtype=torch.float16)), TypeError, "skip"),
+        (dict(x=torch.zeros(2, 4, 6, 8, device="meta")), ValueError, "x"),
+        (dict(logits=torch.zeros(2, 3, 6, 8, dtype=torch.float64)), TypeError, "logits"),
+        (dict(align_corners="yes"), TypeError, "align_corners"),
+        (dict(backend="gpu"), ValueError, "backend"),
+    ],
+)
+def test_warp_inpaint_bad_input(kwargs, exc, match):
+    feat, x, logits, skip = _wi_args()
+    args = dict(feat=feat, x=x, logits=logits, skip=skip, align_corners=False)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        leo_kernels.warp_inpaint(**args)
+
+
+def test_warp_inpaint_skip_needs_even_size():
+    feat = torch.zeros(1, 2, 5, 6)
+    with pytest.raises(ValueError, match="skip"):
+        leo_kernels.warp_inpaint(feat, feat, torch.zeros(1, 3, 5, 6), torch.zeros(1, 3, 2, 3))
+
+
+@pytest.mark.parametrize(
+    "coarse, fine, exc, match",
+    [
+        (torch.zeros(2, 3, 4), torch.zeros(2, 3, 8, 8), ValueError, "coarse"),
+        (torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 8, 7), ValueError, "fine"),
+        (torch.zeros(2, 3, 4, 4), torch.zeros(2, 2, 8, 8), ValueError, "fine"),
+        (torch.zeros(2, 3, 4, 4, dtype=torch.float16), torch.zeros(2, 3, 8, 8), TypeError, "coarse"),
+        (torch.zeros(2, 3, 4, 4, device="meta"), torch.zeros(2, 3, 8, 8), ValueError, "coarse"),
+    ],
+)
+def test_compose_flow_bad_input(coarse, fine, exc, match):
+    with pytest.raises(exc, match=match):
+        leo_kernels.compose_flow(coarse, fine)
+
+
+def test_unavailable_backend_is_clear():
+    inp, grid = _gs_args()
+    with pytest.raises(RuntimeError, match="cuda"):
+        leo_kernels.grid_sample(inp, grid, backend="cuda")
+
+
+def test_tolerances_are_meaningful():
+    # A one-pixel shift of the grid must fail the float32 tolerance (the comparison can fail).
+    g = _fresh(15)
+    inp, grid = _randn(1, 4, 8, 8, g=g), _grid(1, 6, 6, torch.float32, g, 0.8)
+    a = leo_kernels.grid_sample(inp, grid, backend=BACKENDS[0])
+    b = reference.grid_sample(inp, grid + 2.0 / 8)
+    with pytest.raises(AssertionError):
+        assert_close(a, b)
+    with pytest.raises(AssertionError):
+        assert_close(torch.full_like(a, float("nan")), a)
+    assert REL_TOL[torch.float32] < 1e-3
