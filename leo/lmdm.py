@@ -97,8 +97,10 @@ class TemporalAttention(nn.Module):
 
 
 class LMDM(nn.Module):
-    """The motion denoiser: ``model(x_t (B, motion_dim, L), t (B,), cond (B, motion_dim) or None,
-    cond_mask=None (B,) bool, True = use the condition) -> prediction (B, motion_dim, L)``."""
+    """The motion denoiser: ``model(x_t (B, motion_dim, L), t (B,), cond, cond_mask=None)
+    -> prediction (B, motion_dim, L)``. ``cond``: alpha_1 (B, motion_dim) (raw codes), None (the
+    null condition for every sample), or a pair (alpha_1, cond_mask); ``cond_mask`` (B,) bool,
+    True = use the condition, False = null condition (classifier-free dropping)."""
 
     def __init__(
         self,
@@ -249,6 +251,11 @@ class LMDM(nn.Module):
     def _cond_vector(self, cond, cond_mask, B, like):
         """Standardized alpha_1 (B, D), with the learned null condition where dropped."""
         null = self.null_cond.to(like.dtype).expand(B, -1)
+        if isinstance(cond, (tuple, list)):  # (alpha_1, keep mask): dropping chosen by the data loader
+            if len(cond) != 2 or cond_mask is not None:
+                raise ValueError("cond must be alpha_1 or a pair (alpha_1, cond_mask), not both forms")
+            cond, cond_mask = cond
+            cond = cond.to(like.device)
         if cond is None:
             return null
         if cond.shape != (B, self.motion_dim):

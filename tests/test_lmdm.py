@@ -44,6 +44,7 @@ def test_condition_timestep_and_null_condition_matter():
     assert_close(mixed[0], y[0], tol=1e-6)
     assert_close(mixed[1], m(x, t, None)[1], tol=1e-6)
     assert_close(m(x, t, c, cond_mask=torch.tensor([False, False])), m(x, t, None), tol=1e-6)
+    assert torch.equal(m(x, t, (c, mask)), mixed)  # the pair form, for loaders that drop themselves
     with pytest.raises(ValueError, match="cond"):
         m(x, t, torch.randn(2, 5))
     with pytest.raises(ValueError, match="x must be"):
