@@ -226,3 +226,24 @@ def test_cli_unconditional_with_first_frame_model(tmp_path, animator):
     assert rc == 0
     with VideoReader(out, 32) as r:
         assert r.read_all().shape == (5, 3, 32, 32)
+
+
+def test_edit_real_clip_from_file(tmp_path, animator, lia_samples):
+    """edit() from a video file (streamed through VideoReader) on a real clip: with the clip's own
+    first frame it reproduces the reconstruction of the decoded frames."""
+    from leo.media import VideoReader, VideoWriter
+
+    with VideoReader(lia_samples / "taichi" / "driving1.mp4", 32) as r:
+        clip = next(r.chunks(6))
+    path = tmp_path / "clip.mp4"
+    with VideoWriter(path, 25) as w:
+        w.write(clip)
+    with VideoReader(path, 32) as r:
+        frames = r.read_all()
+    pipe = LEOPipeline(animator, None, render_batch=4)
+    with torch.no_grad():
+        recon = animator.render(animator.encode(frames[:1]), animator.encode_motion(frames))
+    assert_close(pipe.motion_codes(path), animator.encode_motion(frames), tol=1e-5)
+    w = ListWriter()
+    assert pipe.edit(path, frames[0], writer=w) == frames.shape[0]
+    assert_close(torch.cat(w.chunks), recon, tol=1e-4)
