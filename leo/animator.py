@@ -1,0 +1,453 @@
+"""Stage 1 of LEO: the flow-based image animator (LIA architecture) on leo_kernels.
+
+``Animator`` reproduces the released LIA generator (same state_dict keys and shapes at the
+default settings, same function; contract: ../shared/design/ANIMATOR.md) and adds an
+inference API that does each piece of work once:
+
+    cache = model.encode(source)                 # appearance code, features, motion code
+    alphas = model.encode_motion(driving_frames) # (T, motion_dim)
+    frames = model.render(cache, alphas, start_alpha=alphas[0])   # relative mode
+
+``forward(img_source, img_drive, h_start=None)`` is the generator's training/demo call.
+Every decoder level runs ``leo_kernels.warp_inpaint``; ``kernels="reference"`` switches
+every op to its eager reference (and modulated convs to the per-sample grouped form).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import re
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from leo.layers import (
+    ConstantInput,
+    ConvLayer,
+    Direction,
+    EqualConv2d,
+    EqualLinear,
+    ResBlock,
+    StyledConv,
+    ToFlow,
+    ToRGB,
+    full,
+    set_backend,
+)
+
+__all__ = ["Animator", "SourceCache", "CheckpointError", "channel_table", "infer_config"]
+
+KIND = "animator"
+MIN_SIZE, MAX_SIZE = 32, 512
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the animator (message says why)."""
+
+
+def channel_table(size: int, channel_multiplier: int = 1, width: float = 1.0) -> dict[int, int]:
+    """Channels per resolution 4..size (LIA's table, scaled by ``width``).
+
+    LIA's decoder multiplies resolutions >= 64 by ``channel_multiplier`` and its encoder
+    does not, so only channel_multiplier=1 runs in LIA; here both use it (identical at 1).
+    """
+    base = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32}
+    out = {}
+    for res, ch in base.items():
+        if res > size:
+            break
+        ch = ch * (channel_multiplier if res >= 64 else 1)
+        out[res] = max(1, int(round(ch * width)))
+    return out
+
+
+@dataclass
+class SourceCache:
+    """What the decoder needs from the source image, computed once by :meth:`Animator.encode`.
+
+    wa (B, style_dim) appearance code; feats encoder features coarse (8x8) to fine (size);
+    alpha (B, motion_dim) the source's own motion code (used by relative mode).
+    """
+
+    wa: torch.Tensor
+    feats: list = field(default_factory=list)
+    alpha: torch.Tensor | None = None
+
+    @property
+    def batch(self) -> int:
+        return self.wa.shape[0]
+
+    def to(self, *args, **kwargs) -> "SourceCache":
+        return SourceCache(
+            self.wa.to(*args, **kwargs),
+            [f.to(*args, **kwargs) for f in self.feats],
+            None if self.alpha is None else self.alpha.to(*args, **kwargs),
+        )
+
+
+# --------------------------------------------------------------------------- encoder
+class EncoderApp(nn.Module):
+    """Appearance encoder: 1x1 conv, residual downsampling blocks to 4x4, 4x4 conv to ``wa``."""
+
+    def __init__(self, size: int, style_dim: int, channels: dict[int, int]):
+        super().__init__()
+        log_size = int(math.log2(size))
+        self.convs = nn.ModuleList([ConvLayer(3, channels[size], 1)])
+        in_ch = channels[size]
+        for i in range(log_size, 2, -1):
+            out_ch = channels[2 ** (i - 1)]
+            self.convs.append(ResBlock(in_ch, out_ch))
+            in_ch = out_ch
+        self.convs.append(EqualConv2d(in_ch, style_dim, 4, padding=0, bias=False))
+
+    def forward(self, x, with_feats: bool = True):
+        """-> (wa (B, style_dim), features at 8..size coarse to fine, or [] if not asked)."""
+        feats = []
+        n = len(self.convs)
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if with_feats and i < n - 2:  # drop the 4x4 block output and the final code
+                feats.append(x)
+        return x.flatten(1), feats[::-1]
+
+
+class Encoder(nn.Module):
+    def __init__(self, size: int, style_dim: int, motion_dim: int, channels: dict[int, int]):
+        super().__init__()
+        self.net_app = EncoderApp(size, style_dim, channels)
+        # Five equalized linear layers, no activation in between: wa -> motion magnitudes.
+        self.fc = nn.Sequential(*[EqualLinear(style_dim, style_dim) for _ in range(4)], EqualLinear(style_dim, motion_dim))
+
+
+# --------------------------------------------------------------------------- decoder
+class Synthesis(nn.Module):
+    """StyleGAN2-style decoder with one flow-warp/inpaint level per resolution 8..size."""
+
+    def __init__(self, size: int, style_dim: int, motion_dim: int, channels: dict[int, int]):
+        super().__init__()
+        self.direction = Direction(style_dim, motion_dim)
+        self.input = ConstantInput(channels[4])
+        self.conv1 = StyledConv(channels[4], channels[4], 3, style_dim)
+        self.to_rgb1 = ToRGB(channels[4], upsample=False)  # in the checkpoints, never used
+        self.convs = nn.ModuleList()
+        self.to_rgbs = nn.ModuleList()
+        self.to_flows = nn.ModuleList()
+        in_ch = channels[4]
+        for i in range(3, int(math.log2(size)) + 1):
+            out_ch = channels[2**i]
+            self.convs.append(StyledConv(in_ch, out_ch, 3, style_dim, upsample=True))
+            self.convs.append(StyledConv(out_ch, out_ch, 3, style_dim))
+            self.to_rgbs.append(ToRGB(out_ch))
+            self.to_flows.append(ToFlow(out_ch, style_dim))
+            in_ch = out_ch
+
+    def forward(self, latent: torch.Tensor, feats: list) -> torch.Tensor:
+        """Render images from latents (B, style_dim) and encoder features (batch B or 1)."""
+        b = latent.shape[0]
+        out = self.conv1(self.input(b), latent)
+        rgb = flow = None
+        for k, (to_flow, to_rgb) in enumerate(zip(self.to_flows, self.to_rgbs)):
+            out = self.convs[2 * k](out, latent)
+            out = self.convs[2 * k + 1](out, latent)
+            feat = feats[k]
+            if feat.shape[0] != b:
+                feat = feat.expand(b, -1, -1, -1)
+            warped, out, flow = to_flow(out, latent, feat, flow)
+            rgb = to_rgb(warped, rgb)
+        return rgb
+
+
+# --------------------------------------------------------------------------- the animator
+class Animator(nn.Module):
+    """LIA-compatible animator; see the module docstring.
+
+    size: any power of two from 32 to 512; width scales every channel count (small
+    experiments); the defaults build the released LIA generator's exact layout.
+    kernels: "auto" (fastest leo_kernels backends) or "reference" (eager everything).
+    """
+
+    def __init__(
+        self,
+        size: int = 256,
+        style_dim: int = 512,
+        motion_dim: int = 20,
+        channel_multiplier: int = 1,
+        width: float = 1.0,
+        kernels: str = "auto",
+    ):
+        super().__init__()
+        _check_int("size", size, MIN_SIZE, MAX_SIZE)
+        if size & (size - 1):
+            raise ValueError(f"size must be a power of two from {MIN_SIZE} to {MAX_SIZE}, got {size}")
+        _check_int("style_dim", style_dim, 1, 1 << 16)
+        _check_int("motion_dim", motion_dim, 1, style_dim)
+        _check_int("channel_multiplier", channel_multiplier, 1, 64)
+        if isinstance(width, bool) or not isinstance(width, (int, float)) or not (0 < width <= 16):
+            raise ValueError(f"width must be a number in (0, 16], got {width!r}")
+        self.size, self.style_dim, self.motion_dim = size, style_dim, motion_dim
+        self.channel_multiplier, self.width = channel_multiplier, float(width)
+        self.channels = channel_table(size, channel_multiplier, width)
+        self.enc = Encoder(size, style_dim, motion_dim, self.channels)
+        self.dec = Synthesis(size, style_dim, motion_dim, self.channels)
+        self.kernels = kernels
+
+    # ----------------------------------------------------------------- configuration
+    @property
+    def config(self) -> dict:
+        return {
+            "size": self.size,
+            "style_dim": self.style_dim,
+            "motion_dim": self.motion_dim,
+            "channel_multiplier": self.channel_multiplier,
+            "width": self.width,
+        }
+
+    @property
+    def kernels(self) -> str:
+        return self._kernels
+
+    @kernels.setter
+    def kernels(self, value: str) -> None:
+        if value not in ("auto", "reference"):
+            raise ValueError(f"kernels must be 'auto' or 'reference', got {value!r}")
+        self._kernels = value
+        set_backend(self, None if value == "auto" else "reference")
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.config.items()) + f", kernels={self.kernels!r}"
+
+    # ----------------------------------------------------------------- checks
+    def _check_images(self, x, name):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != self.size or x.shape[3] != self.size:
+            raise ValueError(f"{name} must have shape (B, 3, {self.size}, {self.size}), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor in [-1, 1], got {x.dtype}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} must hold at least one image")
+
+    def _check_alpha(self, a, name, rows=None):
+        if not isinstance(a, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(a).__name__}")
+        if a.dim() == 1:
+            a = a.unsqueeze(0)
+        if a.dim() != 2 or a.shape[1] != self.motion_dim:
+            raise ValueError(f"{name} must have shape (N, {self.motion_dim}), got {tuple(a.shape)}")
+        if rows is not None and a.shape[0] not in (1, rows):
+            raise ValueError(f"{name} must have 1 or {rows} rows, got {a.shape[0]}")
+        return a
+
+    # ----------------------------------------------------------------- pieces
+    def motion_basis(self) -> torch.Tensor:
+        """Q (style_dim, motion_dim) with orthonormal columns: QR(W + 1e-8).Q, in float32."""
+        with _no_autocast(self.dec.direction.weight.device):
+            return self.dec.direction.basis()
+
+    def latent(self, wa, alpha, alpha_source=None, alpha_start=None, q=None) -> torch.Tensor:
+        """Absolute: wa + Q alpha. Relative (both extra codes): wa + (Q alpha - Q alpha_start)
+        + Q alpha_source, in that order as the released code; computed in float32."""
+        with _no_autocast(wa.device):
+            q = self.motion_basis() if q is None else q
+            d = self.dec.direction
+            wa = full(wa)
+            if alpha_start is None:
+                return wa + d(alpha, q)
+            return wa + (d(alpha, q) - d(alpha_start, q)) + d(alpha_source, q)
+
+    def _motion_codes(self, wa):
+        with _no_autocast(wa.device):
+            return self.enc.fc(full(wa))
+
+    # ----------------------------------------------------------------- training / demo call
+    def forward(self, img_source, img_drive, h_start=None):
+        """The released generator's call: source and driving images (B, 3, S, S) in [-1, 1];
+        ``h_start`` (B or 1, motion_dim): the first driving frame's motion code, which
+        selects relative mode. Returns (B, 3, S, S)."""
+        self._check_images(img_source, "img_source")
+        self._check_images(img_drive, "img_drive")
+        b = img_drive.shape[0]
+        if img_source.shape[0] not in (1, b):
+            raise ValueError(f"img_source must have batch 1 or {b} (img_drive's), got {img_source.shape[0]}")
+        if h_start is not None:
+            h_start = self._check_alpha(h_start, "h_start", rows=b)
+        bs = img_source.shape[0]
+        if img_source.dtype == img_drive.dtype:
+            # One encoder pass over source and driving images together (per-sample math).
+            wa_all, feats = self.enc.net_app(torch.cat((img_source, img_drive)))
+            wa, wa_t = wa_all[:bs], wa_all[bs:]
+            feats = [f[:bs] for f in feats]
+        else:
+            wa, feats = self.enc.net_app(img_source)
+            wa_t, _ = self.enc.net_app(img_drive, with_feats=False)
+        alpha_t = self._motion_codes(wa_t)
+        if h_start is None:
+            latent = self.latent(wa.expand(b, -1), alpha_t)
+        else:
+            alpha_src = self._motion_codes(wa)
+            latent = self.latent(wa.expand(b, -1), alpha_t, alpha_src.expand(b, -1), h_start.expand(b, -1))
+        return self.dec(latent, feats)
+
+    # ----------------------------------------------------------------- inference API
+    def encode(self, source) -> SourceCache:
+        """Encode source images (B, 3, S, S) once: appearance code, features, motion code."""
+        self._check_images(source, "source")
+        wa, feats = self.enc.net_app(source)
+        return SourceCache(wa=wa, feats=feats, alpha=self._motion_codes(wa))
+
+    def encode_motion(self, frames) -> torch.Tensor:
+        """Motion codes (T, motion_dim) of frames (T, 3, S, S)."""
+        self._check_images(frames, "frames")
+        wa, _ = self.enc.net_app(frames, with_feats=False)
+        return self._motion_codes(wa)
+
+    def render(self, cache: SourceCache, alphas, start_alpha=None) -> torch.Tensor:
+        """Render frames (T, 3, S, S) from motion codes ``alphas`` (T, motion_dim).
+
+        Absolute mode: latent = wa + Q alpha_t. Relative mode (``start_alpha``, the first
+        driving frame's code): wa + Q alpha_t - Q start_alpha + Q cache.alpha. A cache of
+        batch 1 is shared by all frames; a cache of batch T pairs with the frames one by one.
+        """
+        if not isinstance(cache, SourceCache):
+            raise TypeError(f"cache must be a SourceCache from encode(), got {type(cache).__name__}")
+        alphas = self._check_alpha(alphas, "alphas")
+        t = alphas.shape[0]
+        if cache.batch not in (1, t):
+            raise ValueError(f"cache batch must be 1 or len(alphas)={t}, got {cache.batch}")
+        wa = cache.wa.expand(t, -1)
+        if start_alpha is None:
+            latent = self.latent(wa, alphas)
+        else:
+            start_alpha = self._check_alpha(start_alpha, "start_alpha", rows=1)
+            latent = self.latent(wa, alphas, cache.alpha.expand(t, -1), start_alpha.expand(t, -1))
+        return self.dec(latent, cache.feats)
+
+    # ----------------------------------------------------------------- checkpoints
+    def save(self, path) -> None:
+        """Write our format (safetensors + JSON config, kind "animator"), atomically."""
+        from leo.checkpoint_io import save_weights
+
+        save_weights(path, self.state_dict(), KIND, self.config)
+
+    def load_weights_strict(self, state_dict: dict, source: str = "state_dict") -> None:
+        """Load ``state_dict`` exactly (all keys and shapes must match) or raise a
+        CheckpointError listing missing keys, unexpected keys and shape conflicts."""
+        own = self.state_dict()
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        conflicts = [
+            f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+            for k in own
+            if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
+        ]
+        if missing or unexpected or conflicts:
+            parts = []
+            for name, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape conflicts", conflicts)):
+                if items:
+                    shown = ", ".join(items[:8]) + (f", ... ({len(items) - 8} more)" if len(items) > 8 else "")
+                    parts.append(f"{len(items)} {name}: {shown}")
+            raise CheckpointError(f"{source} does not fit Animator({self.config}): " + "; ".join(parts))
+        self.load_state_dict(state_dict, strict=True)
+
+    @classmethod
+    def from_checkpoint(cls, path, map_location="cpu", kernels: str = "auto") -> "Animator":
+        """Load a released LIA file ({'gen': state_dict, ...} torch pickle), a bare
+        state_dict (pickle or safetensors), or our own format. The architecture comes from
+        our config or is inferred from the tensors."""
+        state_dict, config = read_checkpoint(path)
+        if config is None:
+            config = infer_config(state_dict, source=os.fspath(path))
+        try:
+            model = cls(**config, kernels=kernels)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{os.fspath(path)}: bad animator config {config}: {exc}") from None
+        model.load_weights_strict(state_dict, source=os.fspath(path))
+        return model.to(map_location).eval()
+
+
+# --------------------------------------------------------------------------- checkpoint helpers
+def read_checkpoint(path) -> tuple[dict, dict | None]:
+    """-> (state_dict, config or None). Raises FileNotFoundError / CheckpointError."""
+    from leo.checkpoint_io import is_leo_weights, load_weights
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if is_leo_weights(path):
+        try:
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception as exc:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({_short(exc)})") from None
+        if "leo_kind" in meta:
+            try:
+                tensors, _, config = load_weights(path, expected_kind=KIND)
+            except ValueError as exc:
+                raise CheckpointError(str(exc)) from None
+            return tensors, config
+        from safetensors.torch import load_file
+
+        return load_file(path), None
+    try:
+        # Released LIA files also pickle the training argparse.Namespace: allow only that.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({_short(exc)})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("gen"), dict):
+        obj = obj["gen"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} holds neither a LIA checkpoint ('gen' entry) nor a state_dict")
+    if all(k.startswith("module.") for k in obj):  # saved from a DistributedDataParallel wrapper
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj, None
+
+
+def infer_config(state_dict: dict, source: str = "state_dict") -> dict:
+    """Architecture hyperparameters (size, style_dim, motion_dim, channel_multiplier, width)
+    from the tensors of a generator state_dict."""
+    try:
+        blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"enc\.net_app\.convs\.(\d+)\.conv1\.", k))}
+        n_blocks = len(blocks)
+        size = 2 ** (n_blocks + 2)
+        last = state_dict[f"enc.net_app.convs.{n_blocks + 1}.weight"]  # (style_dim, C4, 4, 4)
+        style_dim, c4 = int(last.shape[0]), int(last.shape[1])
+        motion_dim = int(state_dict["dec.direction.weight"].shape[1])
+        width = c4 / 512.0
+        c_size = int(state_dict["enc.net_app.convs.0.0.weight"].shape[0])
+        cm = 1
+        if size >= 64:
+            base = {64: 256, 128: 128, 256: 64, 512: 32}[size]
+            cm = max(1, int(round(c_size / (base * width))))
+    except (KeyError, IndexError, AttributeError, ValueError) as exc:
+        raise CheckpointError(f"{source} is not an animator (LIA generator) state_dict: cannot find {exc}") from None
+    if n_blocks == 0 or not MIN_SIZE <= size <= MAX_SIZE:
+        raise CheckpointError(f"{source}: unsupported generator size {size} (from {n_blocks} encoder blocks)")
+    if float(width).is_integer():
+        width = float(width)
+    return {"size": size, "style_dim": style_dim, "motion_dim": motion_dim, "channel_multiplier": cm, "width": width}
+
+
+# --------------------------------------------------------------------------- small helpers
+def _check_int(name, value, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {value!r}")
+
+
+def _no_autocast(device):
+    kind = torch.device(device).type
+    if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
+        return torch.autocast(kind, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text[:200] + "...") if len(text) > 200 else (text or type(exc).__name__)

@@ -1,0 +1,323 @@
+"""Equalized-learning-rate building blocks of the LIA animator (StyleGAN2 family).
+
+Weights are stored unscaled and multiplied at run time by 1/sqrt(fan_in) ("equalized
+learning rate"), exactly as the released LIA checkpoints expect. Parameter and buffer
+names (``weight``, ``bias``, ``kernel``, ``modulation``, ``noise``, ``activate``, numbered
+``nn.Sequential`` children) are chosen so state_dict keys equal the released generator's.
+
+Every module here has a ``backend`` attribute: ``None`` runs the fast leo_kernels
+backends and the batched modulated-conv formulation; ``"reference"`` runs the eager
+reference of every op and the per-sample grouped modulated conv (the formulation of the
+original StyleGAN2/LIA code), for comparison. :func:`set_backend` switches a whole tree.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import leo_kernels as K
+
+BLUR_KERNEL = (1, 3, 3, 1)
+
+
+def make_kernel(taps=BLUR_KERNEL, gain: float = 1.0) -> torch.Tensor:
+    """Normalized outer product of a 1-D FIR kernel, times ``gain``."""
+    k = torch.tensor(taps, dtype=torch.float32)
+    k = k[None, :] * k[:, None]
+    return k / k.sum() * gain
+
+
+class KernelUser(nn.Module):
+    """A module whose ops take ``backend=`` (None: fastest available; "reference": eager)."""
+
+    backend: str | None = None
+
+
+def set_backend(module: nn.Module, backend: str | None) -> None:
+    if backend not in (None, "reference"):
+        raise ValueError(f"backend must be None or 'reference', got {backend!r}")
+    for m in module.modules():
+        if isinstance(m, KernelUser):
+            m.backend = backend
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32, or float64 if it already is (small tensors computed at full precision)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def _as(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` in ``like``'s dtype (keeps autocast activations from being promoted to fp32)."""
+    return t if t.dtype == like.dtype else t.to(like.dtype)
+
+
+# --------------------------------------------------------------------------- plain layers
+class EqualConv2d(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
+        self.scale = 1.0 / math.sqrt(in_ch * kernel_size**2)
+        self.stride, self.padding = stride, padding
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight * self.scale, self.bias, stride=self.stride, padding=self.padding)
+
+    def extra_repr(self):
+        o, i, k, _ = self.weight.shape
+        return f"{i}, {o}, kernel_size={k}, stride={self.stride}, padding={self.padding}, bias={self.bias is not None}"
+
+
+class EqualLinear(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, bias: bool = True, bias_init: float = 0.0, lr_mul: float = 1.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init))) if bias else None
+        self.scale = lr_mul / math.sqrt(in_dim)
+        self.lr_mul = lr_mul
+
+    def forward(self, x):
+        bias = self.bias * self.lr_mul if self.bias is not None else None
+        return F.linear(x, self.weight * self.scale, bias)
+
+    def extra_repr(self):
+        return f"{self.weight.shape[1]}, {self.weight.shape[0]}, lr_mul={self.lr_mul}"
+
+
+class BiasAct(KernelUser):
+    """leaky_relu(x + bias, 0.2) * sqrt(2) ("fused leaky ReLU"); bias stored as (1, C, 1, 1)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x):
+        return K.bias_act(x, _as(self.bias.view(-1), x), 0.2, math.sqrt(2.0), backend=self.backend)
+
+
+class Blur(KernelUser):
+    """FIR filter with the normalized [1,3,3,1] kernel (times up**2 after zero insertion)."""
+
+    def __init__(self, pad: tuple[int, int], upsample_factor: int = 1):
+        super().__init__()
+        self.register_buffer("kernel", make_kernel(gain=upsample_factor**2))
+        self.pad = tuple(pad)
+
+    def forward(self, x):
+        return K.upfirdn2d(x, _as(self.kernel, x), up=1, down=1, pad=self.pad, backend=self.backend)
+
+
+class Upsample(KernelUser):
+    """2x FIR upsampling (zero insertion, [1,3,3,1] kernel x4, pad (2, 1))."""
+
+    def __init__(self, factor: int = 2):
+        super().__init__()
+        self.register_buffer("kernel", make_kernel(gain=factor**2))
+        p = self.kernel.shape[0] - factor
+        self.factor, self.pad = factor, ((p + 1) // 2 + factor - 1, p // 2)
+
+    def forward(self, x):
+        return K.upfirdn2d(x, _as(self.kernel, x), up=self.factor, down=1, pad=self.pad, backend=self.backend)
+
+
+class ConvLayer(nn.Sequential):
+    """[Blur] -> EqualConv2d -> [bias + leaky ReLU], as numbered children (keys .0/.1/.2).
+
+    With ``downsample`` the blur (pads chosen so the stride-2 conv halves the size exactly)
+    precedes a stride-2 conv without padding.
+    """
+
+    def __init__(self, in_ch, out_ch, kernel_size, downsample=False, bias=True, activate=True):
+        layers = []
+        if downsample:
+            p = (len(BLUR_KERNEL) - 2) + (kernel_size - 1)
+            layers.append(Blur(((p + 1) // 2, p // 2)))
+            stride, padding = 2, 0
+        else:
+            stride, padding = 1, kernel_size // 2
+        layers.append(EqualConv2d(in_ch, out_ch, kernel_size, stride, padding, bias=bias and not activate))
+        if activate:
+            if not bias:
+                raise ValueError("ConvLayer: activate without bias is not part of this architecture")
+            layers.append(BiasAct(out_ch))
+        super().__init__(*layers)
+
+
+class ResBlock(nn.Module):
+    """Residual downsampling block of the appearance encoder: (conv1 -> conv2 + skip) / sqrt(2)."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.conv1 = ConvLayer(in_ch, in_ch, 3)
+        self.conv2 = ConvLayer(in_ch, out_ch, 3, downsample=True)
+        self.skip = ConvLayer(in_ch, out_ch, 1, downsample=True, bias=False, activate=False)
+
+    def forward(self, x):
+        out = self.conv2(self.conv1(x))
+        return (out + self.skip(x)) / math.sqrt(2.0)
+
+
+# --------------------------------------------------------------------------- style layers
+class ModulatedConv2d(KernelUser):
+    """StyleGAN2 modulated conv: weight scaled per input channel by ``modulation(style)``
+    (bias init 1), optionally demodulated, optionally a 2x transposed conv followed by blur.
+
+    Fast formulation (batches over samples with one shared conv):
+        conv(x * s, W) * d  with  d[b, o] = rsqrt(sum_i s[b,i]^2 sum_k W[o,i,k]^2 + 1e-8),
+    which equals the grouped conv with per-sample weights W * s * d (the reference one).
+    """
+
+    def __init__(self, in_ch, out_ch, kernel_size, style_dim, demodulate=True, upsample=False):
+        super().__init__()
+        self.in_ch, self.out_ch, self.kernel_size = in_ch, out_ch, kernel_size
+        self.demodulate, self.upsample = demodulate, upsample
+        if upsample:  # registered first: keeps the released state_dict's key order
+            p = (len(BLUR_KERNEL) - 2) - (kernel_size - 1)
+            self.blur = Blur(((p + 1) // 2 + 1, p // 2 + 1), upsample_factor=2)
+        self.weight = nn.Parameter(torch.randn(1, out_ch, in_ch, kernel_size, kernel_size))
+        self.modulation = EqualLinear(style_dim, in_ch, bias_init=1.0)
+        self.scale = 1.0 / math.sqrt(in_ch * kernel_size**2)
+        self.padding = kernel_size // 2
+
+    def extra_repr(self):
+        return (
+            f"{self.in_ch}, {self.out_ch}, kernel_size={self.kernel_size}, "
+            f"demodulate={self.demodulate}, upsample={self.upsample}"
+        )
+
+    def styles(self, style):
+        return self.modulation(style)
+
+    def forward(self, x, style):
+        s = self.styles(style)
+        if self.backend == "reference":
+            return self._grouped(x, s)
+        return self._batched(x, s)
+
+    def _demod(self, s):
+        w2 = (full(self.weight[0]) * self.scale).square().sum(dim=(2, 3))  # (out, in)
+        return torch.rsqrt(full(s).square() @ w2.t() + 1e-8)  # (B, out)
+
+    def _batched(self, x, s):
+        b = x.shape[0]
+        w = self.weight[0] * self.scale
+        if self.kernel_size == 1 and not self.upsample:
+            # 1x1: per-sample weights are tiny, a batched matmul avoids touching x twice.
+            wm = w[:, :, 0, 0].unsqueeze(0) * s.unsqueeze(1).to(w.dtype)  # (B, out, in)
+            if self.demodulate:
+                wm = wm * self._demod(s).unsqueeze(2)
+            h, wd = x.shape[2:]
+            out = torch.bmm(_as(wm, x), x.reshape(b, self.in_ch, h * wd))
+            return out.view(b, self.out_ch, h, wd)
+        xm = x * _as(s, x).view(b, self.in_ch, 1, 1)
+        if self.upsample:
+            out = F.conv_transpose2d(xm, w.transpose(0, 1), stride=2, padding=0)
+        else:
+            out = F.conv2d(xm, w, padding=self.padding)
+        if self.demodulate:
+            out = out * _as(self._demod(s), out).view(b, self.out_ch, 1, 1)
+        if self.upsample:
+            out = self.blur(out)
+        return out
+
+    def _grouped(self, x, s):
+        """Per-sample modulated weights and a grouped conv (the original formulation)."""
+        b, _, h, wd = x.shape
+        k = self.kernel_size
+        w = self.scale * self.weight * s.view(b, 1, self.in_ch, 1, 1).to(self.weight.dtype)
+        if self.demodulate:
+            w = w * torch.rsqrt(w.square().sum(dim=(2, 3, 4)) + 1e-8).view(b, self.out_ch, 1, 1, 1)
+        xg = x.reshape(1, b * self.in_ch, h, wd)
+        if self.upsample:
+            w = w.transpose(1, 2).reshape(b * self.in_ch, self.out_ch, k, k)
+            out = F.conv_transpose2d(xg, _as(w, x), stride=2, padding=0, groups=b)
+            out = self.blur(out.view(b, self.out_ch, out.shape[2], out.shape[3]))
+        else:
+            w = w.reshape(b * self.out_ch, self.in_ch, k, k)
+            out = F.conv2d(xg, _as(w, x), padding=self.padding, groups=b)
+            out = out.view(b, self.out_ch, out.shape[2], out.shape[3])
+        return out
+
+
+class NoiseInjection(nn.Module):
+    """Holds the released checkpoints' noise weight; LIA never adds noise, so this is identity."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return x
+
+
+class StyledConv(nn.Module):
+    def __init__(self, in_ch, out_ch, kernel_size, style_dim, upsample=False):
+        super().__init__()
+        self.conv = ModulatedConv2d(in_ch, out_ch, kernel_size, style_dim, upsample=upsample)
+        self.noise = NoiseInjection()
+        self.activate = BiasAct(out_ch)
+
+    def forward(self, x, style):
+        return self.activate(self.noise(self.conv(x, style)))
+
+
+class ConstantInput(nn.Module):
+    def __init__(self, channels: int, size: int = 4):
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channels, size, size))
+
+    def forward(self, batch: int):
+        return self.input.expand(batch, -1, -1, -1)
+
+
+class ToRGB(nn.Module):
+    """1x1 conv + bias + leaky ReLU, plus a second bias, plus the upsampled previous RGB."""
+
+    def __init__(self, in_ch: int, upsample: bool = True):
+        super().__init__()
+        if upsample:
+            self.upsample = Upsample()
+        self.conv = ConvLayer(in_ch, 3, 1)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+
+    def forward(self, x, skip=None):
+        out = self.conv(x) + _as(self.bias, x)
+        if skip is not None:
+            out = out + self.upsample(_as(skip, out))
+        return out
+
+
+class ToFlow(KernelUser):
+    """Flow head + one warp_inpaint level: modulated 1x1 conv (no demodulation) + bias gives
+    the logits (2 flow channels, 1 mask channel), composed with the previous level's."""
+
+    def __init__(self, in_ch: int, style_dim: int):
+        super().__init__()
+        # Only its buffer is used (for the state_dict): warp_inpaint applies this upsampler itself.
+        self.upsample = Upsample()
+        self.conv = ModulatedConv2d(in_ch, 3, 1, style_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+
+    def forward(self, x, style, feat, skip=None):
+        logits = self.conv(x, style) + _as(self.bias, x)
+        feat = _as(feat, x)
+        skip = _as(skip, x) if skip is not None else None
+        return K.warp_inpaint(feat, x, _as(logits, x), skip, align_corners=False, backend=self.backend)
+
+
+class Direction(nn.Module):
+    """Learned motion basis W (style_dim x motion_dim); Q = QR(W + 1e-8).Q is orthonormal."""
+
+    def __init__(self, style_dim: int, motion_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(style_dim, motion_dim))
+
+    def basis(self) -> torch.Tensor:
+        return torch.linalg.qr(full(self.weight) + 1e-8, mode="reduced").Q
+
+    def forward(self, alpha: torch.Tensor, q: torch.Tensor | None = None) -> torch.Tensor:
+        q = self.basis() if q is None else q
+        return _as(alpha, q) @ q.t()

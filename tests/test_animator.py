@@ -1,0 +1,304 @@
+"""leo.animator: LIA state_dict layout, checkpoints, fused == reference, inference API."""
+import argparse
+import pathlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import leo_kernels
+from leo.animator import Animator, CheckpointError, SourceCache, infer_config
+
+from _util import assert_close, rel_err
+
+TSV = pathlib.Path(__file__).resolve().parents[2] / "shared" / "design" / "lia_state_dict_256.tsv"
+
+
+def _tsv_layout():
+    if not TSV.is_file():
+        pytest.skip(f"design file not found: {TSV}")
+    rows = [line.rstrip("\n").split("\t") for line in TSV.read_text().splitlines()[1:] if line.strip()]
+    return [(k, tuple(int(d) for d in s.split("x"))) for k, s in rows]
+
+
+def _smooth_images(b, size, seed, cells=8):
+    """Random but natural-looking images (bicubic upsampled noise) in [-1, 1].
+
+    Pixel noise makes the fine warp levels of a random-weight model amplify float32
+    rounding ~100x (the sampled features change pixel to pixel); real images do not."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(b, 3, cells, cells, generator=g) * 2 - 1
+    return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
+
+
+def _model(size, width, seed=0, **kw):
+    torch.manual_seed(seed)
+    return Animator(size, width=width, **kw)
+
+
+# --------------------------------------------------------------------------- layout
+def test_state_dict_matches_released_layout_256():
+    layout = _tsv_layout()
+    assert len(layout) == 185
+    with torch.device("meta"):
+        m = Animator()
+    sd = m.state_dict()
+    assert [(k, tuple(v.shape)) for k, v in sd.items()] == layout  # keys, shapes and order
+    assert sum(v.numel() for v in sd.values()) == pytest.approx(45.1e6, rel=2e-3)
+
+
+def test_loads_released_tensors_strictly():
+    layout = _tsv_layout()
+    g = torch.Generator().manual_seed(0)
+    sd = {k: torch.randn(*s, generator=g) for k, s in layout}
+    m = Animator()
+    m.load_state_dict(sd, strict=True)
+    assert torch.equal(m.dec.direction.weight, sd["dec.direction.weight"])
+
+
+@pytest.mark.parametrize("size,count", [(128, 158), (512, 212), (64, 131), (32, 104)])
+def test_tensor_counts(size, count):
+    with torch.device("meta"):
+        assert len(Animator(size).state_dict()) == count
+
+
+def test_width_keeps_keys():
+    with torch.device("meta"):
+        full = Animator(128).state_dict()
+        small = Animator(128, width=0.25, style_dim=64, motion_dim=8).state_dict()
+    assert list(full) == list(small)
+    assert small["enc.net_app.convs.0.0.weight"].shape == (32, 3, 1, 1)
+    assert small["dec.direction.weight"].shape == (64, 8)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"size": 48}, "power of two"),
+        ({"size": 16}, "size"),
+        ({"size": 1024}, "size"),
+        ({"width": 0}, "width"),
+        ({"motion_dim": 600}, "motion_dim"),
+        ({"kernels": "fast"}, "kernels"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        with torch.device("meta"):
+            Animator(**kwargs)
+
+
+def test_bad_inputs():
+    m = _model(32, 0.125)
+    x = _smooth_images(1, 32, 0)
+    with pytest.raises(ValueError, match="img_drive"):
+        m(x, torch.zeros(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="h_start"):
+        m(x, x, torch.zeros(1, 7))
+    with pytest.raises(TypeError, match="img_source"):
+        m(x.to(torch.uint8), x)
+    with pytest.raises(ValueError, match="cache batch"):
+        m.render(m.encode(torch.cat([x, x])), torch.zeros(3, 20))
+
+
+# --------------------------------------------------------------------------- numerics
+def _compare_paths(m, src, drv, relative, tol):
+    h_start = m.encode_motion(drv[:1]) if relative else None
+    with torch.no_grad():
+        m.kernels = "auto"
+        fused = m(src, drv, h_start)
+        m.kernels = "reference"
+        ref = m(src, drv, h_start)
+        m.kernels = "auto"
+    assert fused.shape == ref.shape == drv.shape
+    assert ref.std() > 1e-3  # a real image, not a constant
+    assert_close(fused, ref, tol=tol, name=f"fused vs reference (relative={relative})")
+
+
+@pytest.mark.parametrize("relative", [False, True])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_fused_matches_reference_64(batch, relative):
+    m = _model(64, 0.25, seed=batch)
+    _compare_paths(m, _smooth_images(batch, 64, 1), _smooth_images(batch, 64, 2), relative, 1e-4)
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_fused_matches_reference_256(relative):
+    # Full resolution, all six warp levels; width 0.125 keeps the CPU time small.
+    m = _model(256, 0.125, seed=5)
+    _compare_paths(m, _smooth_images(1, 256, 3), _smooth_images(1, 256, 4), relative, 1e-4)
+
+
+def test_gradients_match_reference_64():
+    # float64: in float32 a random-weight model's gradients are too ill-conditioned (bilinear
+    # and leaky-ReLU kinks) for a tight bound; in float64 both paths agree to ~1e-13.
+    m = _model(64, 0.125, seed=7).double()
+    src, drv = _smooth_images(2, 64, 5).double(), _smooth_images(2, 64, 6).double()
+    weight = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    grads = {}
+    for kernels in ("auto", "reference"):
+        m.kernels = kernels
+        m.zero_grad(set_to_none=True)
+        s, d = src.clone().requires_grad_(), drv.clone().requires_grad_()
+        h_start = torch.linspace(-1, 1, 20, dtype=torch.float64).requires_grad_()
+        (m(s, d, h_start) * weight).sum().backward()
+        grads[kernels] = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+        grads[kernels].update(img_source=s.grad, img_drive=d.grad, h_start=h_start.grad)
+    m.kernels = "auto"
+    # Every parameter except the unused to_rgb1 and the noise weights gets a gradient.
+    unused = {n for n, _ in m.named_parameters() if n.startswith("dec.to_rgb1") or ".noise." in n}
+    assert {n for n, _ in m.named_parameters()} - set(grads["auto"]) == unused
+    assert set(grads["auto"]) == set(grads["reference"])
+    for n, a in grads["auto"].items():
+        b = grads["reference"][n]
+        assert torch.isfinite(a).all() and b.abs().max() > 0, n
+        assert rel_err(a, b) < 1e-9, f"gradient of {n}: relative error {rel_err(a, b):.2e}"
+
+
+def test_every_level_calls_warp_inpaint(monkeypatch):
+    calls = []
+    real = leo_kernels.warp_inpaint
+
+    def spy(feat, x, logits, skip=None, align_corners=False, *, backend=None):
+        calls.append((feat.shape[-1], skip is None, align_corners, backend))
+        return real(feat, x, logits, skip, align_corners, backend=backend)
+
+    monkeypatch.setattr(leo_kernels, "warp_inpaint", spy)
+    m = _model(64, 0.125)
+    x = _smooth_images(1, 64, 0)
+    with torch.no_grad():
+        m(x, x)
+        m.kernels = "reference"
+        m(x, x)
+    assert calls == [(8, True, False, None), (16, False, False, None), (32, False, False, None), (64, False, False, None)] + [
+        (8, True, False, "reference"), (16, False, False, "reference"), (32, False, False, "reference"), (64, False, False, "reference")
+    ]
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_encode_render_equals_forward(relative):
+    m = _model(32, 0.125, seed=3)
+    src, drv = _smooth_images(1, 32, 7), _smooth_images(4, 32, 8)
+    with torch.no_grad():
+        cache = m.encode(src)
+        assert isinstance(cache, SourceCache)
+        assert cache.wa.shape == (1, 512) and cache.alpha.shape == (1, 20)
+        assert [f.shape[-1] for f in cache.feats] == [8, 16, 32]
+        alphas = m.encode_motion(drv)
+        assert alphas.shape == (4, 20)
+        start = alphas[0] if relative else None
+        h_start = alphas[:1] if relative else None
+        rendered = m.render(cache, alphas, start_alpha=start)
+        direct = m(src.expand(4, -1, -1, -1), drv, h_start)
+        assert_close(rendered, direct, tol=1e-5, name="render vs forward (cache broadcast)")
+        # A cache of batch T pairs frame by frame.
+        cache4 = m.encode(drv.flip(0))
+        paired = m.render(cache4, alphas, start_alpha=start)
+        assert_close(paired, m(drv.flip(0), drv, h_start), tol=1e-5, name="render vs forward (paired)")
+        # Relative mode at the start frame gives the source's own latent.
+        if relative:
+            assert_close(m.latent(cache.wa, alphas[:1], cache.alpha, alphas[:1]), m.latent(cache.wa, cache.alpha), tol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast(dtype):
+    m = _model(32, 0.25, seed=4)
+    src, drv = _smooth_images(2, 32, 9), _smooth_images(2, 32, 10)
+    with torch.no_grad():
+        ref = m(src, drv, torch.zeros(20))
+        with torch.autocast("cpu", dtype=dtype):
+            out = m(src, drv, torch.zeros(20))
+            cache = m.encode(src)
+            rendered = m.render(cache, m.encode_motion(drv), torch.zeros(20))
+    assert torch.isfinite(out).all()
+    assert rel_err(out.float(), ref) < 5e-2
+    assert rel_err(rendered.float(), ref) < 5e-2
+
+
+def test_channels_last_input():
+    m = _model(32, 0.25, seed=5)
+    src, drv = _smooth_images(2, 32, 11), _smooth_images(2, 32, 12)
+    with torch.no_grad():
+        ref = m(src, drv)
+        out = m(src.contiguous(memory_format=torch.channels_last), drv.contiguous(memory_format=torch.channels_last))
+    assert_close(out, ref, tol=1e-5)
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _outputs_equal(a, b, size):
+    x, y = _smooth_images(1, size, 20), _smooth_images(1, size, 21)
+    with torch.no_grad():
+        assert torch.equal(a(x, y), b(x, y))
+
+
+def test_save_load_round_trip(tmp_path):
+    m = _model(32, 0.25, seed=11, style_dim=128, motion_dim=10)
+    path = tmp_path / "anim.safetensors"
+    m.save(path)
+    back = Animator.from_checkpoint(path)
+    assert back.config == m.config == {
+        "size": 32, "style_dim": 128, "motion_dim": 10, "channel_multiplier": 1, "width": 0.25
+    }
+    for k, v in m.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+    _outputs_equal(m, back, 32)
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_load_released_format(tmp_path):
+    m = _model(64, 0.125, seed=12)
+    released = {
+        "gen": m.state_dict(),
+        "dis": {"convs.0.0.weight": torch.randn(4, 3, 1, 1)},
+        "g_optim": {"state": {}, "param_groups": [{"lr": 0.002, "params": [0, 1]}]},
+        "args": argparse.Namespace(size=64, latent_dim_style=512, latent_dim_motion=20),
+    }
+    torch.save(released, tmp_path / "vox.pt")
+    back = Animator.from_checkpoint(tmp_path / "vox.pt")
+    assert back.config == m.config
+    _outputs_equal(m, back, 64)
+    m = _model(32, 0.125, seed=12)
+    # A bare state_dict (pickle, DDP-prefixed pickle, or plain safetensors) loads too.
+    torch.save(m.state_dict(), tmp_path / "bare.pt")
+    torch.save({"module." + k: v for k, v in m.state_dict().items()}, tmp_path / "ddp.pt")
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / "bare.safetensors"))
+    for name in ("bare.pt", "ddp.pt", "bare.safetensors"):
+        _outputs_equal(m, Animator.from_checkpoint(tmp_path / name), 32)
+
+
+def test_infer_config_released_sizes():
+    for size in (128, 256, 512):
+        with torch.device("meta"):
+            sd = Animator(size).state_dict()
+        assert infer_config(sd) == {"size": size, "style_dim": 512, "motion_dim": 20, "channel_multiplier": 1, "width": 1.0}
+
+
+def test_checkpoint_errors(tmp_path):
+    m = _model(32, 0.125, seed=13)
+    sd = m.state_dict()
+    bad = dict(sd)
+    del bad["dec.to_rgb1.bias"]
+    bad["dec.extra.weight"] = torch.zeros(1)
+    bad["dec.conv1.activate.bias"] = torch.zeros(1, 7, 1, 1)
+    torch.save({"gen": bad}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError) as info:
+        Animator.from_checkpoint(tmp_path / "bad.pt")
+    msg = str(info.value)
+    assert "1 missing keys: dec.to_rgb1.bias" in msg
+    assert "1 unexpected keys: dec.extra.weight" in msg
+    assert "dec.conv1.activate.bias: checkpoint (1, 7, 1, 1) vs model (1, 64, 1, 1)" in msg
+    (tmp_path / "junk.pt").write_bytes(b"definitely not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        Animator.from_checkpoint(tmp_path / "junk.pt")
+    torch.save({"optimizer": 3}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="neither"):
+        Animator.from_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError):
+        Animator.from_checkpoint(tmp_path / "missing.pt")
+    from leo.checkpoint_io import save_weights
+
+    save_weights(tmp_path / "lmdm.safetensors", {"w": torch.zeros(2)}, "lmdm", {})
+    with pytest.raises(CheckpointError, match="lmdm"):
+        Animator.from_checkpoint(tmp_path / "lmdm.safetensors")
