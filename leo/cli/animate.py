@@ -1,0 +1,241 @@
+"""`leo animate`, `leo manipulate` and `leo init-animator`: the stage-1 animator from the shell.
+
+animate:     source image + driving video -> video (streams the driving video in chunks,
+             so memory does not grow with its length; keeps its fps; H.264 mp4 or GIF).
+manipulate:  sweeps each motion direction of the source over [-range, range] (LIA's linear
+             manipulation demo) into a video or a contact sheet (rows = directions).
+init-animator: writes a randomly initialized (small) animator checkpoint for tests/demos.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from leo.cli import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def register(sub):
+    p = sub.add_parser("animate", help="animate a source image with a driving video (LIA stage 1)")
+    p.add_argument("--checkpoint", required=True, help="animator checkpoint (LIA .pt, state_dict, or ours)")
+    p.add_argument("--source", required=True, help="source image (any format Pillow reads)")
+    p.add_argument("--driving", required=True, help="driving video (mp4, mov, mkv, avi, webm, gif, ...)")
+    p.add_argument("--out", required=True, help="output video: .mp4 (H.264), .mkv, .mov or .gif")
+    p.add_argument("--mode", choices=("relative", "absolute"), default="relative",
+                   help="relative: transfer motion relative to the first driving frame (taichi/vox demos); "
+                   "absolute: use the driving frames' motion codes directly (ted demo)")
+    _common(p, batch=8)
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many driving frames")
+    p.set_defaults(func=run_animate)
+
+    p = sub.add_parser("manipulate", help="sweep each motion direction of a source image (video or contact sheet)")
+    p.add_argument("--checkpoint", required=True, help="animator checkpoint")
+    p.add_argument("--source", required=True, help="source image")
+    p.add_argument("--out", required=True, help="output: video (.mp4/.gif) or contact sheet (.png/.jpg)")
+    p.add_argument("--range", type=float, default=3.0, help="sweep each direction over [-range, range] (default 3)")
+    p.add_argument("--steps", type=int, default=None, help="values per direction (default: 16 video, 7 sheet)")
+    p.add_argument("--directions", default=None, help="comma-separated direction indices (default: all)")
+    p.add_argument("--fps", type=float, default=10.0, help="video frame rate (default 10)")
+    _common(p, batch=16)
+    p.set_defaults(func=run_manipulate)
+
+    p = sub.add_parser("init-animator", help="write a randomly initialized animator checkpoint (tests, demos)")
+    p.add_argument("--out", required=True, help="output checkpoint (.safetensors)")
+    p.add_argument("--size", type=int, default=64, help="image size, a power of two 32..512 (default 64)")
+    p.add_argument("--width", type=float, default=0.25, help="channel width scale (default 0.25)")
+    p.add_argument("--style-dim", type=int, default=512)
+    p.add_argument("--motion-dim", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_init)
+
+
+def _common(p, batch):
+    p.add_argument("--batch", type=int, default=batch, help=f"frames rendered per batch (default {batch})")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu or cuda (default cpu)")
+    p.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="compute dtype (autocast)")
+    p.add_argument("--size", type=int, default=None, help="model image size (must match the checkpoint)")
+    p.add_argument("--kernels", default="auto", choices=("auto", "reference"),
+                   help="auto: fastest leo_kernels backends; reference: eager PyTorch ops")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+# --------------------------------------------------------------------------- shared helpers
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device, dtype_name: str):
+    dtype = DTYPES[dtype_name]
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _positive(name: str, value, allow_none=False):
+    if value is None and allow_none:
+        return
+    if value is None or value < 1:
+        raise UserError(f"{name} must be a positive integer, got {value}")
+
+
+def _load_model(args, device):
+    from leo.animator import Animator, CheckpointError
+
+    try:
+        model = Animator.from_checkpoint(args.checkpoint, map_location=device, kernels=args.kernels)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint not found: {args.checkpoint}") from None
+    except CheckpointError as exc:
+        raise UserError(f"wrong checkpoint: {exc}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read checkpoint {args.checkpoint}: {exc}") from None
+    if args.size is not None and args.size != model.size:
+        raise UserError(f"--size {args.size} does not match the checkpoint's image size {model.size}")
+    return model
+
+
+def _read_source(path, size, device):
+    from leo.media import MediaError, read_image
+
+    try:
+        return read_image(path, size).unsqueeze(0).to(device)
+    except MediaError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _progress(total, quiet, desc):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="frame", desc=desc, disable=quiet, dynamic_ncols=True)
+
+
+# --------------------------------------------------------------------------- animate
+def run_animate(args) -> int:
+    from leo.media import MediaError, VideoReader, VideoWriter
+
+    _positive("--batch", args.batch)
+    _positive("--max-frames", args.max_frames, allow_none=True)
+    _positive("--size", args.size, allow_none=True)
+    device = _device(args.device)
+    if os.path.splitext(args.out)[1].lower() not in (".mp4", ".m4v", ".mov", ".mkv", ".gif"):
+        raise UserError(f"--out must end in .mp4, .m4v, .mov, .mkv or .gif, got {args.out}")
+    if not os.path.isfile(args.driving):
+        raise UserError(f"driving video not found: {args.driving}")
+    model = _load_model(args, device)
+    source = _read_source(args.source, model.size, device)
+    try:
+        reader = VideoReader(args.driving, model.size)
+    except MediaError as exc:
+        raise UserError(str(exc)) from None
+    total = reader.num_frames if args.max_frames is None else min(reader.num_frames or args.max_frames, args.max_frames)
+    relative = args.mode == "relative"
+    done = 0
+    try:
+        with reader, VideoWriter(args.out, reader.fps) as writer, torch.inference_mode(), _autocast(device, args.dtype):
+            cache = model.encode(source)
+            start_alpha = None
+            with _progress(total, args.quiet, "animate") as bar:
+                for chunk in reader.chunks(args.batch):
+                    if args.max_frames is not None:
+                        chunk = chunk[: args.max_frames - done]
+                    alphas = model.encode_motion(chunk.to(device))
+                    if relative and start_alpha is None:
+                        start_alpha = alphas[0]
+                    frames = model.render(cache, alphas, start_alpha)
+                    writer.write(frames.float())
+                    done += chunk.shape[0]
+                    bar.update(chunk.shape[0])
+                    if args.max_frames is not None and done >= args.max_frames:
+                        break
+    except MediaError as exc:
+        raise UserError(str(exc)) from None
+    print(f"wrote {args.out}: {done} frames, {model.size}x{model.size}, {reader.fps:g} fps ({args.mode} mode)")
+    return 0
+
+
+# --------------------------------------------------------------------------- manipulate
+def _parse_directions(text, motion_dim):
+    if text is None:
+        return list(range(motion_dim))
+    try:
+        dirs = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"--directions must be comma-separated integers, got {text!r}") from None
+    bad = [d for d in dirs if not 0 <= d < motion_dim]
+    if not dirs or bad:
+        raise UserError(f"--directions must list indices in [0, {motion_dim - 1}], got {text!r}")
+    return dirs
+
+
+def run_manipulate(args) -> int:
+    from leo.media import MediaError, VideoWriter, image_grid, save_image
+
+    _positive("--batch", args.batch)
+    _positive("--size", args.size, allow_none=True)
+    ext = os.path.splitext(args.out)[1].lower()
+    sheet = ext in IMAGE_EXTENSIONS
+    if not sheet and ext not in (".mp4", ".m4v", ".mov", ".mkv", ".gif"):
+        raise UserError(f"--out must be a video (.mp4/.mkv/.mov/.gif) or an image (.png/.jpg), got {args.out}")
+    steps = args.steps if args.steps is not None else (7 if sheet else 16)
+    _positive("--steps", steps)
+    if not args.range > 0 or args.range != args.range or args.range == float("inf"):
+        raise UserError(f"--range must be a positive number, got {args.range}")
+    if not args.fps > 0:
+        raise UserError(f"--fps must be positive, got {args.fps}")
+    device = _device(args.device)
+    model = _load_model(args, device)
+    dirs = _parse_directions(args.directions, model.motion_dim)
+    source = _read_source(args.source, model.size, device)
+    values = torch.linspace(-args.range, args.range, steps)
+    # LIA's manipulation: latent = wa + Q alpha_source + Q (value * e_direction).
+    codes = torch.zeros(len(dirs), steps, model.motion_dim)
+    for row, d in enumerate(dirs):
+        codes[row, :, d] = values
+    codes = codes.reshape(-1, model.motion_dim).to(device)
+    frames = []
+    try:
+        with torch.inference_mode(), _autocast(device, args.dtype):
+            cache = model.encode(source)
+            zero = torch.zeros(model.motion_dim, device=device)
+            writer = None if sheet else VideoWriter(args.out, args.fps)
+            with _progress(codes.shape[0], args.quiet, "manipulate") as bar:
+                for i in range(0, codes.shape[0], args.batch):
+                    out = model.render(cache, codes[i : i + args.batch], start_alpha=zero).float().cpu()
+                    if sheet:
+                        frames.append(out)
+                    else:
+                        writer.write(out)
+                    bar.update(out.shape[0])
+            if writer is not None:
+                writer.close()
+        if sheet:
+            save_image(args.out, image_grid(torch.cat(frames), nrow=steps))
+    except MediaError as exc:
+        raise UserError(str(exc)) from None
+    what = "contact sheet" if sheet else "video"
+    print(f"wrote {args.out}: {what}, {len(dirs)} directions x {steps} values in [-{args.range:g}, {args.range:g}]")
+    return 0
+
+
+# --------------------------------------------------------------------------- init-animator
+def run_init(args) -> int:
+    from leo.animator import Animator
+
+    try:
+        torch.manual_seed(args.seed)
+        model = Animator(args.size, style_dim=args.style_dim, motion_dim=args.motion_dim, width=args.width)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        model.save(args.out)
+    except OSError as exc:
+        raise UserError(f"cannot write {args.out}: {exc}") from None
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {args.out}: random animator, size {model.size}, width {model.width:g}, {n / 1e6:.2f}M parameters")
+    return 0
