@@ -15,12 +15,16 @@ Every non-reference backend goes through the custom ops ``leo_kernels::temporal_
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from leo_kernels import reference
-from leo_kernels._backend import nvtx_range, resolve_backend
+from leo_kernels._backend import ENV_VAR, nvtx_range, resolve_backend
 from leo_kernels._checks import check_bool, check_same, check_tensor
 
+# "cpu" = an ATen composite of the reference formulas inside the custom ops (no hand-written C++
+# kernel); on CPU tensors the default is the eager "reference" unless "cpu" is asked for.
 SUPPORTED = ("cuda", "triton", "cpu", "reference")
 _FLOAT64_BACKENDS = ("cpu", "reference")
 HEAD_DIMS = (16, 32, 64, 128)
@@ -34,8 +38,11 @@ def _check_backend_dtype(op, dtype, backend):
         raise TypeError(f"{op}: backend {backend!r} does not support float64 (use 'cpu' or 'reference')")
 
 
-def _supported(dtype):
-    return _FLOAT64_BACKENDS if dtype == torch.float64 else SUPPORTED
+def _resolve(op, t, backend):
+    supported = _FLOAT64_BACKENDS if t.dtype == torch.float64 else SUPPORTED
+    if t.device.type == "cpu" and backend is None and not os.environ.get(ENV_VAR):
+        supported = ("reference",)  # default on CPU tensors: the eager reference (fastest here)
+    return resolve_backend(op, t.device, backend, supported)
 
 
 def _check_len(op, name, L):
@@ -103,7 +110,7 @@ def temporal_attention(q, k, v, rope=False, *, backend=None):
     """
     _check_attention_args(q, k, v, rope)
     _check_backend_dtype("temporal_attention", q.dtype, backend)
-    chosen = resolve_backend("temporal_attention", q.device, backend, _supported(q.dtype))
+    chosen = _resolve("temporal_attention", q, backend)
     if chosen == "reference":
         return reference.temporal_attention(q, k, v, rope)
     with nvtx_range("temporal_attention"):
@@ -114,7 +121,7 @@ def temporal_attention_block(x, norm_weight, w_qkv, w_out, b_out, heads, rope=Fa
     """The T-atten residual block, x (B, C, L) -> x + w_out @ attn(split(w_qkv @ rmsnorm(x))) + b_out."""
     _check_block_args(x, norm_weight, w_qkv, w_out, b_out, heads, rope)
     _check_backend_dtype("temporal_attention_block", x.dtype, backend)
-    chosen = resolve_backend("temporal_attention_block", x.device, backend, _supported(x.dtype))
+    chosen = _resolve("temporal_attention_block", x, backend)
     if chosen == "reference":
         return reference.temporal_attention_block(x, norm_weight, w_qkv, w_out, b_out, heads, rope)
     with nvtx_range("temporal_attention_block"):

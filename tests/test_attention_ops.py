@@ -201,12 +201,18 @@ def test_cpu_backend_gradcheck_float64():
     assert torch.autograd.gradcheck(fn, args, fast_mode=True)
 
 
-def test_default_backend_on_cpu_is_not_the_interpreter():
+def test_default_backend_on_cpu_is_reference(monkeypatch):
+    monkeypatch.delenv(_backend.ENV_VAR, raising=False)
     q, k, v = _qkv(1, 1, 3, 16, torch.float32, grad=False)
     lk.temporal_attention(q, k, v)
-    assert lk.last_backend("temporal_attention") in ("cpu", "reference")
+    assert lk.last_backend("temporal_attention") == "reference"
     lk.temporal_attention(q.double(), k.double(), v.double())
-    assert lk.last_backend("temporal_attention") in ("cpu", "reference")
+    assert lk.last_backend("temporal_attention") == "reference"
+    lk.temporal_attention_block(*(t.detach() for t in _block_args(1, 8, 3, 1, 16, torch.float32)), 1)
+    assert lk.last_backend("temporal_attention_block") == "reference"
+    monkeypatch.setenv(_backend.ENV_VAR, "cpu")  # the environment variable still selects "cpu"
+    lk.temporal_attention(q, k, v)
+    assert lk.last_backend("temporal_attention") == "cpu"
 
 
 # --------------------------------------------------------------------------- opcheck / torch.compile
