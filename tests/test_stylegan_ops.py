@@ -381,3 +381,19 @@ def test_bias_act_errors_name_the_argument():
         f(x, None, "0.2")
     with pytest.raises(ValueError, match="backend"):
         f(x, backend="tpu")
+
+
+@pytest.mark.parametrize("backend", _BACKENDS)
+def test_sum_backward_with_expanded_grad(backend):
+    """.sum().backward() hands the ops a stride-0 gradient; channels_last input keeps its format."""
+    dev = _dev(backend)
+    x0 = channels_last(torch.randn(1, 3, 5, 6, device=dev))
+    b0 = torch.randn(3, device=dev)
+    grads = {}
+    for bk in (backend, "reference"):
+        x, b = x0.clone().requires_grad_(), b0.clone().requires_grad_()
+        y = leo_kernels.bias_act(x, b, backend=bk)
+        leo_kernels.upfirdn2d(y, _fir(scale=4).to(dev), 2, 1, (2, 1), backend=bk).sum().backward()
+        grads[bk] = (x.grad, b.grad)
+    assert_close(grads[backend][0].cpu(), grads["reference"][0].cpu(), name="grad x")
+    assert_close(grads[backend][1].cpu(), grads["reference"][1].cpu(), name="grad bias")
