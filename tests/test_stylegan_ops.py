@@ -12,13 +12,15 @@ import leo_kernels
 from leo_kernels import reference
 from tests._util import assert_close, channels_last, non_contiguous
 
+_GPU = torch.cuda.is_available()
+# On CPU: the compiled kernels and Triton's interpreter; with a GPU, Triton runs on CUDA tensors.
 _BACKENDS = [b for b in ("cpu", "triton") if b in leo_kernels.available_backends("cpu")]
-if torch.cuda.is_available() and "cuda" in leo_kernels.available_backends("cuda"):
-    _BACKENDS.append("cuda")
+if _GPU:
+    _BACKENDS += [b for b in ("cuda", "triton") if b in leo_kernels.available_backends("cuda") and b not in _BACKENDS]
 
 
 def _dev(backend):
-    return "cuda" if backend == "cuda" else "cpu"
+    return "cuda" if backend == "cuda" or (backend == "triton" and _GPU) else "cpu"
 
 
 def _fir(k=(1.0, 3.0, 3.0, 1.0), scale=1.0, dtype=torch.float32):
@@ -307,11 +309,14 @@ def test_opcheck_triton():
         pytest.skip("triton not available")
     from torch.library import opcheck
 
-    x = torch.randn(1, 2, 4, 5)
-    opcheck(torch.ops.leo_kernels.upfirdn2d, (x.requires_grad_(), torch.randn(3, 3), [2, 1], [1, 2], [1, 1, 2, 0], "triton"),
-            test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
-    opcheck(torch.ops.leo_kernels.bias_act, (x, torch.randn(2).requires_grad_(), 0.2, 1.4, "triton"),
-            test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    dev = _dev("triton")
+    x = torch.randn(1, 2, 4, 5, device=dev)
+    utils = ("test_schema", "test_faketensor", "test_autograd_registration")
+    k = torch.randn(3, 3, device=dev)
+    opcheck(torch.ops.leo_kernels.upfirdn2d, (x.requires_grad_(), k, [2, 1], [1, 2], [1, 1, 2, 0], "triton"),
+            test_utils=utils)
+    opcheck(torch.ops.leo_kernels.bias_act, (x, torch.randn(2, device=dev).requires_grad_(), 0.2, 1.4, "triton"),
+            test_utils=utils)
 
 
 def test_torch_compile_fullgraph():
@@ -334,6 +339,13 @@ def test_torch_compile_fullgraph():
     rx, rb = torch.autograd.grad(ref.square().sum(), (x, b))
     assert_close(gx, rx)
     assert_close(gb, rb)
+    # Dynamic shapes: the backward pads are SymInts (odd and even sizes give different pads).
+    dynamic = torch.compile(block, fullgraph=True, dynamic=True, backend="aot_eager")
+    for h, w in ((9, 8), (12, 13)):
+        x = torch.randn(1, 3, h, w, requires_grad=True)
+        out, ref = dynamic(x, b), block(x, b)
+        assert_close(out, ref)
+        assert_close(torch.autograd.grad(out.sum(), x)[0], torch.autograd.grad(ref.sum(), x)[0])
 
 
 # --------------------------------------------------------------------------- validation
