@@ -151,6 +151,57 @@ struct Taps {
   }
 };
 
+// Packed taps of one output pixel for the NCHW forward loops: 4 offsets + 4 weights in one
+// cache line half, read once per group of channels. Outside corners have weight 0 and offset
+// 0 (always in bounds), so no branch is needed; `scale` folds in a per-pixel factor (the mask).
+template <typename T>
+struct PackedTap {
+  int64_t o[4];
+  T w[4];
+};
+
+template <typename T>
+void pack_taps(const Taps<T>& tp, int64_t n, const T* scale, PackedTap<T>* out) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T s = scale ? scale[j] : T(1);
+    for (int k = 0; k < 4; ++k) {
+      out[j].o[k] = tp.off[k][j];
+      out[j].w[k] = tp.w[k][j] * s;
+    }
+  }
+}
+
+// out_c[j] = sum_k w_k * plane_c[o_k] for NC channels at once (planes `cstride` apart).
+// With X (warp_inpaint) also blended_c[j] = out_c[j] + x_c[j] * keep[j].
+template <int NC, bool X, typename scalar_t, typename T>
+inline void sample_rows(const PackedTap<T>* tp, int64_t n, const scalar_t* ip, int64_t icstride, scalar_t* op,
+                        int64_t ocstride, const scalar_t* xp, scalar_t* bp, const T* keep) {
+  for (int64_t j = 0; j < n; ++j) {
+    const PackedTap<T> t = tp[j];
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) {
+      const scalar_t* p = ip + c * icstride;
+      const T v = t.w[0] * static_cast<T>(p[t.o[0]]) + t.w[1] * static_cast<T>(p[t.o[1]]) +
+                  t.w[2] * static_cast<T>(p[t.o[2]]) + t.w[3] * static_cast<T>(p[t.o[3]]);
+      op[c * ocstride + j] = static_cast<scalar_t>(v);
+      if constexpr (X) bp[c * ocstride + j] = static_cast<scalar_t>(v + static_cast<T>(xp[c * ocstride + j]) * keep[j]);
+    }
+  }
+}
+
+// All C channels of one output row (NCHW): groups of 4 channels share each tap load.
+template <bool X, typename scalar_t, typename T>
+void sample_all_channels(const PackedTap<T>* tp, int64_t n, int64_t C, const scalar_t* ip, int64_t icstride,
+                         scalar_t* op, int64_t ocstride, const scalar_t* xp, scalar_t* bp, const T* keep) {
+  int64_t c = 0;
+  for (; c + 4 <= C; c += 4)
+    sample_rows<4, X>(tp, n, ip + c * icstride, icstride, op + c * ocstride, ocstride, X ? xp + c * ocstride : xp,
+                      X ? bp + c * ocstride : bp, keep);
+  for (; c < C; ++c)
+    sample_rows<1, X>(tp, n, ip + c * icstride, icstride, op + c * ocstride, ocstride, X ? xp + c * ocstride : xp,
+                      X ? bp + c * ocstride : bp, keep);
+}
+
 // torch.linspace(-1, 1, n)[i], computed the way torch does (from both ends).
 template <typename T>
 T linspace_pm1(int64_t i, int64_t n) {
@@ -215,6 +266,7 @@ void grid_sample_fwd_impl(const at::Tensor& input, const at::Tensor& grid, at::T
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, N * Ho, grain_for(C * Wo), [&](int64_t begin, int64_t end) {
     Taps<acc_t> tp(Wo);
+    std::vector<PackedTap<acc_t>> packed(CL ? 0 : Wo);
     std::vector<scalar_t> zero_row(CL ? C : 0, scalar_t(0));
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / Ho, i = r % Ho;
@@ -224,15 +276,9 @@ void grid_sample_fwd_impl(const at::Tensor& input, const at::Tensor& grid, at::T
       const scalar_t* inb = in + n * isN;
       scalar_t* orow = o + n * osN + i * osH;
       if constexpr (!CL) {
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* ip = inb + c * isC;
-          scalar_t* op = orow + c * osC;
-          for (int64_t j = 0; j < Wo; ++j) {
-            acc_t v = tp.w[0][j] * tp.value(ip, 0, j) + tp.w[1][j] * tp.value(ip, 1, j) +
-                      tp.w[2][j] * tp.value(ip, 2, j) + tp.w[3][j] * tp.value(ip, 3, j);
-            op[j * osW] = static_cast<scalar_t>(v);
-          }
-        }
+        pack_taps(tp, Wo, static_cast<const acc_t*>(nullptr), packed.data());
+        sample_all_channels<false>(packed.data(), Wo, C, inb, isC, orow, osC, static_cast<const scalar_t*>(nullptr),
+                                   static_cast<scalar_t*>(nullptr), static_cast<const acc_t*>(nullptr));
       } else {
         for (int64_t j = 0; j < Wo; ++j) {
           const scalar_t* p[4];
@@ -525,7 +571,8 @@ void warp_inpaint_fwd_impl(const at::Tensor& feat, const at::Tensor& x, const at
   const int64_t Hc = H / 2, Wc = W / 2;
   at::parallel_for(0, N * H, grain_for(C * W), [&](int64_t begin, int64_t end) {
     FlowRow<acc_t> fr(W);
-    std::vector<acc_t> comp(3 * W), up(W), tmp(Wc + 1);
+    std::vector<PackedTap<acc_t>> packed(CL ? 0 : W);
+    std::vector<acc_t> comp(3 * W), up(W), tmp(Wc + 1), keep(W);
     std::vector<scalar_t> zero_row(CL ? C : 0, scalar_t(0));
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / H, i = r % H;
@@ -547,19 +594,10 @@ void warp_inpaint_fwd_impl(const at::Tensor& feat, const at::Tensor& x, const at
       const acc_t* m = fr.mask.data();
       const int64_t rowoff = n * sN + i * sH;
       if constexpr (!CL) {
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* ip = fp + n * sN + c * sC;
-          const scalar_t* xr = xp + rowoff + c * sC;
-          scalar_t* wr = wp + rowoff + c * sC;
-          scalar_t* br = bp + rowoff + c * sC;
-          for (int64_t j = 0; j < W; ++j) {
-            const acc_t s = tp.w[0][j] * tp.value(ip, 0, j) + tp.w[1][j] * tp.value(ip, 1, j) +
-                            tp.w[2][j] * tp.value(ip, 2, j) + tp.w[3][j] * tp.value(ip, 3, j);
-            const acc_t wv = s * m[j];
-            wr[j] = static_cast<scalar_t>(wv);
-            br[j] = static_cast<scalar_t>(wv + static_cast<acc_t>(xr[j]) * (1 - m[j]));
-          }
-        }
+        pack_taps(tp, W, m, packed.data());
+        for (int64_t j = 0; j < W; ++j) keep[j] = 1 - m[j];
+        sample_all_channels<true>(packed.data(), W, C, fp + n * sN, sC, wp + rowoff, sC, xp + rowoff, bp + rowoff,
+                                  keep.data());
       } else {
         const scalar_t* inb = fp + n * sN;
         for (int64_t j = 0; j < W; ++j) {
