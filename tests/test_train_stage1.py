@@ -174,3 +174,224 @@ def test_distributed_context_torchrun_gloo(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     # DDP averages gradients: d/dw of w.x for x=1 and x=2 -> 1.5 on both ranks
     assert res.stdout.count("ws=2 grad=[[1.5, 1.5]] mean=0.5") == 2, res.stdout + res.stderr
+
+
+# --------------------------------------------------------------------------- losses and metrics
+
+from leo.discriminator import Discriminator  # noqa: E402
+from leo.train import losses  # noqa: E402
+
+
+def _ssim_naive(x, y, win=5, sigma=1.5):
+    """Direct per-window SSIM in float64 (independent of the conv implementation)."""
+    x, y = ((x.double() + 1) / 2).clamp(0, 1), ((y.double() + 1) / 2).clamp(0, 1)
+    c = torch.arange(win, dtype=torch.float64) - (win - 1) / 2
+    g = torch.exp(-c**2 / (2 * sigma**2))
+    w = (g[:, None] * g[None, :]) / (g.sum() ** 2)
+    vals = []
+    for b in range(x.shape[0]):
+        per_c = []
+        for ch in range(x.shape[1]):
+            s = []
+            for i in range(x.shape[2] - win + 1):
+                for j in range(x.shape[3] - win + 1):
+                    a, bb = x[b, ch, i:i + win, j:j + win], y[b, ch, i:i + win, j:j + win]
+                    ma, mb = (w * a).sum(), (w * bb).sum()
+                    va, vb = (w * a * a).sum() - ma**2, (w * bb * bb).sum() - mb**2
+                    cov = (w * a * bb).sum() - ma * mb
+                    s.append(((2 * ma * mb + 1e-4) * (2 * cov + 9e-4)) / ((ma**2 + mb**2 + 1e-4) * (va + vb + 9e-4)))
+            per_c.append(torch.stack(s).mean())
+        vals.append(torch.stack(per_c).mean())
+    return torch.stack(vals)
+
+
+def test_metrics_against_direct_formulas():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 9, 11, generator=g) * 2 - 1
+    y = (x + 0.3 * torch.randn(2, 3, 9, 11, generator=g)).clamp(-1, 1)
+    assert torch.allclose(losses.ssim(x, y, window=5).double(), _ssim_naive(x, y), atol=1e-5)
+    assert torch.allclose(losses.ssim(x, x), torch.ones(2), atol=1e-5)
+    # PSNR of a constant offset d (on the [0, 1] scale) is -20 log10(d)
+    z = torch.full((1, 3, 8, 8), -0.5)
+    assert abs(losses.psnr(z + 0.2, z).item() - (-20 * np.log10(0.1))) < 1e-3
+    m = losses.reconstruction_metrics(y, x)
+    assert abs(m["l1"] - (y - x).abs().mean().item()) < 1e-6 and m["psnr"] > 0 and m["ssim"] < 1
+
+
+def test_vgg19_loads_torchvision_layout(tmp_path):
+    ref = losses.VGG19Features()
+    # torchvision's file also holds the classifier, which we ignore
+    sd = {k: torch.randn_like(v) * 0.05 for k, v in ref.state_dict().items()}
+    sd["classifier.0.weight"] = torch.zeros(2, 2)
+    torch.save(sd, tmp_path / "vgg19.pth")
+    vgg = losses.VGG19Features.from_file(tmp_path / "vgg19.pth")
+    assert torch.equal(vgg.features[0].weight, sd["features.0.weight"])
+    assert torch.equal(vgg.features[28].weight, sd["features.28.weight"])  # conv5_1, the deepest used
+    assert not any(p.requires_grad for p in vgg.parameters())
+    feats = vgg(torch.zeros(1, 3, 32, 32))
+    assert [f.shape[1] for f in feats] == [64, 128, 256, 512, 512]
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    perc = losses.PerceptualLoss(vgg)
+    assert perc(x, x).item() == 0.0
+    y = x.clone().requires_grad_(True)
+    loss = perc(y, x.flip(-1))
+    loss.backward()
+    assert loss.item() > 0 and torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0
+    bad = dict(sd)
+    bad["features.0.weight"] = torch.zeros(64, 3, 5, 5)
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="features.0.weight"):
+        losses.VGG19Features.from_file(tmp_path / "bad.pth")
+    torch.save({"x": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="not a torchvision VGG19"):
+        losses.VGG19Features.from_file(tmp_path / "other.pth")
+
+
+def test_discriminator_shapes_backends_and_r1():
+    torch.manual_seed(0)
+    D = Discriminator(size=32, width=0.0625)
+    x = torch.randn(5, 3, 32, 32)  # batch 5: minibatch-stddev groups must divide it
+    out = D(x)
+    assert out.shape == (5,) and torch.isfinite(out).all()
+    Dref = Discriminator(size=32, width=0.0625, backend="reference")
+    Dref.load_state_dict(D.state_dict())
+    assert torch.allclose(Dref(x), out, rtol=1e-4, atol=1e-5)
+    real = x.clone().requires_grad_(True)
+    r1 = losses.r1_penalty(D(real), real)
+    r1.backward()  # second order through upfirdn2d/bias_act
+    assert r1.item() > 0
+    # every weight shapes dD/dx (the output bias does not, so it gets no gradient)
+    weights = [p for n, p in D.named_parameters() if n.endswith("weight")]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in weights)
+    sp = torch.nn.functional.softplus
+    assert losses.d_logistic(out, out.flip(0)).item() == pytest.approx((sp(out.flip(0)).mean() + sp(-out).mean()).item())
+    assert losses.g_nonsaturating(out).item() == pytest.approx(sp(-out).mean().item())
+    with pytest.raises(ValueError, match="img"):
+        D(torch.randn(2, 3, 16, 16))
+    with pytest.raises(ValueError, match="size"):
+        Discriminator(size=48)
+
+
+# --------------------------------------------------------------------------- the stage-1 trainer
+
+import signal  # noqa: E402
+
+from leo.train.stage1 import Stage1Config, train_stage1  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory):
+    from leo.data.synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    write_dataset(root, num_videos=4, num_frames=10, size=32, seed=0, fmt="frames")
+    return root
+
+
+def _cfg(out, data, **kw):
+    base = dict(out=str(out), data=str(data), size=32, width=0.0625, style_dim=32, motion_dim=8, steps=4,
+                batch=2, workers=0, eval_pairs=4, eval_every=100, sample_every=100, save_every=100,
+                log_every=1, test_fraction=0.25, quiet=True, seed=3, threads=1)
+    base.update(kw)
+    return Stage1Config(**base)
+
+
+def _states_equal(a: dict, b: dict):
+    for k in a:
+        va, vb = a[k], b[k]
+        if isinstance(va, dict):
+            _states_equal(va, vb)
+        elif torch.is_tensor(va):
+            assert torch.equal(va, vb), k
+        elif isinstance(va, list) and va and isinstance(va[0], dict):
+            for x, y in zip(va, vb):
+                _states_equal(x, y)
+        else:
+            assert va == vb, k
+
+
+def test_trainer_reduces_loss_and_writes_outputs(tmp_path, synth_data):
+    from leo.animator import Animator
+    from leo.train.common import read_metrics
+
+    cfg = _cfg(tmp_path / "run", synth_data, steps=12, batch=4, eval_every=6, sample_every=6, save_every=6,
+               r1=1.0, r1_every=4, workers=1)
+    s = train_stage1(cfg)
+    assert s["finished"] and s["step"] == 12
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    l1 = [v for _, v in rows["l1"]]
+    assert np.mean(l1[-3:]) < 0.8 * np.mean(l1[:3]), l1
+    assert s["final_eval"]["l1"] < s["initial_eval"]["l1"], (s["initial_eval"], s["final_eval"])
+    assert {"d", "g_adv", "r1", "samples_per_s", "eval_psnr", "eval_ssim"} <= set(rows)
+    run = tmp_path / "run"
+    for name in ("checkpoint.pt", "loss.png", "summary.json", "samples/step_0000006.png", "samples/step_0000012.png"):
+        assert (run / name).is_file(), name
+    # the exported animator is the trained one, in leo's format
+    ck = load_training_checkpoint(run / "checkpoint.pt")
+    anim = Animator.from_checkpoint(run / "animator.safetensors")
+    assert anim.config == {**ck["animator_config"]} and anim.size == 32
+    for k, v in anim.state_dict().items():
+        assert torch.equal(v, ck["G"][k]), k
+
+
+def test_resume_after_kill_mid_checkpoint_write_is_exact(tmp_path, synth_data, monkeypatch):
+    """Uninterrupted 4 steps == (run killed while writing its step-2 checkpoint) + --resume."""
+    ref = train_stage1(_cfg(tmp_path / "ref", synth_data, save_every=1))
+    ref_ck = load_training_checkpoint(tmp_path / "ref" / "checkpoint.pt")
+
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def dying_save(obj, f, *a, **k):  # the 2nd checkpoint write dies half-way through
+        calls["n"] += 1
+        real_save(obj, f, *a, **k)
+        if calls["n"] == 2:
+            with open(f, "r+b") as fh:
+                fh.truncate(os.path.getsize(f) // 2)
+            raise SystemExit("killed while writing")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(SystemExit):
+        train_stage1(_cfg(tmp_path / "run", synth_data, save_every=1))
+    monkeypatch.setattr(torch, "save", real_save)
+    assert load_training_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 1  # previous one intact
+    with pytest.raises(FileExistsError, match="resume"):
+        train_stage1(_cfg(tmp_path / "run", synth_data, save_every=1))
+    # resume with DataLoader workers this time: batches depend only on the sample ids
+    s = train_stage1(_cfg(tmp_path / "run", synth_data, save_every=1, resume=True, workers=2))
+    assert s["finished"]
+    ck = load_training_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    for key in ("G", "D", "opt_g", "opt_d"):
+        _states_equal(ref_ck[key], ck[key])
+    assert ck["step"] == 4 and ck["data_position"] == ref_ck["data_position"] == 4 * 2
+    ref_rows = common.read_metrics(tmp_path / "ref" / "metrics.csv")
+    rows = common.read_metrics(tmp_path / "run" / "metrics.csv")
+    assert rows["l1"] == ref_rows["l1"] and rows["d"] == ref_rows["d"]  # steps 1..4, identical batches
+    assert s["final_eval"] == ref["final_eval"]
+
+
+def test_sigint_stops_cleanly_and_resume_matches(tmp_path, synth_data):
+    """A signal stops at the next step boundary with a checkpoint (save_every is far away)."""
+    ref = train_stage1(_cfg(tmp_path / "ref", synth_data, steps=3, adv_weight=0.0))
+
+    def interrupt(step, info):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    s = train_stage1(_cfg(tmp_path / "run", synth_data, steps=3, adv_weight=0.0), hooks={"after_step": interrupt})
+    assert not s["finished"] and s["step"] == 1
+    assert not (tmp_path / "run" / "animator.safetensors").exists()
+    assert load_training_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 1
+    # the handler is gone again: the default SIGINT behaviour is back
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    s = train_stage1(_cfg(tmp_path / "run", synth_data, steps=3, adv_weight=0.0, resume=True))
+    assert s["finished"] and s["final_eval"] == ref["final_eval"]
+    _states_equal(load_training_checkpoint(tmp_path / "ref" / "checkpoint.pt")["G"],
+                  load_training_checkpoint(tmp_path / "run" / "checkpoint.pt")["G"])
+
+
+def test_config_errors(tmp_path, synth_data):
+    with pytest.raises(ValueError, match="exactly one"):
+        train_stage1(Stage1Config(out=str(tmp_path), data=None, synthetic=0))
+    with pytest.raises(ValueError, match="batch"):
+        train_stage1(_cfg(tmp_path / "x", synth_data, batch=0))

@@ -1,0 +1,108 @@
+"""`leo train-animator` (stage 1) and `leo make-synthetic` (synthetic training videos).
+
+The same command runs on one process or under torchrun (one process per GPU, or CPU processes
+with gloo):
+    leo train-animator --synthetic 16 --out runs/anim --steps 2000
+    torchrun --nproc_per_node 2 -m leo train-animator --data videos/ --out runs/anim --size 256 --width 1
+"""
+from __future__ import annotations
+
+
+def register(sub):
+    p = sub.add_parser("train-animator", help="train the animator (stage 1) on videos or synthetic data")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", metavar="DIR", help="folder of videos (mp4/mov/avi/webm) and/or frame folders (png/jpg)")
+    src.add_argument("--synthetic", metavar="N", type=int, help="generate N synthetic videos into OUT/data and train on them")
+    p.add_argument("--out", required=True, metavar="RUN_DIR",
+                   help="run folder: checkpoint.pt, metrics.csv, loss.png, samples/, animator.safetensors")
+    p.add_argument("--size", type=int, default=64, help="image size, a power of two 32..512 (default 64)")
+    p.add_argument("--width", type=float, default=0.25, help="channel width of the animator, 1.0 = LIA (default 0.25)")
+    p.add_argument("--style-dim", type=int, default=512, help="latent size (default 512, as LIA)")
+    p.add_argument("--motion-dim", type=int, default=20, help="motion code size (default 20, as LIA)")
+    p.add_argument("--steps", type=int, default=2000, help="total optimizer steps (default 2000)")
+    p.add_argument("--batch", type=int, default=8, help="batch per process and micro-batch (default 8)")
+    p.add_argument("--accum", type=int, default=1, help="gradient-accumulation micro-batches per step (default 1)")
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate, both networks (default 2e-3)")
+    p.add_argument("--adv-weight", type=float, default=0.05, help="adversarial loss weight, 0 = off (default 0.05)")
+    p.add_argument("--vgg19", metavar="PATH",
+                   help="local VGG19 weights in torchvision format; turns the perceptual loss on")
+    p.add_argument("--r1", type=float, default=0.0, metavar="GAMMA", help="R1 penalty weight (default 0 = off)")
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint interval in steps (default 500)")
+    p.add_argument("--sample-every", type=int, default=500, help="PNG sample-grid interval (default 500)")
+    p.add_argument("--eval-every", type=int, default=250, help="held-out L1/PSNR/SSIM interval (default 250)")
+    p.add_argument("--log-every", type=int, default=10, help="metrics.csv interval (default 10)")
+    p.add_argument("--frames", type=int, default=48, help="frames per synthetic video (default 48)")
+    p.add_argument("--max-frames", type=int, default=None, help="use at most this many frames of each clip")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="share of clips held out (default 0.1)")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt when it exists")
+    p.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's; 1 is fastest for tiny models on a busy CPU)")
+    p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on GPU")
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser("make-synthetic", help="write synthetic human-like training videos")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--videos", type=int, default=16, help="number of videos (default 16)")
+    p.add_argument("--frames", type=int, default=48, help="frames per video (default 48)")
+    p.add_argument("--size", type=int, default=64, help="frame size (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=("mp4", "frames"), default="mp4", help="mp4 files or PNG frame folders")
+    p.add_argument("--fps", type=float, default=25.0)
+    p.set_defaults(func=run_make_synthetic)
+
+
+def run_make_synthetic(args) -> int:
+    from leo.cli import UserError
+    from leo.data.synthetic import write_dataset
+
+    for name in ("videos", "frames", "size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be >= 1")
+    try:
+        paths = write_dataset(args.out, args.videos, args.frames, args.size, args.seed, args.format, args.fps)
+    except (ValueError, OSError) as exc:
+        raise UserError(str(exc)) from None
+    print(f"wrote {len(paths)} synthetic videos ({args.frames} frames, {args.size}x{args.size}) to {args.out}")
+    return 0
+
+
+def run_train(args) -> int:
+    import os
+
+    from leo.cli import UserError
+    from leo.data.videos import DataError
+    from leo.train.common import CheckpointError
+    from leo.train.stage1 import Stage1Config, train_stage1
+
+    if args.data is not None and not os.path.exists(args.data):
+        raise UserError(f"--data {args.data}: no such folder")
+    if args.synthetic is not None and args.synthetic < 2:
+        raise UserError("--synthetic needs at least 2 videos (one is held out)")
+    if args.vgg19 is not None and not os.path.isfile(args.vgg19):
+        raise UserError(f"--vgg19 {args.vgg19}: no such file")
+    cfg = Stage1Config(
+        out=args.out, data=args.data, synthetic=args.synthetic or 0, synthetic_frames=args.frames,
+        size=args.size, width=args.width, style_dim=args.style_dim, motion_dim=args.motion_dim,
+        steps=args.steps, batch=args.batch, accum=args.accum, lr=args.lr, adv_weight=args.adv_weight,
+        vgg19=args.vgg19, r1=args.r1, save_every=args.save_every, sample_every=args.sample_every,
+        eval_every=args.eval_every, log_every=args.log_every, max_frames=args.max_frames,
+        test_fraction=args.test_fraction, seed=args.seed, device=args.device, workers=args.workers,
+        threads=args.threads, amp=not args.no_amp, resume=args.resume,
+    )
+    try:
+        cfg.validate()
+        summary = train_stage1(cfg)
+    except (ValueError, FileExistsError, FileNotFoundError, DataError, CheckpointError) as exc:
+        raise UserError(str(exc)) from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        ev0, ev1 = summary.get("initial_eval") or {}, summary.get("final_eval") or {}
+        if ev0 and ev1:
+            print(f"held-out L1 {ev0['l1']:.4f} -> {ev1['l1']:.4f}, PSNR {ev0['psnr']:.2f} -> {ev1['psnr']:.2f} dB, "
+                  f"SSIM {ev0['ssim']:.3f} -> {ev1['ssim']:.3f}")
+        if summary.get("animator"):
+            print(f"animator: {summary['animator']}")
+        print(f"run folder: {args.out} (metrics.csv, loss.png, samples/, checkpoint.pt)")
+    return 0 if summary.get("finished") else 130

@@ -1,0 +1,430 @@
+"""Stage-1 training: the animator learns to reconstruct a target frame from a source frame of the
+same video (self-supervised, as LIA), with L1 + multi-scale VGG19 perceptual (when weights are
+given) + non-saturating adversarial loss against a StyleGAN2-style discriminator (R1 optional).
+
+One function, :func:`train_stage1`, runs the same way as one process or under ``torchrun``
+(DistributedDataParallel; gloo on CPU, nccl on CUDA), with bf16 autocast on GPU, gradient
+accumulation, and exact resume: every ``save_every`` steps (and on a clean stop: end of training,
+SIGINT or SIGTERM) it writes ``RUN_DIR/checkpoint.pt`` atomically with the models, optimizers,
+step, config, every rank's RNG state and the data position. Because the datasets draw everything
+from the sample id (leo.data), a resumed run sees the very batches the uninterrupted run would
+have seen. A run killed without warning loses at most the steps since its last checkpoint.
+
+Run folder: checkpoint.pt, metrics.csv, loss.png, samples/step_XXXXXXX.png (rows: source,
+target, reconstruction), animator.safetensors (the final model, leo's format), summary.json.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import signal
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from leo.train.common import (
+    DistributedContext,
+    StreamSampler,
+    TrainLogger,
+    load_training_checkpoint,
+    plot_losses,
+    rng_state,
+    save_training_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+EXPORT_NAME = "animator.safetensors"
+# Settings that may change when resuming (they do not change what is computed).
+RUNTIME_KEYS = ("steps", "device", "workers", "threads", "save_every", "sample_every", "eval_every", "log_every", "out",
+                "resume", "quiet")
+
+
+@dataclass
+class Stage1Config:
+    out: str = "runs/animator"
+    data: str | None = None              # folder of videos / frame folders
+    synthetic: int = 0                   # >0: generate this many synthetic videos into out/data
+    synthetic_frames: int = 48
+    size: int = 64
+    width: float = 0.25                  # animator channel width (1.0 = released LIA)
+    style_dim: int = 512
+    motion_dim: int = 20
+    d_width: float | None = None         # discriminator width (default: the animator's)
+    steps: int = 1000
+    batch: int = 8                       # per process, per micro-batch
+    accum: int = 1                       # micro-batches per optimizer step
+    lr: float = 2e-3
+    d_lr: float | None = None
+    betas: tuple = (0.0, 0.99)
+    l1_weight: float = 1.0
+    vgg_weight: float = 1.0
+    adv_weight: float = 0.05
+    vgg19: str | None = None             # local torchvision VGG19 weights (perceptual loss on)
+    r1: float = 0.0                      # R1 gamma (0: off)
+    r1_every: int = 16                   # lazy R1: every N steps, scaled by N
+    save_every: int = 500
+    sample_every: int = 500
+    eval_every: int = 250
+    log_every: int = 10
+    eval_pairs: int = 16
+    test_fraction: float = 0.1
+    max_frames: int | None = None        # use at most this many frames per clip
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 2
+    threads: int | None = None           # CPU threads for torch (None: torch's default)
+    amp: bool = True                     # bf16 autocast on CUDA (CPU always runs fp32)
+    kernels: str = "auto"
+    resume: bool = False
+    quiet: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(d["betas"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Stage1Config":
+        names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in names}
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+    def validate(self) -> None:
+        if (self.data is None) == (not self.synthetic):
+            raise ValueError("give exactly one of data (a folder) or synthetic (a number of videos > 0)")
+        for name in ("steps", "batch", "accum", "save_every", "sample_every", "eval_every", "log_every",
+                     "r1_every", "eval_pairs"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if self.lr <= 0 or (self.d_lr is not None and self.d_lr <= 0):
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if self.r1 < 0:
+            raise ValueError(f"r1 must be >= 0, got {self.r1!r}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads!r}")
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM ask for a clean stop at the next step boundary; a second signal aborts."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        return False
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _prepare_data(cfg: Stage1Config, ctx: DistributedContext, out: pathlib.Path) -> str:
+    """The data folder; synthetic videos are written once (by rank 0) into ``out/data``."""
+    if not cfg.synthetic:
+        return cfg.data
+    from leo.data.synthetic import write_dataset
+
+    root = out / "data"
+    marker = root / ".complete"
+    if ctx.is_main and not marker.exists():
+        write_dataset(root, num_videos=cfg.synthetic, num_frames=cfg.synthetic_frames, size=cfg.size, seed=cfg.seed)
+        marker.write_text(json.dumps({"videos": cfg.synthetic, "frames": cfg.synthetic_frames, "size": cfg.size,
+                                      "seed": cfg.seed}))
+    ctx.barrier()
+    return str(root)
+
+
+def _gather_rng(ctx: DistributedContext) -> list:
+    state = rng_state()
+    if not ctx.distributed:
+        return [state]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, state)
+    return out
+
+
+def _grid(source, target, recon, path):
+    from leo.media import image_grid, save_image
+
+    n = source.shape[0]
+    img = image_grid(torch.cat([source, target, recon.clamp(-1, 1)]).float().cpu(), nrow=n)
+    save_image(path, img)
+
+
+@torch.no_grad()
+def evaluate(model, pairs: dict, device, batch: int = 16, amp: bool = True) -> dict:
+    """Held-out reconstruction metrics (L1, PSNR, SSIM) of ``model`` on fixed pairs."""
+    from leo.train.losses import reconstruction_metrics
+
+    was_training = model.training
+    model.eval()
+    preds = []
+    for i in range(0, pairs["source"].shape[0], batch):
+        s = pairs["source"][i:i + batch].to(device)
+        t = pairs["target"][i:i + batch].to(device)
+        with _autocast(device, amp):
+            preds.append(model(s, t).float().cpu())
+    model.train(was_training)
+    pred = torch.cat(preds)
+    return reconstruction_metrics(pred, pairs["target"])
+
+
+def train_stage1(cfg: Stage1Config, hooks: dict | None = None) -> dict:
+    """Train (or resume) an animator; returns a summary dict (also written to summary.json).
+
+    ``hooks`` (tests): ``{"after_step": fn(step, info)}`` called on every rank after each step.
+    """
+    from leo.animator import Animator
+    from leo.data.videos import FramePairDataset, VideoFolder, fixed_pairs
+    from leo.discriminator import Discriminator
+    from leo.train import losses
+
+    hooks = hooks or {}
+    out = pathlib.Path(cfg.out)
+    ckpt_path = out / CHECKPOINT_NAME
+    ckpt = None
+    if cfg.resume and ckpt_path.exists():
+        ckpt = load_training_checkpoint(ckpt_path)
+        saved = Stage1Config.from_dict(ckpt["config"])
+        for k in RUNTIME_KEYS:
+            setattr(saved, k, getattr(cfg, k))
+        cfg = saved
+    elif ckpt_path.exists() and not cfg.resume:
+        raise FileExistsError(f"{out} already holds a training run ({ckpt_path}); pass --resume to continue it "
+                              "or choose another output folder")
+    cfg.validate()
+
+    ctx = DistributedContext(cfg.device)
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        # tiny models on a busy CPU: fewer threads avoid OpenMP oversubscription (restored below)
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, ctx, ckpt, hooks, out, ckpt_path, Animator, Discriminator, losses,
+                      FramePairDataset, VideoFolder, fixed_pairs)
+    finally:
+        torch.set_num_threads(threads)
+        ctx.close()
+
+
+def _train(cfg, ctx, ckpt, hooks, out, ckpt_path, Animator, Discriminator, losses, FramePairDataset,
+           VideoFolder, fixed_pairs):
+    device = ctx.device
+    amp = cfg.amp and device.type == "cuda"
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    log = TrainLogger(out, total_steps=cfg.steps, start_step=ckpt["step"] if ckpt else 0, enabled=ctx.is_main,
+                      desc="stage1", samples_per_step=cfg.batch * cfg.accum * ctx.world_size,
+                      file=open(os.devnull, "w") if cfg.quiet else None)
+
+    # ---- data
+    data_root = _prepare_data(cfg, ctx, out)
+    folder = VideoFolder(data_root, size=cfg.size, test_fraction=cfg.test_fraction, split_seed=0,
+                         max_frames=cfg.max_frames, verbose=ctx.is_main)
+    log.message(f"data: {folder.summary()}")
+    dataset = FramePairDataset(folder, "train", seed=cfg.seed)
+    eval_split = "test" if folder.test else "train"
+    eval_set = fixed_pairs(folder, cfg.eval_pairs, eval_split, seed=cfg.seed + 1) if ctx.is_main else None
+    sample_ids_per_step = cfg.batch * cfg.accum  # per rank
+
+    # ---- models (same init on every rank; DDP also broadcasts rank 0's)
+    seed_everything(cfg.seed)
+    G = Animator(size=cfg.size, style_dim=cfg.style_dim, motion_dim=cfg.motion_dim, width=cfg.width,
+                 kernels=cfg.kernels).to(device)
+    D = Discriminator(size=cfg.size, width=cfg.d_width or cfg.width).to(device)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+    d_ratio = cfg.r1_every / (cfg.r1_every + 1) if cfg.r1 > 0 else 1.0  # lazy-regularization correction
+    opt_d = torch.optim.Adam(D.parameters(), lr=(cfg.d_lr or cfg.lr) * d_ratio,
+                             betas=tuple(b ** d_ratio for b in cfg.betas))
+    perceptual = None
+    if cfg.vgg19:
+        perceptual = losses.PerceptualLoss(losses.VGG19Features.from_file(cfg.vgg19)).to(device)
+        log.message(f"perceptual loss: VGG19 from {cfg.vgg19}")
+    else:
+        log.message("perceptual loss: off (no --vgg19 weights file given)")
+    use_adv = cfg.adv_weight > 0
+
+    start_step = 0
+    if ckpt is not None:
+        G.load_state_dict(ckpt["G"])
+        D.load_state_dict(ckpt["D"])
+        opt_g.load_state_dict(ckpt["opt_g"])
+        opt_d.load_state_dict(ckpt["opt_d"])
+        start_step = int(ckpt["step"])
+        if ckpt.get("world_size", 1) != ctx.world_size:
+            log.message(f"resuming a {ckpt.get('world_size')}-process run with {ctx.world_size} processes: "
+                        "batches will differ from the original run")
+        log.message(f"resumed from {ckpt_path} at step {start_step}")
+    Gd, Dd = ctx.wrap(G), ctx.wrap(D)
+
+    # ---- data stream from this step's sample position (the datasets are id-driven)
+    position = ckpt["data_position"] if ckpt is not None else 0
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch, sampler=StreamSampler(position, ctx.rank, ctx.world_size),
+        num_workers=cfg.workers, pin_memory=device.type == "cuda", drop_last=True,
+        persistent_workers=False, prefetch_factor=2 if cfg.workers > 0 else None)
+    batches = iter(loader)
+
+    # RNG last, so nothing above (model init, data indexing) shifts it
+    if ckpt is not None:
+        states = ckpt["rng"]
+        set_rng_state(states[ctx.rank] if ctx.rank < len(states) else states[0])
+
+    initial_eval = None
+    if ctx.is_main and start_step == 0:
+        initial_eval = evaluate(G, eval_set, device, amp=amp)
+        log.log(0, {f"eval_{k}": v for k, v in initial_eval.items()})
+        log.message("step 0 held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in initial_eval.items()))
+    summary = {"initial_eval": initial_eval if initial_eval is not None else (ckpt or {}).get("initial_eval")}
+
+    def save(step):
+        rng = _gather_rng(ctx)
+        if ctx.is_main:
+            save_training_checkpoint(ckpt_path, {
+                "step": step, "config": cfg.to_dict(), "G": G.state_dict(), "D": D.state_dict(),
+                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "rng": rng,
+                "data_position": step * sample_ids_per_step, "world_size": ctx.world_size,
+                "initial_eval": summary["initial_eval"], "animator_config": G.config,
+            })
+        ctx.barrier()
+
+    step = start_step
+    last = {}
+    t_start = time.perf_counter()
+    with _StopFlag() as stop:
+        while step < cfg.steps:
+            # ---------------- generator: reconstruction (+ perceptual, + adversarial)
+            G.train()
+            D.requires_grad_(False)
+            opt_g.zero_grad(set_to_none=True)
+            micro = []
+            sums = {"l1": 0.0, "vgg": 0.0, "g_adv": 0.0}
+            for m in range(cfg.accum):
+                b = next(batches)
+                src = b["source"].to(device, non_blocking=True)
+                tgt = b["target"].to(device, non_blocking=True)
+                sync = contextlib.nullcontext() if m == cfg.accum - 1 or not ctx.distributed else Gd.no_sync()
+                with sync:
+                    with _autocast(device, amp):
+                        recon = Gd(src, tgt)
+                        l1 = (recon.float() - tgt.float()).abs().mean()
+                        loss = cfg.l1_weight * l1
+                        if perceptual is not None:
+                            vgg = perceptual(recon, tgt)
+                            loss = loss + cfg.vgg_weight * vgg
+                            sums["vgg"] += vgg.item() / cfg.accum
+                        if use_adv:
+                            g_adv = losses.g_nonsaturating(D(recon))
+                            loss = loss + cfg.adv_weight * g_adv
+                            sums["g_adv"] += g_adv.item() / cfg.accum
+                    (loss / cfg.accum).backward()
+                sums["l1"] += l1.item() / cfg.accum
+                micro.append((tgt, recon.detach()))
+            opt_g.step()
+
+            # ---------------- discriminator: logistic loss (+ lazy R1)
+            D.requires_grad_(True)
+            if use_adv:
+                opt_d.zero_grad(set_to_none=True)
+                d_sum = 0.0
+                for m, (tgt, fake) in enumerate(micro):
+                    sync = contextlib.nullcontext() if m == cfg.accum - 1 or not ctx.distributed else Dd.no_sync()
+                    with sync:
+                        with _autocast(device, amp):
+                            logits = Dd(torch.cat([tgt, fake]))
+                            d_loss = losses.d_logistic(logits[: tgt.shape[0]], logits[tgt.shape[0]:])
+                        (d_loss / cfg.accum).backward()
+                    d_sum += d_loss.item() / cfg.accum
+                opt_d.step()
+                sums["d"] = d_sum
+                if cfg.r1 > 0 and step % cfg.r1_every == 0:
+                    opt_d.zero_grad(set_to_none=True)
+                    real = micro[-1][0].detach().requires_grad_(True)
+                    with _autocast(device, amp):
+                        r1 = losses.r1_penalty(Dd(real), real)
+                    (cfg.r1 / 2 * r1 * cfg.r1_every).backward()
+                    opt_d.step()
+                    sums["r1"] = r1.item()
+            step += 1
+            last = sums
+
+            if "after_step" in hooks:
+                hooks["after_step"](step, {"losses": sums, "G": G, "D": D})
+
+            # agree on a clean stop (signal on any rank) at this step boundary
+            stop_now = torch.tensor([1.0 if stop.requested else 0.0], device=device)
+            if ctx.distributed:
+                dist.all_reduce(stop_now, op=dist.ReduceOp.MAX)
+            stop_now = bool(stop_now.item())
+
+            if step % cfg.log_every == 0 or step == cfg.steps or stop_now:
+                log.log(step, {k: v for k, v in sums.items() if not (k in ("vgg",) and perceptual is None)
+                               and not (k == "g_adv" and not use_adv)})
+            if ctx.is_main and (step % cfg.eval_every == 0 or step == cfg.steps):
+                ev = evaluate(G, eval_set, device, amp=amp)
+                log.log(step, {f"eval_{k}": v for k, v in ev.items()})
+                summary["final_eval"] = ev
+            if ctx.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
+                n = min(4, cfg.eval_pairs)
+                with torch.no_grad(), _autocast(device, amp):
+                    G.eval()
+                    rec = G(eval_set["source"][:n].to(device), eval_set["target"][:n].to(device)).float().cpu()
+                    G.train()
+                _grid(eval_set["source"][:n], eval_set["target"][:n], rec, out / "samples" / f"step_{step:07d}.png")
+            if step % cfg.save_every == 0 or step == cfg.steps or stop_now:
+                save(step)
+            if stop_now:
+                log.message(f"stopped at step {step}; checkpoint saved, continue with --resume")
+                break
+
+    elapsed = time.perf_counter() - t_start
+    log.close()
+    summary.update({"step": step, "steps": cfg.steps, "finished": step >= cfg.steps, "last_losses": last,
+                    "seconds": elapsed, "data": folder.summary(), "skipped_clips": folder.num_skipped,
+                    "world_size": ctx.world_size, "device": str(device)})
+    if ctx.is_main:
+        if step >= cfg.steps:
+            G.save(out / EXPORT_NAME)
+            summary["animator"] = str(out / EXPORT_NAME)
+        if (out / "metrics.csv").exists():
+            try:
+                plot_losses(out / "metrics.csv", out / "loss.png")
+            except ValueError:
+                pass
+        from leo.checkpoint_io import atomic_write
+
+        text = json.dumps(summary, indent=2, default=str)
+        atomic_write(out / "summary.json", lambda tmp: pathlib.Path(tmp).write_text(text))
+    return summary
