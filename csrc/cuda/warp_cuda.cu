@@ -16,11 +16,18 @@
 // - Everything runs on the current stream, without host synchronization (CUDA-graph safe).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <torch/library.h>
+#ifdef LEO_CUDA_EMULATE
+// Host emulation for testing the kernels without a GPU (tests/cuda_emu/): the kernels run as
+// plain C++ loops over blocks and threads on CPU tensors. Never used in the real build.
+#include "leo_cuda_emulate.h"
+#else
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <torch/library.h>
+#define LEO_LAUNCH(blocks, stream, ...) __VA_ARGS__<<<(blocks), kThreads, 0, (stream)>>>
+#endif
 
 #include <cstdint>
 #include <optional>
@@ -711,7 +718,9 @@ bool all_vec_ok(std::initializer_list<const at::Tensor*> ts, int vec) {
 }
 
 void check_cuda(const char* op, const char* name, const at::Tensor& t, int64_t dim) {
+#ifndef LEO_CUDA_EMULATE
   TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor");
+#endif
   TORCH_CHECK(t.dim() == dim, op, ": ", name, " must be ", dim, "-D, got ", t.dim(), "-D");
 }
 
@@ -743,7 +752,7 @@ at::Tensor deterministic_grad_input(const at::Tensor& coords, Strides4 scoords, 
   const int64_t T = N * H * W;
   at::Tensor keys = at::empty({P * 4}, opts.dtype(at::kLong));
   at::Tensor wts = at::empty({P * 4}, opts.dtype(c10::CppTypeToScalarType<acc_t>::value));
-  corner_keys_kernel<comp_t, INPAINT><<<blocks_for(P), kThreads, 0, stream>>>(
+  LEO_LAUNCH(blocks_for(P), stream, corner_keys_kernel<comp_t, INPAINT>)(
       coords.data_ptr<comp_t>(), keys.data_ptr<int64_t>(), wts.data_ptr<acc_t>(), H, W, Ho, Wo, P, scoords, pad,
       align);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -753,7 +762,7 @@ at::Tensor deterministic_grad_input(const at::Tensor& coords, Strides4 scoords, 
   at::Tensor starts = at::searchsorted(sorted_keys, at::arange(T + 1, opts.dtype(at::kLong))).contiguous();
   at::Tensor gin = at::empty({N, C, H, W}, opts.memory_format(fmt));
   const int CG = (C + kCPT - 1) / kCPT;
-  gather_kernel<scalar_t, comp_t, INPAINT><<<blocks_for(T * CG), kThreads, 0, stream>>>(
+  LEO_LAUNCH(blocks_for(T * CG), stream, gather_kernel<scalar_t, comp_t, INPAINT>)(
       starts.data_ptr<int64_t>(), perm.data_ptr<int64_t>(), wts.data_ptr<acc_t>(), go.data_ptr<scalar_t>(),
       gb.data_ptr<scalar_t>(), comp.data_ptr<comp_t>(), gin.data_ptr<scalar_t>(), C, H, W, Ho, Wo, T, CG,
       strides_of(go), strides_of(gb), strides_of(comp), strides_of(gin));
@@ -783,12 +792,12 @@ at::Tensor grid_sample_fwd_cuda(const at::Tensor& input, const at::Tensor& grid,
     constexpr int V = vec_width<scalar_t>();
     if (all_vec_ok({&input, &out}, V)) {
       const int CG = C / V;
-      grid_sample_fwd_kernel<scalar_t, V><<<blocks_for(P * CG), kThreads, 0, stream>>>(
+      LEO_LAUNCH(blocks_for(P * CG), stream, grid_sample_fwd_kernel<scalar_t, V>)(
           input.data_ptr<scalar_t>(), grid.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), C, H, W, Ho, Wo, P, CG,
           strides_of(input), grid_strides_of(grid), strides_of(out), static_cast<int>(padding_mode), align_corners);
     } else {
       const int CG = (C + kCPT - 1) / kCPT;
-      grid_sample_fwd_kernel<scalar_t, 1><<<blocks_for(P * CG), kThreads, 0, stream>>>(
+      LEO_LAUNCH(blocks_for(P * CG), stream, grid_sample_fwd_kernel<scalar_t, 1>)(
           input.data_ptr<scalar_t>(), grid.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), C, H, W, Ho, Wo, P, CG,
           strides_of(input), grid_strides_of(grid), strides_of(out), static_cast<int>(padding_mode), align_corners);
     }
@@ -835,18 +844,18 @@ std::tuple<at::Tensor, at::Tensor> grid_sample_bwd_cuda(const at::Tensor& grad_o
     acc_t* gin_ptr = det ? nullptr : gin_acc.data_ptr<acc_t>();
     const Strides4 sa = det ? Strides4{0, 0, 0, 0} : strides_of(gin_acc);
     if (vec) {
-      grid_sample_bwd_kernel<scalar_t, V><<<blocks_for(P * CG), kThreads, 0, stream>>>(
+      LEO_LAUNCH(blocks_for(P * CG), stream, grid_sample_bwd_kernel<scalar_t, V>)(
           grad_out.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(), grid.data_ptr<scalar_t>(), gin_ptr,
           part.data_ptr<acc_t>(), C, H, W, Ho, Wo, P, CG, strides_of(grad_out), strides_of(input),
           grid_strides_of(grid), sa, static_cast<int>(padding_mode), align_corners);
     } else {
-      grid_sample_bwd_kernel<scalar_t, 1><<<blocks_for(P * CG), kThreads, 0, stream>>>(
+      LEO_LAUNCH(blocks_for(P * CG), stream, grid_sample_bwd_kernel<scalar_t, 1>)(
           grad_out.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(), grid.data_ptr<scalar_t>(), gin_ptr,
           part.data_ptr<acc_t>(), C, H, W, Ho, Wo, P, CG, strides_of(grad_out), strides_of(input),
           grid_strides_of(grid), sa, static_cast<int>(padding_mode), align_corners);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    grid_grad_finalize_kernel<scalar_t><<<blocks_for(P), kThreads, 0, stream>>>(
+    LEO_LAUNCH(blocks_for(P), stream, grid_grad_finalize_kernel<scalar_t>)(
         part.data_ptr<acc_t>(), grad_grid.data_ptr<scalar_t>(), P, CG);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (det) {
@@ -865,7 +874,7 @@ void launch_compose_bwd(const at::Tensor& g, at::Tensor& out) {
   const int64_t Q = out.numel();
   if (Q == 0) return;
   const int K = out.size(1), Hc = out.size(2), Wc = out.size(3);
-  compose_bwd_kernel<in_t, out_t><<<blocks_for(Q), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+  LEO_LAUNCH(blocks_for(Q), c10::cuda::getCurrentCUDAStream(), compose_bwd_kernel<in_t, out_t>)(
       g.data_ptr<in_t>(), out.data_ptr<out_t>(), K, Hc, Wc, Q, strides_of(g), strides_of(out));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -883,7 +892,7 @@ at::Tensor compose_flow_fwd_cuda(const at::Tensor& coarse, const at::Tensor& fin
   const int64_t Q = out.numel();
   if (Q == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fine.scalar_type(), "leo_compose_flow_fwd", [&] {
-    compose_fwd_kernel<scalar_t><<<blocks_for(Q), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    LEO_LAUNCH(blocks_for(Q), c10::cuda::getCurrentCUDAStream(), compose_fwd_kernel<scalar_t>)(
         coarse.data_ptr<scalar_t>(), fine.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), coarse.size(1),
         coarse.size(2), coarse.size(3), Q, strides_of(coarse), strides_of(fine), strides_of(out));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -941,14 +950,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> warp_inpaint_fwd_cuda(const at::T
     const Strides4 ss = has_skip ? strides_of(*skip) : Strides4{0, 0, 0, 0};
     if (C > 0 && all_vec_ok({&feat, &x, &warped, &blended}, V)) {
       const int CG = C / V;
-      warp_inpaint_fwd_kernel<scalar_t, V><<<blocks_for(P * CG), kThreads, 0, stream>>>(
+      LEO_LAUNCH(blocks_for(P * CG), stream, warp_inpaint_fwd_kernel<scalar_t, V>)(
           feat.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), logits.data_ptr<scalar_t>(), skp,
           warped.data_ptr<scalar_t>(), blended.data_ptr<scalar_t>(), composed.data_ptr<scalar_t>(), C, H, W, P, CG,
           strides_of(feat), strides_of(x), strides_of(logits), ss, strides_of(warped), strides_of(blended),
           strides_of(composed), align_corners);
     } else {
       const int CG = std::max((C + kCPT - 1) / kCPT, 1);  // C == 0 still writes composed
-      warp_inpaint_fwd_kernel<scalar_t, 1><<<blocks_for(P * CG), kThreads, 0, stream>>>(
+      LEO_LAUNCH(blocks_for(P * CG), stream, warp_inpaint_fwd_kernel<scalar_t, 1>)(
           feat.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), logits.data_ptr<scalar_t>(), skp,
           warped.data_ptr<scalar_t>(), blended.data_ptr<scalar_t>(), composed.data_ptr<scalar_t>(), C, H, W, P, CG,
           strides_of(feat), strides_of(x), strides_of(logits), ss, strides_of(warped), strides_of(blended),
@@ -982,13 +991,13 @@ void warp_inpaint_bwd_impl(const at::Tensor& grad_warped, const at::Tensor& grad
   acc_t* gptr = det ? nullptr : gfeat_acc.data_ptr<acc_t>();
   const Strides4 sa = det ? Strides4{0, 0, 0, 0} : strides_of(gfeat_acc);
   if (vec) {
-    warp_inpaint_bwd_kernel<scalar_t, comp_t, V><<<blocks_for(P * CG), kThreads, 0, stream>>>(
+    LEO_LAUNCH(blocks_for(P * CG), stream, warp_inpaint_bwd_kernel<scalar_t, comp_t, V>)(
         grad_warped.data_ptr<scalar_t>(), grad_blended.data_ptr<scalar_t>(), feat.data_ptr<scalar_t>(),
         x.data_ptr<scalar_t>(), composed.data_ptr<comp_t>(), gptr, grad_x.data_ptr<scalar_t>(), part.data_ptr<acc_t>(),
         C, H, W, P, CG, strides_of(grad_warped), strides_of(grad_blended), strides_of(feat), strides_of(x),
         strides_of(composed), sa, strides_of(grad_x), align);
   } else {
-    warp_inpaint_bwd_kernel<scalar_t, comp_t, 1><<<blocks_for(P * CG), kThreads, 0, stream>>>(
+    LEO_LAUNCH(blocks_for(P * CG), stream, warp_inpaint_bwd_kernel<scalar_t, comp_t, 1>)(
         grad_warped.data_ptr<scalar_t>(), grad_blended.data_ptr<scalar_t>(), feat.data_ptr<scalar_t>(),
         x.data_ptr<scalar_t>(), composed.data_ptr<comp_t>(), gptr, grad_x.data_ptr<scalar_t>(), part.data_ptr<acc_t>(),
         C, H, W, P, CG, strides_of(grad_warped), strides_of(grad_blended), strides_of(feat), strides_of(x),
@@ -1000,7 +1009,7 @@ void warp_inpaint_bwd_impl(const at::Tensor& grad_warped, const at::Tensor& grad
                                ? grad_composed
                                : grad_composed.to(composed.scalar_type());
   at::Tensor gl = at::empty({N, 3, H, W}, acc_opts);
-  logits_grad_kernel<comp_t><<<blocks_for(P), kThreads, 0, stream>>>(
+  LEO_LAUNCH(blocks_for(P), stream, logits_grad_kernel<comp_t>)(
       part.data_ptr<acc_t>(), composed.data_ptr<comp_t>(), gcomp.data_ptr<comp_t>(), gl.data_ptr<acc_t>(), H, W, P,
       CG, strides_of(composed), strides_of(gcomp));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -1084,6 +1093,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> warp_inpaint_bwd_cuda
 
 }  // namespace
 
+#ifndef LEO_CUDA_EMULATE
 TORCH_LIBRARY_IMPL(leo_kernels, CUDA, m) {
   m.impl("_grid_sample_fwd", &grid_sample_fwd_cuda);
   m.impl("_grid_sample_bwd", &grid_sample_bwd_cuda);
@@ -1092,3 +1102,13 @@ TORCH_LIBRARY_IMPL(leo_kernels, CUDA, m) {
   m.impl("_warp_inpaint_fwd", &warp_inpaint_fwd_cuda);
   m.impl("_warp_inpaint_bwd", &warp_inpaint_bwd_cuda);
 }
+#else
+TORCH_LIBRARY(leo_warp_cuda_emu, m) {  // same kernels and host code, run on CPU tensors
+  m.def("_grid_sample_fwd", &grid_sample_fwd_cuda);
+  m.def("_grid_sample_bwd", &grid_sample_bwd_cuda);
+  m.def("_compose_flow_fwd", &compose_flow_fwd_cuda);
+  m.def("_compose_flow_bwd", &compose_flow_bwd_cuda);
+  m.def("_warp_inpaint_fwd", &warp_inpaint_fwd_cuda);
+  m.def("_warp_inpaint_bwd", &warp_inpaint_bwd_cuda);
+}
+#endif

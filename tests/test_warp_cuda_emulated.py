@@ -1,0 +1,102 @@
+"""The CUDA warp kernels (csrc/cuda/warp_cuda.cu) compiled as host C++ and run on CPU tensors.
+
+No GPU here, so tests/cuda_emu/leo_cuda_emulate.h turns kernel launches into plain loops over blocks
+and threads and the file is built with the C++ compiler. This checks the kernels' index math,
+strides, the channels_last 16-byte path, float32 accumulation, the deterministic sort-gather path
+and the host code against the reference; it cannot see races or anything GPU-specific (those are
+covered by tests/test_warp_cuda.py on a CUDA machine).
+"""
+import pathlib
+
+import pytest
+import torch
+from torch.utils import cpp_extension
+
+from tests._util import channels_last, non_contiguous
+from tests._warp_gpu_checks import PADS, check_compose_flow, check_grid_sample, check_warp_inpaint, randn
+
+HERE = pathlib.Path(__file__).resolve().parent
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+
+class _EmuOps:
+    def __getattr__(self, name):
+        return getattr(torch.ops.leo_warp_cuda_emu, "_" + name)
+
+
+@pytest.fixture(scope="module")
+def ops():
+    if not hasattr(torch.ops, "leo_warp_cuda_emu") or not hasattr(torch.ops.leo_warp_cuda_emu, "_grid_sample_fwd"):
+        cpp_extension.load(
+            name="leo_warp_cuda_emu",
+            sources=[str(HERE / "cuda_emu" / "warp_cuda_emu.cpp")],
+            extra_include_paths=[str(HERE / "cuda_emu")],
+            extra_cflags=["-O1", "-std=c++20", "-w"],
+            is_python_module=False,
+            verbose=False,
+        )
+    return _EmuOps()
+
+
+def _randn(*shape, dtype=torch.float32, scale=1.0):
+    return randn(*shape, dtype=dtype, device="cpu", scale=scale)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_grid_sample(ops, dtype, layout):
+    torch.manual_seed(1)
+    for N, C, H, W, Ho, Wo in [(1, 1, 1, 1, 1, 1), (2, 3, 2, 2, 3, 2), (1, 16, 7, 6, 4, 9), (2, 40, 5, 3, 3, 5)]:
+        inp = _randn(N, C, H, W, dtype=dtype)
+        if layout == "channels_last":
+            inp = channels_last(inp)
+        grid = _randn(N, Ho, Wo, 2, dtype=dtype, scale=1.5)
+        for pad in PADS:
+            for align in (False, True):
+                check_grid_sample(ops, inp, grid, pad, align, det_repeat=True)
+
+
+def test_grid_sample_special_inputs(ops):
+    torch.manual_seed(2)
+    inp, grid = _randn(2, 8, 5, 7), _randn(2, 3, 4, 2)
+    for i, g in ((non_contiguous(inp), non_contiguous(grid)), (inp, grid * 40.0), (inp, grid * 0.05)):
+        for pad in PADS:
+            check_grid_sample(ops, i, g, pad, False, det_repeat=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_compose_flow(ops, dtype):
+    torch.manual_seed(3)
+    for N, K, H, W in [(1, 1, 1, 1), (2, 3, 3, 5), (1, 2, 4, 1)]:
+        coarse, fine = _randn(N, K, H, W, dtype=dtype), _randn(N, K, 2 * H, 2 * W, dtype=dtype)
+        go = _randn(N, K, 2 * H, 2 * W, dtype=dtype)
+        check_compose_flow(ops, coarse, fine, go)
+        check_compose_flow(ops, channels_last(coarse), non_contiguous(fine), non_contiguous(go))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_warp_inpaint(ops, dtype, layout):
+    torch.manual_seed(4)
+    for N, C, H, W, has_skip in [(1, 1, 1, 1, False), (1, 2, 2, 2, True), (2, 3, 5, 7, False),
+                                 (2, 16, 6, 10, True), (1, 40, 4, 2, True)]:
+        feat, x = _randn(N, C, H, W, dtype=dtype), _randn(N, C, H, W, dtype=dtype)
+        logits = _randn(N, 3, H, W, dtype=dtype, scale=0.7)
+        skip = _randn(N, 3, H // 2, W // 2, dtype=dtype, scale=0.7) if has_skip else None
+        if layout == "channels_last":
+            feat, x = channels_last(feat), channels_last(x)
+        for align in (False, True):
+            check_warp_inpaint(ops, feat, x, logits, skip, align, det_repeat=True)
+
+
+def test_warp_inpaint_special_inputs(ops):
+    torch.manual_seed(5)
+    feat, x = _randn(2, 8, 6, 4), _randn(2, 8, 6, 4)
+    logits, skip = _randn(2, 3, 6, 4), _randn(2, 3, 3, 2)
+    check_warp_inpaint(ops, *map(non_contiguous, (feat, x, logits, skip)), False, det_repeat=True)
+    check_warp_inpaint(ops, feat, x, logits * 30.0, skip, True, det_repeat=True)
+
+
+def test_bad_padding_mode_is_clear_error(ops):
+    with pytest.raises(RuntimeError, match="padding_mode"):
+        ops.grid_sample_fwd(_randn(1, 1, 2, 2), _randn(1, 1, 1, 2), 3, False)
