@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES = (
     "leo.cli.animate",
     "leo.cli.generate",
     "leo.cli.train",
+    "leo.cli.train_motion",
 )
 
 

@@ -1,0 +1,111 @@
+"""`leo train-first-frame`: train the first-frame image diffusion model on dataset frames.
+
+Frames are taken from every video of the data folder (every ``frame_stride``-th frame,
+at most ``frames_per_video`` per video), held in memory as uint8 at the model's size,
+and augmented with horizontal flips. Output folder: ``first_frame.safetensors`` (EMA
+weights, loadable by :func:`leo.first_frame.load_first_frame_generator`),
+``checkpoint.pt`` (resume), ``metrics.csv``, ``samples.png``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from leo.first_frame import FirstFrameModel
+from leo.train import common, diffusion_loop, video_source
+
+WEIGHTS_NAME = "first_frame.safetensors"
+
+
+@dataclass
+class FirstFrameTrainConfig:
+    data: str
+    out_dir: str
+    image_size: int = 64
+    base_channels: int = 32
+    channel_mults: tuple = (1, 2, 2, 4)
+    attn_resolutions: tuple = (8,)
+    num_res_blocks: int = 1
+    objective: str = "eps"
+    frame_stride: int = 4
+    frames_per_video: int = 64
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 2e-4
+    ema_decay: float = 0.999
+    save_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    resume: bool = False
+    device: str | None = None
+    amp: bool = False
+    sample_count: int = 16
+    sample_steps: int = 50
+    extra: dict = field(default_factory=dict)
+
+
+def collect_frames(data: str, size: int, frame_stride: int, frames_per_video: int, progress: bool = True):
+    """uint8 tensor (N, 3, size, size) of frames picked from every readable video."""
+    if frame_stride < 1 or frames_per_video < 1:
+        raise ValueError("frame_stride and frames_per_video must be positive")
+    videos = video_source.list_videos(data)
+
+    def pick(chunks):
+        kept, index = [], 0
+        for chunk in chunks:
+            for frame in chunk:
+                if index % frame_stride == 0 and len(kept) < frames_per_video:
+                    kept.append(((frame.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+                index += 1
+            if len(kept) >= frames_per_video:
+                break
+        return torch.stack(kept)
+
+    results, _ = video_source.map_videos(videos, size, pick, progress=progress, desc="collecting frames")
+    return torch.cat([frames for _, frames in results]), video_source.data_fingerprint(videos)
+
+
+def make_sampler(frames_u8: torch.Tensor):
+    """sample_batch(generator, b) -> (x0 (b,3,S,S) in [-1,1], None), random flips."""
+
+    def sample_batch(g, b):
+        idx = torch.randint(0, frames_u8.shape[0], (b,), generator=g)
+        x = frames_u8[idx].float() / 127.5 - 1
+        flip = torch.rand(b, generator=g) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x, None
+
+    return sample_batch
+
+
+def train_first_frame(cfg: FirstFrameTrainConfig, frames_u8: torch.Tensor | None = None, ctx=None) -> dict:
+    """Train and return a summary (``weights`` path, ``losses``, ``step``...)."""
+    data_key = None
+    if frames_u8 is None:
+        frames_u8, data_key = collect_frames(cfg.data, cfg.image_size, cfg.frame_stride, cfg.frames_per_video)
+    if frames_u8.dtype != torch.uint8 or frames_u8.dim() != 4 or tuple(frames_u8.shape[1:]) != (3, cfg.image_size, cfg.image_size):
+        raise ValueError(f"frames must be uint8 (N, 3, {cfg.image_size}, {cfg.image_size}), got {frames_u8.dtype} {tuple(frames_u8.shape)}")
+    common.seed_everything(cfg.seed)  # the initial weights depend on the seed alone
+    model = FirstFrameModel(image_size=cfg.image_size, base_channels=cfg.base_channels,
+                            channel_mults=cfg.channel_mults, num_res_blocks=cfg.num_res_blocks,
+                            attn_resolutions=cfg.attn_resolutions, objective=cfg.objective)
+    diffusion = model.make_diffusion()
+    loop = diffusion_loop.LoopConfig(
+        out_dir=cfg.out_dir, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, ema_decay=cfg.ema_decay,
+        save_every=cfg.save_every, log_every=cfg.log_every, seed=cfg.seed, resume=cfg.resume, device=cfg.device,
+        amp=cfg.amp, extra={"desc": "first-frame", "model": model.config, "frames": int(frames_u8.shape[0]), **cfg.extra},
+    )
+    print(f"first-frame model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+          f"{frames_u8.shape[0]} training frames at {cfg.image_size}x{cfg.image_size}")
+    summary = diffusion_loop.run(loop, model, diffusion, make_sampler(frames_u8),
+                                 export=lambda m, p: m.save(p), export_name=WEIGHTS_NAME, ctx=ctx, data_key=data_key)
+    if cfg.sample_count > 0 and int(os.environ.get("RANK", "0")) == 0:
+        from leo.media import image_grid, save_image
+
+        imgs = summary["ema"].sample(cfg.sample_count, seed=cfg.seed, steps=cfg.sample_steps).cpu()
+        path = os.path.join(cfg.out_dir, "samples.png")
+        save_image(path, image_grid(imgs, nrow=int(cfg.sample_count**0.5 + 0.999)))
+        summary["samples"] = path
+    return summary

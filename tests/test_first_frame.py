@@ -1,0 +1,197 @@
+"""First-frame generator: the U-Net denoiser, its checkpoint format, the generator interface
+and `leo train-first-frame` (loss goes down, exact resume, atomic checkpoints)."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from leo.cli import main as leo_main
+from leo.first_frame import FirstFrameModel, as_first_frame_generator, load_first_frame_generator
+from leo.train import common
+
+TINY = dict(image_size=16, base_channels=8, channel_mults=(1, 2), attn_resolutions=(8,))
+
+
+def _blob_videos(root, n_videos=3, frames=12, size=24, seed=0):
+    """Frame folders of a bright disc moving over a two-tone background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for v in range(n_videos):
+        d = root / f"clip{v}"
+        d.mkdir(parents=True)
+        bg = rng.uniform(0, 120, 3)
+        col = rng.uniform(150, 255, 3)
+        cx, cy = rng.uniform(6, size - 6, 2)
+        vx, vy = rng.uniform(-1, 1, 2)
+        for t in range(frames):
+            img = np.empty((size, size, 3))
+            img[:] = bg
+            img[: size // 2] *= 0.6
+            mask = (xx - (cx + vx * t)) ** 2 + (yy - (cy + vy * t)) ** 2 < 16
+            img[mask] = col
+            Image.fromarray(img.astype(np.uint8)).save(d / f"{t:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def blob_data(tmp_path_factory):
+    return _blob_videos(tmp_path_factory.mktemp("blobs"))
+
+
+def test_model_shapes_and_conditioning():
+    torch.manual_seed(0)
+    m = FirstFrameModel(**TINY)
+    x = torch.randn(3, 3, 16, 16)
+    t = torch.tensor([0, 500, 999])
+    assert m(x, t).shape == x.shape
+    with pytest.raises(ValueError, match="x must have shape"):
+        m(torch.randn(2, 3, 8, 8), t[:2])
+    with pytest.raises(ValueError, match="cond"):
+        m(x, t, cond=torch.randn(3, 4))
+    with pytest.raises(ValueError, match="image_size"):
+        FirstFrameModel(image_size=18, channel_mults=(1, 2, 2))
+    # A conditional variant: null condition for dropped samples equals cond=None.
+    mc = FirstFrameModel(**TINY, cond_dim=4)
+    for p in mc.parameters():  # zero-initialised output layers would hide the condition
+        torch.nn.init.normal_(p, std=0.1)
+    c = torch.randn(3, 4)
+    keep = torch.tensor([True, False, True])
+    out = mc(x, t, c, cond_mask=keep)
+    assert torch.allclose(out[1], mc(x, t, None)[1], atol=1e-5)
+    assert not torch.allclose(out[0], mc(x, t, None)[0], atol=1e-3)
+    assert torch.allclose(out[0], mc(x, t, c)[0], atol=1e-5)
+
+
+def test_checkpoint_roundtrip_and_generator(tmp_path):
+    torch.manual_seed(1)
+    m = FirstFrameModel(**TINY)
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    path = tmp_path / "ff.safetensors"
+    m.save(path)
+    m2 = FirstFrameModel.from_checkpoint(path)
+    assert m2.config == m.config
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 700])
+    assert torch.equal(m(x, t), m2(x, t))
+
+    gen = load_first_frame_generator(path, device="cpu", steps=4)
+    a, b = gen(3, seed=5), gen(3, seed=5)
+    assert a.shape == (3, 3, 16, 16) and a.min() >= -1 and a.max() <= 1 and torch.isfinite(a).all()
+    assert torch.equal(a, b)
+    assert not torch.equal(a, gen(3, seed=6))
+    big = load_first_frame_generator(path, device="cpu", size=32, steps=4)(2, seed=5)
+    assert big.shape == (2, 3, 32, 32)
+
+    from leo.checkpoint_io import save_weights
+
+    save_weights(tmp_path / "other.safetensors", {"w": torch.zeros(1)}, "animator", {})
+    with pytest.raises(ValueError, match="expected 'first_frame'"):
+        FirstFrameModel.from_checkpoint(tmp_path / "other.safetensors")
+    with pytest.raises(FileNotFoundError):
+        load_first_frame_generator(tmp_path / "missing.safetensors")
+
+
+def test_user_supplied_generator():
+    calls = []
+
+    def my_gen(n, seed=None):
+        calls.append(seed)
+        g = torch.Generator().manual_seed(seed or 0)
+        return torch.rand(n, 3, 40, 40, generator=g) * 4 - 2  # out of range on purpose
+
+    gen = as_first_frame_generator(my_gen, size=16)
+    out = gen(2, seed=3)
+    assert out.shape == (2, 3, 16, 16) and out.min() >= -1 and out.max() <= 1
+    assert calls == [3]
+    # A generator without a seed argument is accepted too.
+    assert as_first_frame_generator(lambda n: torch.zeros(n, 3, 16, 16))(4).shape == (4, 3, 16, 16)
+    with pytest.raises(ValueError, match="first-frame generator must return"):
+        as_first_frame_generator(lambda n, seed=None: torch.zeros(n, 16, 16))(2)
+    with pytest.raises(ValueError, match="non-finite"):
+        as_first_frame_generator(lambda n, seed=None: torch.full((n, 3, 4, 4), float("nan")))(1)
+    with pytest.raises(TypeError, match="first-frame generator"):
+        as_first_frame_generator(42)
+
+
+def _train_args(data, out, steps, extra=()):
+    return ["train-first-frame", "--data", str(data), "--out", str(out), "--size", "16", "--channels", "8",
+            "--channel-mults", "1,2", "--attn-res", "8", "--frame-stride", "2", "--batch-size", "8",
+            "--steps", str(steps), "--save-every", "4", "--log-every", "2", "--lr", "2e-3", "--seed", "3",
+            "--device", "cpu", *extra]
+
+
+def test_train_first_frame_reduces_loss(blob_data, tmp_path):
+    from leo.train.first_frame_train import collect_frames, make_sampler
+
+    out = tmp_path / "run"
+    assert leo_main(_train_args(blob_data, out, 40)) == 0
+    for name in ("first_frame.safetensors", "checkpoint.pt", "metrics.csv", "samples.png"):
+        assert (out / name).is_file(), name
+    # Held-out style check: a fixed batch, fixed timesteps and noise, before vs after.
+    frames, _ = collect_frames(str(blob_data), 16, 1, 100, progress=False)
+    x0, _ = make_sampler(frames)(torch.Generator().manual_seed(9), 64)
+    payload = common.load_training_checkpoint(out / "checkpoint.pt")
+    assert payload["step"] == 40
+    trained = FirstFrameModel(**TINY)
+    trained.load_state_dict(payload["model"])
+    torch.manual_seed(3)
+    init = FirstFrameModel(**TINY)
+    d = trained.make_diffusion()
+
+    def loss(m):
+        with torch.no_grad():
+            return d.training_loss(m, x0, generator=torch.Generator().manual_seed(0)).item()
+
+    l0, l1 = loss(init), loss(trained)
+    assert l1 < 0.8 * l0, (l0, l1)
+    # The exported EMA weights load as a generator that produces images.
+    gen = load_first_frame_generator(out / "first_frame.safetensors", steps=3)
+    assert gen(2, seed=0).shape == (2, 3, 16, 16)
+
+
+def test_train_first_frame_resume_is_exact(blob_data, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert leo_main(_train_args(blob_data, straight, 8)) == 0
+    assert leo_main(_train_args(blob_data, resumed, 4)) == 0
+    assert common.load_training_checkpoint(resumed / "checkpoint.pt")["step"] == 4
+    assert leo_main(_train_args(blob_data, resumed, 8, ["--resume"])) == 0
+    a = common.load_training_checkpoint(straight / "checkpoint.pt")
+    b = common.load_training_checkpoint(resumed / "checkpoint.pt")
+    assert a["step"] == b["step"] == 8
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+        assert torch.equal(a["ema"][k], b["ema"][k]), k
+    # The CSV keeps one consistent history across the resume.
+    steps = [int(line.split(",")[0]) for line in (resumed / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [2, 4, 6, 8]
+
+
+def test_interrupted_checkpoint_write_keeps_previous(blob_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    assert leo_main(_train_args(blob_data, out, 4)) == 0
+    before = common.load_training_checkpoint(out / "checkpoint.pt")
+
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        with open(f, "r+b") as fh:  # the write is cut short, then the process "dies"
+            fh.truncate(100)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    assert leo_main(_train_args(blob_data, out, 8, ["--resume"])) == 130
+    monkeypatch.setattr(torch, "save", real_save)
+    after = common.load_training_checkpoint(out / "checkpoint.pt")
+    assert after["step"] == before["step"] == 4
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert leo_main(["train-first-frame", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "--data" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert leo_main(["train-first-frame", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "no videos" in capsys.readouterr().err
