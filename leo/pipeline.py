@@ -202,7 +202,7 @@ class LEOPipeline:
         start = None
         out: list[torch.Tensor] = []
         total = 0
-        bar = self._progress(None, "editing", progress)
+        bar = self._progress(video.shape[0] if torch.is_tensor(video) else None, "editing", progress)
         for chunk in self._frames(video):
             alphas = self.animator.encode_motion(chunk)
             if start is None:
