@@ -122,6 +122,23 @@ def test_generate_streams_in_bounded_chunks():
         pipe.generate(torch.rand(3, 9, 9), 4)
 
 
+def test_long_video_streams_1024_frames():
+    """1024 frames from a window-16 model: 69 chained chunks, rendered and written as they come."""
+
+    class CountingWriter:
+        n, biggest = 0, 0
+
+        def write(self, frames):
+            assert torch.isfinite(frames).all()
+            self.n += frames.shape[0]
+            self.biggest = max(self.biggest, frames.shape[0])
+
+    pipe = LEOPipeline(ToyAnimator(), small_lmdm(window=16), render_batch=8)
+    w = CountingWriter()
+    assert pipe.generate(torch.zeros(3, 8, 8), 1024, seed=0, steps=1, writer=w) == 1024
+    assert w.n == 1024 and w.biggest == 8
+
+
 def test_edit_and_motion_codes_toy():
     anim = ToyAnimator()
     pipe = LEOPipeline(anim, None, render_batch=3)
