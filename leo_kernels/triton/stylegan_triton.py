@@ -31,18 +31,26 @@ def _upfirdn2d_kernel(
     x_ptr, k_ptr, out_ptr, total, C, H, W, HO, WO,
     sxn, sxc, sxh, sxw, son, soc, soh, sow,
     UPX, UPY, DOWNX, DOWNY, PADX0, PADY0,
-    KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # One lane per output element (n, c, oy, ox); taps that land on inserted zeros or padding are
     # masked. out[oy, ox] = sum K[KH-1-ty, KW-1-tx] * xup[oy*DOWNY + ty - PADY0, ox*DOWNX + tx - PADX0].
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < total
-    ox = offs % WO
-    t = offs // WO
-    oy = t % HO
-    t = t // HO
-    c = t % C
-    n = t // C
+    if CHANNELS_LAST:  # lanes follow the output's storage order (coalesced stores)
+        c = offs % C
+        t = offs // C
+        ox = t % WO
+        t = t // WO
+        oy = t % HO
+        n = t // HO
+    else:
+        ox = offs % WO
+        t = offs // WO
+        oy = t % HO
+        t = t // HO
+        c = t % C
+        n = t // C
     base = n * sxn + c * sxc
     acc = tl.zeros([BLOCK], dtype=k_ptr.dtype.element_ty)
     for ty in tl.static_range(KH):
@@ -78,7 +86,7 @@ def upfirdn2d_fwd(x, kernel, upx, upy, downx, downy, padx0, padx1, pady0, pady1)
         x, kernel, out, total, c, h, w, ho, wo,
         *x.stride(), *out.stride(),
         upx, upy, downx, downy, padx0, pady0,
-        KH=kh, KW=kw, BLOCK=_BLOCK,
+        KH=kh, KW=kw, CHANNELS_LAST=_channels_last(x), BLOCK=_BLOCK,
     )
     return out
 
