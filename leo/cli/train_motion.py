@@ -31,7 +31,8 @@ def _common(p, default_steps):
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt when it exists")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
-    p.add_argument("--objective", choices=("eps", "v"), default="eps", help="diffusion prediction target")
+    p.add_argument("--objective", choices=("eps", "v"), default=None,
+                   help="diffusion prediction target (default: eps for first-frame, v for LMDM)")
 
 
 def register(sub):
@@ -79,7 +80,7 @@ def run_first_frame(args) -> int:
     _check_common(args)
     cfg = FirstFrameTrainConfig(
         data=args.data, out_dir=args.out, image_size=args.size, base_channels=args.channels,
-        channel_mults=args.channel_mults, attn_resolutions=args.attn_res, objective=args.objective,
+        channel_mults=args.channel_mults, attn_resolutions=args.attn_res, objective=args.objective or "eps",
         frame_stride=args.frame_stride, frames_per_video=args.frames_per_video, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay, save_every=args.save_every,
         log_every=args.log_every, seed=args.seed, resume=args.resume, device=args.device, amp=args.amp,
@@ -105,7 +106,7 @@ def run_lmdm(args) -> int:
         raise UserError(f"--window must be at least 2, got {args.window}")
     cfg = Stage2Config(
         data=args.data, animator=args.animator, out_dir=args.out, window=args.window, p_uncond=args.p_uncond,
-        cache_dir=args.cache_dir, encode_batch=args.encode_batch, channels=args.channels, objective=args.objective,
+        cache_dir=args.cache_dir, encode_batch=args.encode_batch, channels=args.channels, objective=args.objective or "v",
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay,
         save_every=args.save_every, log_every=args.log_every, seed=args.seed, resume=args.resume,
         device=args.device, amp=args.amp,
