@@ -119,14 +119,14 @@ def _train_args(data, out, steps, extra=()):
     return ["train-first-frame", "--data", str(data), "--out", str(out), "--size", "16", "--channels", "8",
             "--channel-mults", "1,2", "--attn-res", "8", "--frame-stride", "2", "--batch-size", "8",
             "--steps", str(steps), "--save-every", "4", "--log-every", "2", "--lr", "2e-3", "--seed", "3",
-            "--device", "cpu", *extra]
+            "--device", "cpu", "--samples", "0", *extra]
 
 
 def test_train_first_frame_reduces_loss(blob_data, tmp_path):
     from leo.train.first_frame_train import collect_frames, make_sampler
 
     out = tmp_path / "run"
-    assert leo_main(_train_args(blob_data, out, 40)) == 0
+    assert leo_main(_train_args(blob_data, out, 40, ["--samples", "2"])) == 0
     for name in ("first_frame.safetensors", "checkpoint.pt", "metrics.csv", "samples.png"):
         assert (out / name).is_file(), name
     # Held-out style check: a fixed batch, fixed timesteps and noise, before vs after.

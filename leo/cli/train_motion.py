@@ -45,6 +45,8 @@ def register(sub):
     p.add_argument("--cache-dir", default=None, help="motion-code cache folder (default OUT/code_cache)")
     p.add_argument("--encode-batch", type=int, default=64, help="frames per encoder batch (default 64)")
     p.add_argument("--channels", type=int, default=None, help="LMDM base width (default: LMDM's)")
+    p.add_argument("--channel-mult", type=_int_list, default=None, help="LMDM per-level widths, e.g. 1,2 (default: LMDM's)")
+    p.add_argument("--head-dim", type=int, default=None, help="temporal attention head size (default: LMDM's)")
     p.set_defaults(func=run_lmdm)
 
     p = sub.add_parser("train-first-frame", help="train the first-frame image generator (unconditional generation)")
@@ -55,6 +57,7 @@ def register(sub):
     p.add_argument("--attn-res", type=_int_list, default=(8,), help="resolutions with self-attention (default 8)")
     p.add_argument("--frame-stride", type=int, default=4, help="use every N-th frame (default 4)")
     p.add_argument("--frames-per-video", type=int, default=64, help="at most this many frames per video (default 64)")
+    p.add_argument("--samples", type=int, default=16, help="images in OUT/samples.png at the end (default 16, 0: none)")
     p.set_defaults(func=run_first_frame)
 
 
@@ -84,6 +87,7 @@ def run_first_frame(args) -> int:
         frame_stride=args.frame_stride, frames_per_video=args.frames_per_video, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay, save_every=args.save_every,
         log_every=args.log_every, seed=args.seed, resume=args.resume, device=args.device, amp=args.amp,
+        sample_count=max(0, args.samples),
     )
     try:
         summary = train_first_frame(cfg)
@@ -107,6 +111,7 @@ def run_lmdm(args) -> int:
     cfg = Stage2Config(
         data=args.data, animator=args.animator, out_dir=args.out, window=args.window, p_uncond=args.p_uncond,
         cache_dir=args.cache_dir, encode_batch=args.encode_batch, channels=args.channels, objective=args.objective or "v",
+        channel_mult=args.channel_mult, head_dim=args.head_dim,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay,
         save_every=args.save_every, log_every=args.log_every, seed=args.seed, resume=args.resume,
         device=args.device, amp=args.amp,
