@@ -55,7 +55,8 @@ def poisoned_outputs(device):
 
 def tol(dtype, grad=False):
     if dtype == torch.float32:
-        return 8e-6 if grad else 2e-6
+        # GPU builds use --use_fast_math (expf, division within 2 ulp): a few 1e-6 at most.
+        return 3e-5 if grad else 1e-5
     if dtype == torch.float64:
         return 4e-10 if grad else 1e-10
     return REL_TOL[dtype]

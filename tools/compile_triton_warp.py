@@ -72,6 +72,8 @@ jobs.append(("wi_logits", T._wi_logits_grad_kernel, {"part": F32, "comp": F32, "
 # float64 accumulation variant (interpreter dtype; also valid on GPU)
 jobs.append(("gs_fwd_f64", T._gs_fwd_kernel, {"inp": "*fp64", "grid": "*fp64", "out": "*fp64"},
              dict(PAD=2, ALIGN=False, ACC=tl.float64, BLOCK_P=64, BLOCK_C=32)))
+jobs.append(("wi_fwd_f64", T._wi_fwd_kernel, {k: "*fp64" for k in ("feat", "x", "logits", "skip", "warped", "blended", "composed")},
+             dict(HAS_SKIP=True, ALIGN=False, ACC=tl.float64, BLOCK_P=64, BLOCK_C=32)))
 fails = 0
 for name, k, ptrs, cx in jobs:
     try:

@@ -114,11 +114,11 @@ template <typename acc_t>
 __device__ __forceinline__ acc_t source_coord(acc_t coord, int size, int pad, bool align, acc_t& mult) {
   acc_t x;
   if (align) {
-    x = (coord + acc_t(1)) / 2 * static_cast<acc_t>(size - 1);
-    mult = static_cast<acc_t>(size - 1) / 2;
+    x = (coord + acc_t(1)) * acc_t(0.5) * static_cast<acc_t>(size - 1);
+    mult = static_cast<acc_t>(size - 1) * acc_t(0.5);
   } else {
-    x = ((coord + acc_t(1)) * static_cast<acc_t>(size) - acc_t(1)) / 2;
-    mult = static_cast<acc_t>(size) / 2;
+    x = ((coord + acc_t(1)) * static_cast<acc_t>(size) - acc_t(1)) * acc_t(0.5);
+    mult = static_cast<acc_t>(size) * acc_t(0.5);
   }
   if (pad == 1) {  // border
     acc_t g;
@@ -171,11 +171,15 @@ __device__ __forceinline__ acc_t sigmoid_acc(acc_t x) {
   return acc_t(1) / (acc_t(1) + exp(-x));
 }
 
+// IEEE round-to-nearest division even under --use_fast_math (matches torch's host-computed step).
+__device__ __forceinline__ float div_rn(float a, float b) { return __fdiv_rn(a, b); }
+__device__ __forceinline__ double div_rn(double a, double b) { return a / b; }
+
 // torch.linspace(-1, 1, n)[idx], computed the way torch does (symmetric halves); n == 1 gives -1.
 template <typename acc_t>
 __device__ __forceinline__ acc_t linspace_at(int idx, int n) {
   if (n == 1) return acc_t(-1);
-  const acc_t step = acc_t(2) / static_cast<acc_t>(n - 1);
+  const acc_t step = div_rn(acc_t(2), static_cast<acc_t>(n - 1));
   return idx < n / 2 ? acc_t(-1) + step * static_cast<acc_t>(idx) : acc_t(1) - step * static_cast<acc_t>(n - 1 - idx);
 }
 

@@ -45,7 +45,10 @@ def _sigmoid(x):
 def _linspace(idx, n, ACC: tl.constexpr):
     # torch.linspace(-1, 1, n) the way torch computes it (symmetric halves; n == 1 gives -1).
     nf = (n + 0 * idx).to(ACC)
-    step = 2.0 / tl.maximum(nf - 1.0, 1.0)
+    if ACC == tl.float64:
+        step = 2.0 / tl.maximum(nf - 1.0, 1.0)
+    else:
+        step = tl.math.div_rn(nf * 0.0 + 2.0, tl.maximum(nf - 1.0, 1.0))  # IEEE division, like torch
     lo = -1.0 + step * idx.to(ACC)
     hi = 1.0 - step * (nf - 1.0 - idx.to(ACC))
     return tl.where((idx < n // 2) | (n == 1), lo, hi)
@@ -56,11 +59,11 @@ def _unnormalize(coord, size, ALIGN: tl.constexpr):
     # Returns the pixel coordinate and d(pixel)/d(normalized).
     sizef = size * 1.0  # (written so a size specialized to a constant also works)
     if ALIGN:
-        x = (coord + 1.0) / 2.0 * (sizef - 1.0)
-        mult = (sizef - 1.0) / 2.0
+        x = (coord + 1.0) * 0.5 * (sizef - 1.0)
+        mult = (sizef - 1.0) * 0.5
     else:
-        x = ((coord + 1.0) * sizef - 1.0) / 2.0
-        mult = sizef / 2.0
+        x = ((coord + 1.0) * sizef - 1.0) * 0.5
+        mult = sizef * 0.5
     return x, mult
 
 

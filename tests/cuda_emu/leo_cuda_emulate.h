@@ -30,6 +30,8 @@ using std::max;
 using std::min;
 using std::tanh;
 
+inline float __fdiv_rn(float a, float b) { return a / b; }
+
 template <typename T>
 inline T atomicAdd(T* p, T v) {
   const T old = *p;
