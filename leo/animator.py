@@ -147,7 +147,10 @@ class Synthesis(nn.Module):
     def forward(self, latent: torch.Tensor, feats: list) -> torch.Tensor:
         """Render images from latents (B, style_dim) and encoder features (batch B or 1)."""
         b = latent.shape[0]
-        out = self.conv1(self.input(b), latent)
+        out = self.input(b)
+        if feats and not feats[0].is_contiguous() and feats[0].is_contiguous(memory_format=torch.channels_last):
+            out = out.contiguous(memory_format=torch.channels_last)  # run the decoder NHWC too
+        out = self.conv1(out, latent)
         rgb = flow = None
         for k, (to_flow, to_rgb) in enumerate(zip(self.to_flows, self.to_rgbs)):
             out = self.convs[2 * k](out, latent)
