@@ -18,7 +18,14 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdint>
+#include <type_traits>
 #include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define LEO_WARP_AVX2 1
+#endif
 
 namespace {
 
@@ -202,6 +209,71 @@ void sample_all_channels(const PackedTap<T>* tp, int64_t n, int64_t C, const sca
                       X ? bp + c * ocstride : bp, keep);
 }
 
+// float32 NCHW forward fast path: taps of one row as int32 offsets (within a plane) and weights
+// (mask folded in), structure of arrays, so 8 pixels are sampled with AVX2 gathers. The build
+// targets baseline x86-64, so the AVX2 loop is compiled with a target attribute and chosen at run
+// time.
+struct RowTaps32 {
+  std::vector<int32_t> o[4];
+  std::vector<float> w[4];
+  std::vector<float> keep;
+  explicit RowTaps32(int64_t n) : keep(n) {
+    for (int k = 0; k < 4; ++k) {
+      o[k].resize(n);
+      w[k].resize(n);
+    }
+  }
+  void fill(const Taps<float>& tp, int64_t n, const float* mask) {
+    for (int k = 0; k < 4; ++k)
+      for (int64_t j = 0; j < n; ++j) {
+        o[k][j] = static_cast<int32_t>(tp.off[k][j]);
+        w[k][j] = mask ? tp.w[k][j] * mask[j] : tp.w[k][j];
+      }
+    if (mask)
+      for (int64_t j = 0; j < n; ++j) keep[j] = 1 - mask[j];
+  }
+};
+
+// out[j] = sum_k w_k[j] * plane[o_k[j]]; with x: blended[j] = out[j] + x[j] * keep[j].
+inline void sample_plane_scalar(const RowTaps32& t, int64_t j, int64_t n, const float* ip, float* op, const float* xp,
+                                float* bp) {
+  for (; j < n; ++j) {
+    const float v = t.w[0][j] * ip[t.o[0][j]] + t.w[1][j] * ip[t.o[1][j]] + t.w[2][j] * ip[t.o[2][j]] +
+                    t.w[3][j] * ip[t.o[3][j]];
+    op[j] = v;
+    if (xp) bp[j] = v + xp[j] * t.keep[j];
+  }
+}
+
+#ifdef LEO_WARP_AVX2
+__attribute__((target("avx2,fma"))) void sample_plane_avx2(const RowTaps32& t, int64_t n, const float* ip, float* op,
+                                                           const float* xp, float* bp) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    __m256 v = _mm256_setzero_ps();
+    for (int k = 0; k < 4; ++k) {
+      const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.o[k].data() + j));
+      v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[k].data() + j), _mm256_i32gather_ps(ip, idx, 4), v);
+    }
+    _mm256_storeu_ps(op + j, v);
+    if (xp) _mm256_storeu_ps(bp + j, _mm256_fmadd_ps(_mm256_loadu_ps(xp + j), _mm256_loadu_ps(t.keep.data() + j), v));
+  }
+  sample_plane_scalar(t, j, n, ip, op, xp, bp);
+}
+
+bool cpu_has_avx2() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+#endif
+
+inline void sample_plane(const RowTaps32& t, int64_t n, const float* ip, float* op, const float* xp, float* bp) {
+#ifdef LEO_WARP_AVX2
+  if (cpu_has_avx2()) return sample_plane_avx2(t, n, ip, op, xp, bp);
+#endif
+  sample_plane_scalar(t, 0, n, ip, op, xp, bp);
+}
+
 // torch.linspace(-1, 1, n)[i], computed the way torch does (from both ends).
 template <typename T>
 T linspace_pm1(int64_t i, int64_t n) {
@@ -264,9 +336,11 @@ void grid_sample_fwd_impl(const at::Tensor& input, const at::Tensor& grid, at::T
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   const scalar_t* g = grid.const_data_ptr<scalar_t>();
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
+  const bool small_planes = H * W < (int64_t(1) << 31) && osW == 1;  // int32 offsets, unit-stride rows
   at::parallel_for(0, N * Ho, grain_for(C * Wo), [&](int64_t begin, int64_t end) {
     Taps<acc_t> tp(Wo);
     std::vector<PackedTap<acc_t>> packed(CL ? 0 : Wo);
+    RowTaps32 rt(std::is_same_v<scalar_t, float> && !CL ? Wo : 0);
     std::vector<scalar_t> zero_row(CL ? C : 0, scalar_t(0));
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / Ho, i = r % Ho;
@@ -275,6 +349,13 @@ void grid_sample_fwd_impl(const at::Tensor& input, const at::Tensor& grid, at::T
         tp.set(j, static_cast<acc_t>(grow[2 * j]), static_cast<acc_t>(grow[2 * j + 1]), H, W, isH, isW, pad, align);
       const scalar_t* inb = in + n * isN;
       scalar_t* orow = o + n * osN + i * osH;
+      if constexpr (!CL && std::is_same_v<scalar_t, float>) {
+        if (small_planes) {
+          rt.fill(tp, Wo, nullptr);
+          for (int64_t c = 0; c < C; ++c) sample_plane(rt, Wo, inb + c * isC, orow + c * osC, nullptr, nullptr);
+          continue;
+        }
+      }
       if constexpr (!CL) {
         pack_taps(tp, Wo, static_cast<const acc_t*>(nullptr), packed.data());
         sample_all_channels<false>(packed.data(), Wo, C, inb, isC, orow, osC, static_cast<const scalar_t*>(nullptr),
@@ -569,9 +650,11 @@ void warp_inpaint_fwd_impl(const at::Tensor& feat, const at::Tensor& x, const at
   scalar_t* bp = blended.mutable_data_ptr<scalar_t>();
   scalar_t* cp = composed.mutable_data_ptr<scalar_t>();
   const int64_t Hc = H / 2, Wc = W / 2;
+  const bool small_planes = H * W < (int64_t(1) << 31) && sW == 1;  // int32 offsets, unit-stride rows
   at::parallel_for(0, N * H, grain_for(C * W), [&](int64_t begin, int64_t end) {
     FlowRow<acc_t> fr(W);
     std::vector<PackedTap<acc_t>> packed(CL ? 0 : W);
+    RowTaps32 rt(std::is_same_v<scalar_t, float> && !CL ? W : 0);
     std::vector<acc_t> comp(3 * W), up(W), tmp(Wc + 1), keep(W);
     std::vector<scalar_t> zero_row(CL ? C : 0, scalar_t(0));
     for (int64_t r = begin; r < end; ++r) {
@@ -593,6 +676,16 @@ void warp_inpaint_fwd_impl(const at::Tensor& feat, const at::Tensor& x, const at
       const auto& tp = fr.tp;
       const acc_t* m = fr.mask.data();
       const int64_t rowoff = n * sN + i * sH;
+      if constexpr (!CL && std::is_same_v<scalar_t, float>) {
+        if (small_planes) {
+          rt.fill(tp, W, m);
+          for (int64_t c = 0; c < C; ++c) {
+            const int64_t o = rowoff + c * sC;
+            sample_plane(rt, W, fp + n * sN + c * sC, wp + o, xp + o, bp + o);
+          }
+          continue;
+        }
+      }
       if constexpr (!CL) {
         pack_taps(tp, W, m, packed.data());
         for (int64_t j = 0; j < W; ++j) keep[j] = 1 - m[j];
