@@ -1,0 +1,225 @@
+"""`leo demo`: the whole system on a fresh machine, no downloads.
+
+Generates a synthetic dataset (or uses ``--data``), trains small models of all three kinds
+(animator, LMDM, first-frame generator) and writes into one folder: a conditional video,
+a long chained video, an edited video (recolored first frame, same motion), an
+unconditional video, a contact sheet of all of them and the loss curves.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+# name: (videos, frames, size, animator width, animator steps, lmdm steps, first-frame steps,
+#        first-frame size, sampling steps)
+PRESETS = {
+    "full": dict(videos=24, frames=48, size=64, width=0.125, style_dim=128, animator_steps=300,
+                 lmdm_steps=400, ff_steps=300, ff_size=32, sample_steps=25, video_frames=32, window=16),
+    "quick": dict(videos=4, frames=20, size=32, width=1 / 32, style_dim=32, animator_steps=4,
+                  lmdm_steps=6, ff_steps=6, ff_size=16, sample_steps=4, video_frames=10, window=8),
+}
+
+
+def register(sub):
+    p = sub.add_parser("demo", help="train small models of every kind on synthetic data and render sample videos")
+    p.add_argument("--out", default="demo_out", help="output folder (default: ./demo_out)")
+    p.add_argument("--data", default=None, help="train on this folder of real videos instead of synthetic ones")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--quick", action="store_true", help="tiny models and a few steps (CI smoke run, ~2 min)")
+    p.add_argument("--animator-steps", type=int, default=None, help="stage-1 steps (overrides the preset)")
+    p.add_argument("--lmdm-steps", type=int, default=None, help="stage-2 steps (overrides the preset)")
+    p.add_argument("--first-frame-steps", type=int, default=None, help="first-frame model steps (overrides the preset)")
+    p.add_argument("--size", type=int, default=None, help="animator image size (power of two, default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def _step(msg):
+    print(f"[leo demo] {msg}", flush=True)
+
+
+def _recolor(img):
+    """A visible appearance edit: rotate the color channels and brighten (the motion is untouched)."""
+    return (img[[2, 0, 1]] * 0.8 + 0.2).clamp(-1, 1)
+
+
+def _contact_sheet(videos: dict, path, per_row: int = 8):
+    """One row per video: ``per_row`` frames evenly spaced, labelled in the file's log."""
+    import torch
+
+    from leo.media import image_grid, save_image
+
+    rows = []
+    for frames in videos.values():
+        idx = torch.linspace(0, frames.shape[0] - 1, per_row).round().long()
+        rows.append(frames[idx])
+    size = max(r.shape[-1] for r in rows)
+    rows = [torch.nn.functional.interpolate(r, size=(size, size), mode="bilinear", align_corners=False)
+            if r.shape[-1] != size else r for r in rows]
+    save_image(path, image_grid(torch.cat(rows), nrow=per_row))
+
+
+def _loss_plot(csvs: dict, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from leo.checkpoint_io import atomic_write
+    from leo.train.common import read_metrics
+
+    panels = []
+    for name, csv in csvs.items():
+        if not os.path.exists(csv):
+            continue
+        series = read_metrics(csv)
+        keys = [k for k in series if not k.endswith("_per_s") and k not in ("grad_norm", "lr")]
+        panels.append((name, {k: series[k] for k in keys}))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.2), squeeze=False)
+    for ax, (name, series) in zip(axes[0], panels):
+        for k, pts in series.items():
+            steps, vals = zip(*pts)
+            ax.plot(steps, vals, lw=1.2, label=k, marker="o" if len(vals) < 5 else None)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+
+
+def _write_video(path, frames, fps):
+    from leo.media import VideoWriter
+
+    with VideoWriter(path, fps) as w:
+        w.write(frames)
+
+
+def run(args) -> int:
+    import torch
+
+    from leo.cli import UserError
+    from leo.train.common import resolve_device
+
+    t0 = time.time()
+    p = dict(PRESETS["quick" if args.quick else "full"])
+    if args.size is not None:
+        p["size"] = args.size
+    for flag, key in (("animator_steps", "animator_steps"), ("lmdm_steps", "lmdm_steps"),
+                      ("first_frame_steps", "ff_steps")):
+        v = getattr(args, flag)
+        if v is not None:
+            if v < 1:
+                raise UserError(f"--{flag.replace('_', '-')} must be positive, got {v}")
+            p[key] = v
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise UserError(f"--device: {exc}") from None
+    if args.data is not None and not os.path.isdir(args.data):
+        raise UserError(f"--data: folder not found: {args.data}")
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    _step(f"device {device}, output {out}, preset {'quick' if args.quick else 'full'}")
+    if device.type == "cuda":  # a GPU affords bigger models and longer training in the same time
+        p.update(width=max(p["width"], 0.25), style_dim=max(p["style_dim"], 256),
+                 animator_steps=p["animator_steps"] * (1 if args.animator_steps else 4),
+                 lmdm_steps=p["lmdm_steps"] * (1 if args.lmdm_steps else 4),
+                 ff_steps=p["ff_steps"] * (1 if args.first_frame_steps else 4))
+
+    # 1. data
+    data = args.data
+    if data is None:
+        from leo.data.synthetic import write_dataset
+
+        data = os.path.join(out, "data")
+        _step(f"1/5 writing {p['videos']} synthetic videos ({p['frames']} frames, {p['size']}x{p['size']}) to {data}")
+        write_dataset(data, num_videos=p["videos"], num_frames=p["frames"], size=p["size"], seed=args.seed)
+    else:
+        _step(f"1/5 using the videos in {data}")
+
+    # 2. stage 1: the animator
+    from leo.train.stage1 import Stage1Config, train_stage1
+
+    _step(f"2/5 training the animator ({p['animator_steps']} steps)")
+    s1 = train_stage1(Stage1Config(
+        out=os.path.join(out, "animator"), data=data, size=p["size"], width=p["width"], style_dim=p["style_dim"],
+        steps=p["animator_steps"], batch=8 if not args.quick else 2, save_every=max(50, p["animator_steps"]),
+        sample_every=p["animator_steps"], eval_every=p["animator_steps"], log_every=max(1, min(10, p["animator_steps"] // 4)),
+        eval_pairs=8 if not args.quick else 2, seed=args.seed, device=str(device), workers=0,
+        resume=os.path.exists(os.path.join(out, "animator", "checkpoint.pt")),
+    ))
+    animator_path = s1.get("animator") or os.path.join(out, "animator", "animator.safetensors")
+
+    # 3. stage 2: the LMDM on the animator's motion codes
+    from leo.train.stage2 import Stage2Config, train_lmdm
+
+    _step(f"3/5 training the LMDM ({p['lmdm_steps']} steps)")
+    lmdm_out = os.path.join(out, "lmdm")
+    s2 = train_lmdm(Stage2Config(
+        data=data, animator=animator_path, out_dir=lmdm_out, window=p["window"], channels=32, channel_mult=(1, 2),
+        head_dim=16, steps=p["lmdm_steps"], batch_size=16, lr=1e-3, save_every=max(100, p["lmdm_steps"]),
+        log_every=max(1, min(10, p["lmdm_steps"] // 4)), seed=args.seed, device=str(device),
+        resume=os.path.exists(os.path.join(lmdm_out, "checkpoint.pt")),
+    ))
+
+    # 4. the first-frame generator
+    from leo.train.first_frame_train import FirstFrameTrainConfig, train_first_frame
+
+    _step(f"4/5 training the first-frame generator ({p['ff_steps']} steps, {p['ff_size']}x{p['ff_size']})")
+    ff_out = os.path.join(out, "first_frame")
+    s3 = train_first_frame(FirstFrameTrainConfig(
+        data=data, out_dir=ff_out, image_size=p["ff_size"], base_channels=32 if not args.quick else 8,
+        channel_mults=(1, 2, 2) if p["ff_size"] >= 32 else (1, 2), attn_resolutions=(8,), frame_stride=2,
+        steps=p["ff_steps"], batch_size=16 if not args.quick else 4, lr=1e-3, ema_decay=0.995,
+        save_every=max(100, p["ff_steps"]), log_every=max(1, min(10, p["ff_steps"] // 4)), seed=args.seed,
+        device=str(device), sample_count=0, resume=os.path.exists(os.path.join(ff_out, "checkpoint.pt")),
+    ))
+
+    # 5. videos
+    from leo.animator import Animator
+    from leo.first_frame import load_first_frame_generator
+    from leo.lmdm import LMDM
+    from leo.pipeline import LEOPipeline
+    from leo.train.video_source import iter_video_chunks, list_videos
+
+    _step("5/5 generating videos")
+    animator = Animator.from_checkpoint(animator_path).to(device).eval()
+    lmdm = LMDM.from_checkpoint(s2["weights"]).to(device).eval()
+    pipe = LEOPipeline(animator, lmdm)
+    S, W, fps = pipe.size, lmdm.window, 15.0
+    video = list_videos(data)[-1]
+    real = torch.cat(list(iter_video_chunks(video, S)))
+    kw = dict(steps=p["sample_steps"], progress=True)
+    results = {}
+    results["conditional"] = pipe.generate(real[0], p["video_frames"], seed=args.seed, **kw)
+    long_frames = 4 * (W - 1) + 1 + W // 2  # at least 4 chained chunks (each adds W - 1 frames)
+    results["long"] = pipe.generate(real[0], long_frames, seed=args.seed + 1, **kw)
+    results["edited"] = pipe.edit(real, _recolor(real[0]))
+    gen = load_first_frame_generator(s3["weights"], device=device, size=S, steps=p["sample_steps"])
+    first = gen(1, seed=args.seed)[0]
+    results["unconditional"] = pipe.generate(first, p["video_frames"], seed=args.seed + 2, **kw)
+    results["real"] = real
+
+    written = []
+    for name in ("conditional", "long", "edited", "unconditional"):
+        path = os.path.join(out, f"{name}.mp4")
+        _write_video(path, results[name], fps)
+        written.append((path, f"{results[name].shape[0]} frames"))
+    sheet = os.path.join(out, "contact_sheet.png")
+    _contact_sheet({k: results[k] for k in ("real", "conditional", "long", "edited", "unconditional")}, sheet)
+    written.append((sheet, "rows: real, conditional, long, edited, unconditional"))
+    curves = os.path.join(out, "loss_curves.png")
+    _loss_plot({"animator (stage 1)": os.path.join(out, "animator", "metrics.csv"),
+                "LMDM (stage 2)": os.path.join(lmdm_out, "metrics.csv"),
+                "first-frame": os.path.join(ff_out, "metrics.csv")}, curves)
+    written.append((curves, "training losses"))
+    written += [(animator_path, "animator"), (s2["weights"], "LMDM"), (s3["weights"], "first-frame model")]
+
+    print(f"\nleo demo finished in {time.time() - t0:.0f} s on {device}; wrote:")
+    for path, what in written:
+        print(f"  {os.path.relpath(path)}  ({what})")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,55 @@
+"""`leo demo --quick` end to end, then `leo generate --unconditional` with its models."""
+import pytest
+
+from leo.cli import main as leo_main
+
+
+def _count(path):
+    from leo.media import VideoReader
+
+    with VideoReader(path) as r:
+        return sum(1 for _ in r)
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    assert leo_main(["demo", "--quick", "--out", str(out), "--device", "cpu"]) == 0
+    return out
+
+
+def test_demo_quick_outputs(demo_out, capsys):
+    from PIL import Image
+
+    from leo.cli.demo import PRESETS
+
+    q = PRESETS["quick"]
+    w = q["window"]
+    assert _count(demo_out / "conditional.mp4") == q["video_frames"]
+    assert _count(demo_out / "unconditional.mp4") == q["video_frames"]
+    # At least 4 chained chunks: more than 3 * (window - 1) + 1 frames.
+    assert _count(demo_out / "long.mp4") == 4 * (w - 1) + 1 + w // 2 > 3 * (w - 1) + 1
+    assert _count(demo_out / "edited.mp4") == q["frames"]  # the whole source video, re-rendered
+    sheet = Image.open(demo_out / "contact_sheet.png")
+    assert sheet.width > 8 * q["size"] and sheet.height > 5 * q["size"]  # 5 rows of 8 frames
+    assert Image.open(demo_out / "loss_curves.png").width > 0
+    for f in ("animator/animator.safetensors", "lmdm/lmdm.safetensors", "first_frame/first_frame.safetensors"):
+        assert (demo_out / f).is_file(), f
+
+
+def test_generate_unconditional_with_first_frame_model(demo_out, tmp_path):
+    out = tmp_path / "uncond.mp4"
+    assert leo_main([
+        "generate", "--animator", str(demo_out / "animator/animator.safetensors"),
+        "--lmdm", str(demo_out / "lmdm/lmdm.safetensors"), "--unconditional",
+        "--first-frame-model", str(demo_out / "first_frame/first_frame.safetensors"),
+        "--frames", "5", "--steps", "3", "--seed", "0", "--out", str(out), "--no-progress",
+    ]) == 0
+    assert _count(out) == 5
+
+
+def test_demo_bad_arguments(tmp_path, capsys):
+    assert leo_main(["demo", "--quick", "--out", str(tmp_path / "o"), "--data", str(tmp_path / "missing")]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert leo_main(["demo", "--quick", "--out", str(tmp_path / "o"), "--lmdm-steps", "0"]) == 2
+    assert "--lmdm-steps" in capsys.readouterr().err
