@@ -113,19 +113,21 @@ class Discriminator(nn.Module):
     def config(self) -> dict:
         return {"size": self.size, "width": self.width, "mbstd_group": self.mbstd_group}
 
-    def _mbstd(self, x):
+    def _mbstd(self, x, group_of):
+        """Append the mean std over groups of ``g`` consecutive samples; ``g`` divides ``group_of``
+        (the trainer passes the real/fake half size, so a group never mixes real and fake)."""
         b, c, h, w = x.shape
-        g = min(self.mbstd_group, b)
-        while b % g:  # the largest group size that divides the batch
+        g = min(self.mbstd_group, group_of)
+        while group_of % g or b % g:
             g -= 1
-        y = x.float().view(g, -1, c, h, w)
-        y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (b/g,)
-        y = y.view(1, -1, 1, 1, 1).expand(g, -1, 1, h, w).reshape(b, 1, h, w)
+        y = x.float().view(-1, g, c, h, w)
+        y = (y.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (b/g,)
+        y = y.view(-1, 1, 1, 1, 1).expand(-1, g, 1, h, w).reshape(b, 1, h, w)
         return torch.cat([x, y.to(x.dtype)], dim=1)
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
+    def forward(self, img: torch.Tensor, group_of: int | None = None) -> torch.Tensor:
         if img.dim() != 4 or img.shape[1] != 3 or img.shape[2] != self.size or img.shape[3] != self.size:
             raise ValueError(f"img must have shape (B, 3, {self.size}, {self.size}), got {tuple(img.shape)}")
         x = self.blocks(self.from_rgb(img))
-        x = self.final_conv(self._mbstd(x))
+        x = self.final_conv(self._mbstd(x, group_of or img.shape[0]))
         return self.out(self.fc(x.flatten(1))).squeeze(1).float()

@@ -27,6 +27,7 @@ def register(sub):
     p.add_argument("--vgg19", metavar="PATH",
                    help="local VGG19 weights in torchvision format; turns the perceptual loss on")
     p.add_argument("--r1", type=float, default=0.0, metavar="GAMMA", help="R1 penalty weight (default 0 = off)")
+    p.add_argument("--r1-every", type=int, default=16, help="lazy R1: apply every N steps (default 16)")
     p.add_argument("--save-every", type=int, default=500, help="checkpoint interval in steps (default 500)")
     p.add_argument("--sample-every", type=int, default=500, help="PNG sample-grid interval (default 500)")
     p.add_argument("--eval-every", type=int, default=250, help="held-out L1/PSNR/SSIM interval (default 250)")
@@ -87,7 +88,7 @@ def run_train(args) -> int:
         out=args.out, data=args.data, synthetic=args.synthetic or 0, synthetic_frames=args.frames,
         size=args.size, width=args.width, style_dim=args.style_dim, motion_dim=args.motion_dim,
         steps=args.steps, batch=args.batch, accum=args.accum, lr=args.lr, adv_weight=args.adv_weight,
-        vgg19=args.vgg19, r1=args.r1, save_every=args.save_every, sample_every=args.sample_every,
+        vgg19=args.vgg19, r1=args.r1, r1_every=args.r1_every, save_every=args.save_every, sample_every=args.sample_every,
         eval_every=args.eval_every, log_every=args.log_every, max_frames=args.max_frames,
         test_fraction=args.test_fraction, seed=args.seed, device=args.device, workers=args.workers,
         threads=args.threads, amp=not args.no_amp, resume=args.resume,

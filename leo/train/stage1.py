@@ -265,9 +265,7 @@ def _train(cfg, ctx, ckpt, hooks, out, ckpt_path, Animator, Discriminator, losse
                  kernels=cfg.kernels).to(device)
     D = Discriminator(size=cfg.size, width=cfg.d_width or cfg.width).to(device)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
-    d_ratio = cfg.r1_every / (cfg.r1_every + 1) if cfg.r1 > 0 else 1.0  # lazy-regularization correction
-    opt_d = torch.optim.Adam(D.parameters(), lr=(cfg.d_lr or cfg.lr) * d_ratio,
-                             betas=tuple(b ** d_ratio for b in cfg.betas))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.d_lr or cfg.lr, betas=tuple(cfg.betas))
     perceptual = None
     if cfg.vgg19:
         perceptual = losses.PerceptualLoss(losses.VGG19Features.from_file(cfg.vgg19)).to(device)
@@ -287,7 +285,9 @@ def _train(cfg, ctx, ckpt, hooks, out, ckpt_path, Animator, Discriminator, losse
             log.message(f"resuming a {ckpt.get('world_size')}-process run with {ctx.world_size} processes: "
                         "batches will differ from the original run")
         log.message(f"resumed from {ckpt_path} at step {start_step}")
-    Gd, Dd = ctx.wrap(G), ctx.wrap(D)
+    # The animator keeps LIA's unused parameters (noise strengths, to_rgb1) and R1 does not reach
+    # D's output bias: DDP must be told some parameters get no gradient.
+    Gd, Dd = ctx.wrap(G, find_unused_parameters=True), ctx.wrap(D, find_unused_parameters=True)
 
     # ---- data stream from this step's sample position (the datasets are id-driven)
     position = ckpt["data_position"] if ckpt is not None else 0
@@ -354,29 +354,32 @@ def _train(cfg, ctx, ckpt, hooks, out, ckpt_path, Animator, Discriminator, losse
                 micro.append((tgt, recon.detach()))
             opt_g.step()
 
-            # ---------------- discriminator: logistic loss (+ lazy R1)
+            # ---------------- discriminator: logistic loss (+ lazy R1 on the last micro-batch)
             D.requires_grad_(True)
             if use_adv:
+                do_r1 = cfg.r1 > 0 and step % cfg.r1_every == 0
                 opt_d.zero_grad(set_to_none=True)
                 d_sum = 0.0
                 for m, (tgt, fake) in enumerate(micro):
-                    sync = contextlib.nullcontext() if m == cfg.accum - 1 or not ctx.distributed else Dd.no_sync()
+                    last_micro = m == cfg.accum - 1
+                    sync = contextlib.nullcontext() if last_micro or not ctx.distributed else Dd.no_sync()
+                    n = tgt.shape[0]
+                    real = tgt.detach().requires_grad_(do_r1 and last_micro)
                     with sync:
+                        # one forward for real and fake (one backward per forward under DDP);
+                        # minibatch-std groups stay within each half
                         with _autocast(device, amp):
-                            logits = Dd(torch.cat([tgt, fake]))
-                            d_loss = losses.d_logistic(logits[: tgt.shape[0]], logits[tgt.shape[0]:])
-                        (d_loss / cfg.accum).backward()
+                            logits = Dd(torch.cat([real, fake]), n)
+                            d_loss = losses.d_logistic(logits[:n], logits[n:])
+                        loss = d_loss / cfg.accum
+                        if real.requires_grad:
+                            r1 = losses.r1_penalty(logits[:n], real)
+                            loss = loss + cfg.r1 / 2 * r1 * cfg.r1_every
+                            sums["r1"] = r1.item()
+                        loss.backward()
                     d_sum += d_loss.item() / cfg.accum
                 opt_d.step()
                 sums["d"] = d_sum
-                if cfg.r1 > 0 and step % cfg.r1_every == 0:
-                    opt_d.zero_grad(set_to_none=True)
-                    real = micro[-1][0].detach().requires_grad_(True)
-                    with _autocast(device, amp):
-                        r1 = losses.r1_penalty(Dd(real), real)
-                    (cfg.r1 / 2 * r1 * cfg.r1_every).backward()
-                    opt_d.step()
-                    sums["r1"] = r1.item()
             step += 1
             last = sums
 
@@ -390,8 +393,14 @@ def _train(cfg, ctx, ckpt, hooks, out, ckpt_path, Animator, Discriminator, losse
             stop_now = bool(stop_now.item())
 
             if step % cfg.log_every == 0 or step == cfg.steps or stop_now:
-                log.log(step, {k: v for k, v in sums.items() if not (k in ("vgg",) and perceptual is None)
-                               and not (k == "g_adv" and not use_adv)})
+                shown = {k: v for k, v in sums.items()
+                         if not (k == "vgg" and perceptual is None) and not (k == "g_adv" and not use_adv)}
+                if ctx.distributed:  # the losses of the whole global batch, not rank 0's share
+                    keys = sorted(shown)
+                    mean = ctx.all_reduce_mean(torch.tensor([shown[k] for k in keys], dtype=torch.float64,
+                                                            device=device))
+                    shown = dict(zip(keys, mean.tolist()))
+                log.log(step, shown)
             if ctx.is_main and (step % cfg.eval_every == 0 or step == cfg.steps):
                 ev = evaluate(G, eval_set, device, amp=amp)
                 log.log(step, {f"eval_{k}": v for k, v in ev.items()})
