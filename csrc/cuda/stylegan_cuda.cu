@@ -40,15 +40,27 @@ __global__ void upfirdn2d_kernel(const scalar_t* __restrict__ x, const acc_t* __
                                  scalar_t* __restrict__ out, int64_t total, int64_t C, int64_t H, int64_t W,
                                  int64_t Ho, int64_t Wo, int64_t sxn, int64_t sxc, int64_t sxh, int64_t sxw,
                                  int64_t son, int64_t soc, int64_t soh, int64_t sow, int upx, int upy,
-                                 int downx, int downy, int padx0, int pady0, int kh, int kw) {
+                                 int downx, int downy, int padx0, int pady0, int kh, int kw, bool channels_last) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
        i += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t ox = i % Wo;
-    int64_t t = i / Wo;
-    const int64_t oy = t % Ho;
-    t /= Ho;
-    const int64_t c = t % C;
-    const int64_t n = t / C;
+    // Consecutive threads walk the output's storage order (coalesced stores): x fastest for NCHW,
+    // channel fastest for channels_last.
+    int64_t n, c, oy, ox, t;
+    if (channels_last) {
+      c = i % C;
+      t = i / C;
+      ox = t % Wo;
+      t /= Wo;
+      oy = t % Ho;
+      n = t / Ho;
+    } else {
+      ox = i % Wo;
+      t = i / Wo;
+      oy = t % Ho;
+      t /= Ho;
+      c = t % C;
+      n = t / C;
+    }
     const scalar_t* xb = x + n * sxn + c * sxc;
     acc_t acc = 0;
     for (int ty = 0; ty < kh; ++ty) {
@@ -98,7 +110,7 @@ at::Tensor upfirdn2d_fwd_cuda(const at::Tensor& x_in, const at::Tensor& kernel_i
         x.const_data_ptr<scalar_t>(), kernel.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), total, C,
         H, W, Ho, Wo, x.stride(0), x.stride(1), x.stride(2), x.stride(3), out.stride(0), out.stride(1),
         out.stride(2), out.stride(3), (int)upx, (int)upy, (int)downx, (int)downy, (int)padx0, (int)pady0, (int)kh,
-        (int)kw);
+        (int)kw, fmt == at::MemoryFormat::ChannelsLast);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
