@@ -5,7 +5,7 @@ PIP := $(PYTHON) -m pip
 PYTEST_ARGS ?=
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: all venv deps build test test-triton check-cuda demo bench selfcheck clean
+.PHONY: all venv deps build test check-cuda demo bench selfcheck clean
 
 all: build
 
@@ -27,9 +27,10 @@ build: deps
 selfcheck: build
 	$(PYTHON) -m leo selfcheck
 
-# The main job. Until `leo demo` exists it runs the kernel self-check.
+# The main job: synthetic data -> trains animator, LMDM and first-frame model -> videos in ./demo_out.
+DEMO_ARGS ?=
 demo: build
-	@if $(PYTHON) -m leo --help | grep -q " demo"; then $(PYTHON) -m leo demo; else $(PYTHON) -m leo selfcheck; fi
+	$(PYTHON) -m leo demo $(DEMO_ARGS)
 
 check-cuda: deps
 	$(PYTHON) tools/check_cuda_compile.py
