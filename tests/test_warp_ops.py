@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import leo_kernels
 from leo_kernels import reference
-from tests._util import REL_TOL, assert_close, channels_last, non_contiguous
+from tests._util import REL_TOL, assert_close, channels_last, non_contiguous, rel_err
 
 FAST = [b for b in ("cpu",) if b in leo_kernels.available_backends("cpu")]
 BACKENDS = FAST + ["reference"]
@@ -484,3 +484,127 @@ def test_tolerances_are_meaningful():
     with pytest.raises(AssertionError):
         assert_close(torch.full_like(a, float("nan")), a)
     assert REL_TOL[torch.float32] < 1e-3
+
+
+# --------------------------------------------------------------------------- non-finite features
+# A NaN/Inf in the features must reach exactly the outputs (and gradients) where F.grid_sample
+# puts it: wherever the pixel is an in-image corner of a sample (even with weight 0, as 0 * NaN
+# is NaN there too), and nowhere else. Outside corners read zeros: a kernel that "reads" them as
+# weight 0 times the value at offset 0 leaks pixel (0, 0) of the plane into every sample that
+# leaves the image.
+NONFINITE_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _plant_nonfinite(t):
+    """NaN/Inf at (0, 0) and the other border corners, a different pattern per (n, c); every
+    fifth plane stays clean. Returns a new tensor in t's layout."""
+    t = t.detach().clone()
+    _, c, h, w = t.shape
+    nan, inf = float("nan"), float("inf")
+    patterns = [
+        [((0, 0), nan)],
+        [((0, 0), inf)],
+        [((0, w - 1), nan), ((h - 1, 0), -inf)],
+        [((h - 1, w - 1), nan), ((0, 0), -inf), ((0, w - 1), inf)],
+        [],
+    ]
+    for n in range(t.shape[0]):
+        for ch in range(c):
+            for (i, j), v in patterns[(n + ch) % len(patterns)]:
+                t[n, ch, i, j] = v
+    return t
+
+
+def _outside_grid(n, ho, wo, dtype, g):
+    """Random samples, many outside the image, plus the 25 points {-1.3, -1, 0, 1, 1.3}^2 (exact
+    image edges for align_corners=True, beyond every edge and corner) at the start of each image."""
+    grid = torch.rand(n, ho, wo, 2, generator=g, dtype=torch.float64) * 3.2 - 1.6
+    vals = torch.tensor([-1.3, -1.0, 0.0, 1.0, 1.3], dtype=torch.float64)
+    special = torch.cartesian_prod(vals, vals)
+    assert ho * wo >= len(special)
+    grid.view(n, ho * wo, 2)[:, : len(special)] = special
+    return grid.to(dtype)
+
+
+def _assert_same_nonfinite(got, want, tol, name):
+    """Same NaN, +Inf and -Inf positions; the finite values close (relative error <= tol)."""
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    got, want = got.detach().double(), want.detach().double()
+    for what, fn in (("NaN", torch.isnan), ("+Inf", torch.isposinf), ("-Inf", torch.isneginf)):
+        a, b = fn(got), fn(want)
+        bad = (a != b).nonzero()
+        assert bad.numel() == 0, (
+            f"{name}: {what} mismatch at {bad.shape[0]} positions, first {bad[:4].tolist()} "
+            f"(cpu has {int(a.sum())}, reference {int(b.sum())})"
+        )
+    fin = torch.isfinite(want)
+    err = rel_err(got[fin], want[fin])
+    assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.1e} on the finite values"
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("dtype", NONFINITE_DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align", [False, True])
+def test_grid_sample_nonfinite_features(backend, dtype, layout, padding, align):
+    g = _fresh(16)
+    # C = 5: channel groups of 4 plus a remainder; Wo = 13: 8-wide vector loop plus a tail.
+    n, c, h, w, ho, wo = 2, 5, 6, 7, 4, 13
+    inp = _layout(_plant_nonfinite(_randn(n, c, h, w, dtype=dtype, g=g)), layout).requires_grad_()
+    grid = _outside_grid(n, ho, wo, dtype, g).requires_grad_()
+    out = leo_kernels.grid_sample(inp, grid, padding, align, backend=backend)
+    assert leo_kernels.last_backend("grid_sample") == backend
+    ref = reference.grid_sample(inp, grid, padding, align)
+    # The test means something: the reference has NaNs, and finite outputs in planes with NaN/Inf.
+    assert ref.isnan().any() and ref[:, 0].isfinite().any() and ref[:, 1].isfinite().any()
+    _assert_same_nonfinite(out, ref, REL_TOL[dtype], "out")
+    gout = _randn(*out.shape, dtype=dtype, g=g)
+    for got, want, name in zip(_grads(out, (inp, grid), gout), _grads(ref, (inp, grid), gout), ("input", "grid")):
+        _assert_same_nonfinite(got, want, GRAD_TOL[dtype], f"grad_{name}")
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("dtype", NONFINITE_DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_grid_sample_nan_at_origin_does_not_leak_outside(backend, dtype, layout):
+    # The reported case: NaN at pixel (0, 0), every sample's corners outside the image (zeros
+    # padding) -> exact zeros, as F.grid_sample gives; gradients for the grid are zeros too.
+    inp = torch.ones(1, 6, 4, 5, dtype=dtype)
+    inp[:, :, 0, 0] = float("nan")
+    inp = _layout(inp, layout).requires_grad_()
+    pts = [(-2.2, -2.2), (2.2, 2.2), (-2.2, 0.0), (0.0, -2.2), (2.2, -2.2), (-2.2, 2.2), (3.0, 0.5), (0.2, 2.5), (-9.0, -9.0)]
+    grid = torch.tensor(pts, dtype=torch.float64).view(1, 1, len(pts), 2).repeat(1, 2, 1, 1).to(dtype).requires_grad_()
+    for align in (False, True):
+        out = leo_kernels.grid_sample(inp, grid, "zeros", align, backend=backend)
+        ref = reference.grid_sample(inp, grid, "zeros", align)
+        assert torch.equal(ref, torch.zeros_like(ref))
+        assert torch.equal(out, torch.zeros_like(out)), "NaN/garbage leaked into samples outside the image"
+        gi, gg = _grads(out, (inp, grid), torch.ones_like(out))
+        assert torch.equal(gg, torch.zeros_like(gg)) and torch.equal(gi, torch.zeros_like(gi))
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("dtype", NONFINITE_DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("align", [False, True])
+def test_warp_inpaint_nonfinite_features(backend, dtype, layout, align):
+    # Small flows (samples near their pixel: the border pixels are hit, and samples leave the
+    # image across every edge) and saturated ones (samples up to a full image away).
+    cases = (((2, 5, 6, 10, True), 0.5), ((1, 5, 7, 9, False), 0.5), ((2, 5, 6, 10, True), 3.0))
+    for seed, (shape, flow_scale) in enumerate(cases):
+        g = _fresh(17 + seed)
+        feat, x, logits, skip = _wi_inputs(shape, dtype, g, layout, flow_scale=flow_scale)
+        feat = _layout(_plant_nonfinite(feat), layout).requires_grad_()
+        inputs = [t for t in (feat, x, logits, skip) if t is not None]
+        outs = leo_kernels.warp_inpaint(feat, x, logits, skip, align, backend=backend)
+        assert leo_kernels.last_backend("warp_inpaint") == backend
+        refs = reference.warp_inpaint(feat, x, logits, skip, align)
+        if flow_scale < 1:
+            assert refs[0].isnan().any() and refs[0][:, 0].isfinite().any()
+        for got, want, name in zip(outs, refs, ("warped", "blended", "composed")):
+            _assert_same_nonfinite(got, want, REL_TOL[dtype], name)
+        gouts = [_randn(*o.shape, dtype=dtype, g=g) for o in outs]
+        names = ("feat", "x", "logits", "skip")
+        for got, want, name in zip(_grads(outs, inputs, gouts), _grads(refs, inputs, gouts), names):
+            _assert_same_nonfinite(got, want, GRAD_TOL[dtype], f"grad_{name}")

@@ -159,20 +159,30 @@ struct Taps {
 };
 
 // Packed taps of one output pixel for the NCHW forward loops: 4 offsets + 4 weights in one
-// cache line half, read once per group of channels. Outside corners have weight 0 and offset
-// 0 (always in bounds), so no branch is needed; `scale` folds in a per-pixel factor (the mask).
+// cache line half, read once per group of channels; `scale` folds in a per-pixel factor (the
+// mask). Outside corners have weight 0 and offset -1: their value must be selected to 0, not
+// multiplied by the weight 0 (0 * NaN = NaN: a NaN/Inf in the plane would leak into samples
+// whose corners are outside, where F.grid_sample reads zeros).
 template <typename T>
 struct PackedTap {
   int64_t o[4];
   T w[4];
 };
 
+// Value of a packed corner: plane[o], or 0 for an outside corner (o < 0). Loads in bounds
+// either way and selects, so the compiler needs no branch.
+template <typename T, typename S>
+inline T tap_value(const S* p, int64_t o) {
+  const T v = static_cast<T>(p[o < 0 ? 0 : o]);
+  return o < 0 ? T(0) : v;
+}
+
 template <typename T>
 void pack_taps(const Taps<T>& tp, int64_t n, const T* scale, PackedTap<T>* out) {
   for (int64_t j = 0; j < n; ++j) {
     const T s = scale ? scale[j] : T(1);
     for (int k = 0; k < 4; ++k) {
-      out[j].o[k] = tp.off[k][j];
+      out[j].o[k] = tp.ok[k][j] ? tp.off[k][j] : -1;
       out[j].w[k] = tp.w[k][j] * s;
     }
   }
@@ -188,8 +198,8 @@ inline void sample_rows(const PackedTap<T>* tp, int64_t n, const scalar_t* ip, i
 #pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) {
       const scalar_t* p = ip + c * icstride;
-      const T v = t.w[0] * static_cast<T>(p[t.o[0]]) + t.w[1] * static_cast<T>(p[t.o[1]]) +
-                  t.w[2] * static_cast<T>(p[t.o[2]]) + t.w[3] * static_cast<T>(p[t.o[3]]);
+      const T v = t.w[0] * tap_value<T>(p, t.o[0]) + t.w[1] * tap_value<T>(p, t.o[1]) +
+                  t.w[2] * tap_value<T>(p, t.o[2]) + t.w[3] * tap_value<T>(p, t.o[3]);
       op[c * ocstride + j] = static_cast<scalar_t>(v);
       if constexpr (X) bp[c * ocstride + j] = static_cast<scalar_t>(v + static_cast<T>(xp[c * ocstride + j]) * keep[j]);
     }
@@ -210,9 +220,11 @@ void sample_all_channels(const PackedTap<T>* tp, int64_t n, int64_t C, const sca
 }
 
 // float32 NCHW forward fast path: taps of one row as int32 offsets (within a plane) and weights
-// (mask folded in), structure of arrays, so 8 pixels are sampled with AVX2 gathers. The build
-// targets baseline x86-64, so the AVX2 loop is compiled with a target attribute and chosen at run
-// time.
+// (mask folded in), structure of arrays, so 8 pixels are sampled with AVX2 gathers. Outside
+// corners have offset -1 and weight 0; they are masked out of the gather (the lane reads 0 and
+// touches no memory), never loaded and multiplied by 0, so a NaN/Inf in the plane cannot leak
+// into them. The build targets baseline x86-64, so the AVX2 loop is compiled with a target
+// attribute and chosen at run time.
 struct RowTaps32 {
   std::vector<int32_t> o[4];
   std::vector<float> w[4];
@@ -226,7 +238,7 @@ struct RowTaps32 {
   void fill(const Taps<float>& tp, int64_t n, const float* mask) {
     for (int k = 0; k < 4; ++k)
       for (int64_t j = 0; j < n; ++j) {
-        o[k][j] = static_cast<int32_t>(tp.off[k][j]);
+        o[k][j] = tp.ok[k][j] ? static_cast<int32_t>(tp.off[k][j]) : -1;
         w[k][j] = mask ? tp.w[k][j] * mask[j] : tp.w[k][j];
       }
     if (mask)
@@ -234,12 +246,12 @@ struct RowTaps32 {
   }
 };
 
-// out[j] = sum_k w_k[j] * plane[o_k[j]]; with x: blended[j] = out[j] + x[j] * keep[j].
+// out[j] = sum_k w_k[j] * plane[o_k[j]] (plane[-1] reads as 0); with x: blended[j] = out[j] + x[j] * keep[j].
 inline void sample_plane_scalar(const RowTaps32& t, int64_t j, int64_t n, const float* ip, float* op, const float* xp,
                                 float* bp) {
   for (; j < n; ++j) {
-    const float v = t.w[0][j] * ip[t.o[0][j]] + t.w[1][j] * ip[t.o[1][j]] + t.w[2][j] * ip[t.o[2][j]] +
-                    t.w[3][j] * ip[t.o[3][j]];
+    const float v = t.w[0][j] * tap_value<float>(ip, t.o[0][j]) + t.w[1][j] * tap_value<float>(ip, t.o[1][j]) +
+                    t.w[2][j] * tap_value<float>(ip, t.o[2][j]) + t.w[3][j] * tap_value<float>(ip, t.o[3][j]);
     op[j] = v;
     if (xp) bp[j] = v + xp[j] * t.keep[j];
   }
@@ -248,12 +260,16 @@ inline void sample_plane_scalar(const RowTaps32& t, int64_t j, int64_t n, const 
 #ifdef LEO_WARP_AVX2
 __attribute__((target("avx2,fma"))) void sample_plane_avx2(const RowTaps32& t, int64_t n, const float* ip, float* op,
                                                            const float* xp, float* bp) {
+  const __m256i minus1 = _mm256_set1_epi32(-1);
+  const __m256 zero = _mm256_setzero_ps();
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
-    __m256 v = _mm256_setzero_ps();
+    __m256 v = zero;
     for (int k = 0; k < 4; ++k) {
       const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.o[k].data() + j));
-      v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[k].data() + j), _mm256_i32gather_ps(ip, idx, 4), v);
+      // Lanes with idx == -1 (outside corners) are not gathered and keep 0.
+      const __m256 in = _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, minus1));
+      v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[k].data() + j), _mm256_mask_i32gather_ps(zero, ip, idx, in, 4), v);
     }
     _mm256_storeu_ps(op + j, v);
     if (xp) _mm256_storeu_ps(bp + j, _mm256_fmadd_ps(_mm256_loadu_ps(xp + j), _mm256_loadu_ps(t.keep.data() + j), v));
