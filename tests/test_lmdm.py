@@ -7,15 +7,7 @@ from leo.lmdm import LMDM
 from tests._util import assert_close
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run thousands of tiny ops (a few thousand elements each); on the shared 2-core
-    machine a second intra-op thread only adds synchronization (measured: ~17x more CPU time with
-    2 threads than with 1 under load). Scoped to each test and restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(seed=0, randomize=True, **kw):
