@@ -93,8 +93,14 @@ def run_first_frame(args) -> int:
         summary = train_first_frame(cfg)
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
-    print(f"wrote {summary['weights']} (step {summary['step']})")
+    _report(summary)
     return 0
+
+
+def _report(summary):
+    # Under torchrun only rank 0 writes the weights, so only it says so.
+    if os.environ.get("RANK", "0") == "0":
+        print(f"wrote {summary['weights']} (step {summary['step']})")
 
 
 def run_lmdm(args) -> int:
@@ -120,5 +126,5 @@ def run_lmdm(args) -> int:
         summary = train_lmdm(cfg)
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
-    print(f"wrote {summary['weights']} (step {summary['step']})")
+    _report(summary)
     return 0
