@@ -221,8 +221,15 @@ class FirstFrameModel(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, seed=None, steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
-               cuda_graph=None, diffusion=None) -> torch.Tensor:
-        """n images (n, 3, S, S) in [-1, 1]."""
+               cuda_graph=None, diffusion=None, clip_x0: float | None = 1.0) -> torch.Tensor:
+        """n images (n, 3, S, S) in [-1, 1].
+
+        ``clip_x0`` (default 1: images live in [-1, 1]) clamps the predicted x0 at every step.
+        Without it an eps-prediction model is unusable unless nearly perfect: at the first step
+        (t = T - 1, where the cosine schedule's abar is ~1e-9) x0 = (x_t - sqrt(1 - abar) eps) /
+        sqrt(abar) turns an eps error of 0.01 into an x0 error of ~200, and DDIM carries it into
+        the next state as saturated colour noise.
+        """
         if int(n) < 1:
             raise ValueError(f"n must be a positive number of images, got {n}")
         diffusion = diffusion or self.make_diffusion()
@@ -231,7 +238,7 @@ class FirstFrameModel(nn.Module):
         self.eval()
         try:
             x = diffusion.sample(self, (int(n), 3, s, s), cond=None, sampler=sampler, steps=steps, eta=eta,
-                                 seed=seed, cuda_graph=cuda_graph)
+                                 seed=seed, cuda_graph=cuda_graph, clip_x0=clip_x0)
         finally:
             self.train(was_training)
         return x.clamp(-1, 1)
@@ -261,7 +268,7 @@ def _wrap_checked(fn: Callable, size: int | None, device) -> Callable:
 
 
 def load_first_frame_generator(path, device="cpu", size: int | None = None, steps: int = 50,
-                               sampler: str = "ddim", cuda_graph=None) -> Callable:
+                               sampler: str = "ddim", cuda_graph=None, clip_x0: float | None = 1.0) -> Callable:
     """Generator ``g(n, seed=None) -> (n, 3, S, S)`` in [-1, 1] from a first-frame checkpoint.
 
     ``size`` resizes the samples (e.g. to the animator's size when the image model is smaller).
@@ -270,7 +277,8 @@ def load_first_frame_generator(path, device="cpu", size: int | None = None, step
     diffusion = model.make_diffusion()
 
     def sample(n, seed=None):
-        return model.sample(n, seed=seed, steps=steps, sampler=sampler, cuda_graph=cuda_graph, diffusion=diffusion)
+        return model.sample(n, seed=seed, steps=steps, sampler=sampler, cuda_graph=cuda_graph, diffusion=diffusion,
+                            clip_x0=clip_x0)
 
     gen = _wrap_checked(sample, size, device)
     gen.model = model

@@ -14,8 +14,9 @@ import time
 # name: (videos, frames, size, animator width, animator steps, lmdm steps, first-frame steps,
 #        first-frame size, sampling steps)
 PRESETS = {
-    "full": dict(videos=24, frames=48, size=64, width=0.125, style_dim=128, animator_steps=300,
-                 lmdm_steps=400, ff_steps=300, ff_size=32, sample_steps=25, video_frames=32, window=16),
+    # ~7-8 min on a quiet 2-core CPU (the animator takes ~60% of it): leaves margin below 10 min.
+    "full": dict(videos=24, frames=48, size=64, width=0.125, style_dim=128, animator_steps=700,
+                 lmdm_steps=1500, ff_steps=800, ff_size=32, sample_steps=25, video_frames=32, window=16),
     "quick": dict(videos=4, frames=20, size=32, width=1 / 32, style_dim=32, animator_steps=4,
                   lmdm_steps=6, ff_steps=6, ff_size=16, sample_steps=4, video_frames=10, window=8),
 }
@@ -69,22 +70,39 @@ def _loss_plot(csvs: dict, path):
     from leo.checkpoint_io import atomic_write
     from leo.train.common import read_metrics
 
+    # Losses and held-out eval metrics (PSNR in dB, L1, SSIM) have different scales: the
+    # eval metrics get their own panel, PSNR on a second y axis.
     panels = []
     for name, csv in csvs.items():
         if not os.path.exists(csv):
             continue
-        series = read_metrics(csv)
+        series = {k: v for k, v in read_metrics(csv).items() if v}
         keys = [k for k in series if not k.endswith("_per_s") and k not in ("grad_norm", "lr")]
-        panels.append((name, {k: series[k] for k in keys}))
+        losses = {k: series[k] for k in keys if not k.startswith("eval_")}
+        evals = {k: series[k] for k in keys if k.startswith("eval_")}
+        if losses:
+            panels.append((name, losses))
+        if evals:
+            panels.append((f"{name}: held-out eval", evals))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.2), squeeze=False)
     for ax, (name, series) in zip(axes[0], panels):
-        for k, pts in series.items():
+        twin = None
+        for i, (k, pts) in enumerate(series.items()):
             steps, vals = zip(*pts)
-            ax.plot(steps, vals, lw=1.2, label=k, marker="o" if len(vals) < 5 else None)
+            target = ax
+            if k == "eval_psnr" and len(series) > 1:
+                twin = target = ax.twinx()
+                target.set_ylabel("PSNR (dB)", fontsize=8)
+                target.tick_params(labelsize=7)
+            target.plot(steps, vals, lw=1.2, label=k, color=f"C{i}", marker="o" if len(vals) < 5 else None)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6)
+        handles, labels = ax.get_legend_handles_labels()
+        if twin is not None:
+            h2, l2 = twin.get_legend_handles_labels()
+            handles, labels = handles + h2, labels + l2
+        ax.legend(handles, labels, fontsize=6)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
@@ -173,6 +191,7 @@ def run(args) -> int:
     s3 = train_first_frame(FirstFrameTrainConfig(
         data=data, out_dir=ff_out, image_size=p["ff_size"], base_channels=32 if not args.quick else 8,
         channel_mults=(1, 2, 2) if p["ff_size"] >= 32 else (1, 2), attn_resolutions=(8,), frame_stride=2,
+        objective="v",  # v-prediction: well-posed at the noisiest steps, good samples after short training
         steps=p["ff_steps"], batch_size=16 if not args.quick else 4, lr=1e-3, ema_decay=0.995,
         save_every=max(100, p["ff_steps"]), log_every=max(1, min(10, p["ff_steps"] // 4)), seed=args.seed,
         device=str(device), sample_count=0, resume=os.path.exists(os.path.join(ff_out, "checkpoint.pt")),
