@@ -9,7 +9,6 @@ ran with :func:`last_backend`.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 
 import torch
@@ -39,14 +38,21 @@ def extension_has_cuda() -> bool:
     return _C is not None and bool(_C.with_cuda())
 
 
-@functools.lru_cache(maxsize=None)
-def triton_importable() -> bool:
+def _import_triton() -> bool:
     try:
         import triton  # noqa: F401
         import triton.language  # noqa: F401
     except Exception:
         return False
     return True
+
+
+# Probed once at import; a plain global (not lru_cache) so torch.compile traces it cleanly.
+_TRITON_IMPORTABLE = _import_triton()
+
+
+def triton_importable() -> bool:
+    return _TRITON_IMPORTABLE
 
 
 def triton_interpret() -> bool:
