@@ -18,6 +18,7 @@ import math
 import torch
 
 from leo_kernels import reference
+from leo_kernels.reference import _compute_dtype
 from leo_kernels._backend import extension_loaded, nvtx_range, resolve_backend
 from leo_kernels._checks import check_tensor
 
@@ -55,10 +56,6 @@ def _pad4(op: str, pad) -> tuple[int, int, int, int]:
     if len(vals) == 4:
         return vals
     raise ValueError(f"{op}: pad must have 1, 2 or 4 entries (x0, x1, y0, y1), got {len(vals)}: {pad!r}")
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _channels_last(x: torch.Tensor) -> bool:

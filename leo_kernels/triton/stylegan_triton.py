@@ -10,20 +10,12 @@ import torch
 import triton
 import triton.language as tl
 
+# The layout rules shared with the compiled kernels live with the public ops.
+from leo_kernels.stylegan import _channels_last, _dense, _empty_out  # noqa: F401
+
 _BLOCK = 256
 
 
-def _channels_last(x: torch.Tensor) -> bool:
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-
-def _dense(x: torch.Tensor) -> torch.Tensor:
-    return x if (x.is_contiguous() or _channels_last(x)) else x.contiguous()
-
-
-def _empty_out(x: torch.Tensor, shape) -> torch.Tensor:
-    fmt = torch.channels_last if _channels_last(x) else torch.contiguous_format
-    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
 @triton.jit
