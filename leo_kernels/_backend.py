@@ -89,16 +89,19 @@ def _default_order(kind: str) -> tuple[str, ...]:
     return ("cuda", "triton", "reference") if kind == "cuda" else ("cpu", "reference")
 
 
-def resolve_backend(op: str, device, backend: str | None, supported=BACKENDS) -> str:
+def resolve_backend(op: str, device, backend: str | None, supported=BACKENDS, defaults=None) -> str:
     """Pick the backend for one call of ``op`` on ``device``.
 
     ``backend`` (argument) wins over ``$LEO_KERNELS_BACKEND`` which wins over the
-    default order. ``supported`` lists the backends the op implements. An unknown
-    name raises ValueError; a known but unavailable one raises RuntimeError.
+    default order. ``supported`` lists the backends the op implements; ``defaults``
+    maps a device type to the op's own default order where it differs from the
+    library's (e.g. ``{"cpu": ("reference",)}``). An unknown name raises ValueError;
+    a known but unavailable one raises RuntimeError.
     """
     requested = backend if backend is not None else (os.environ.get(ENV_VAR) or None)
     kind = _device_type(device)
     avail = [b for b in available_backends(device) if b in supported]
+    order = (defaults or {}).get(kind) or _default_order(kind)
     if requested is not None:
         if not isinstance(requested, str) or requested not in BACKENDS:
             raise ValueError(
@@ -108,14 +111,14 @@ def resolve_backend(op: str, device, backend: str | None, supported=BACKENDS) ->
             chosen = requested
         elif backend is None:
             # Environment default that does not apply here (e.g. "cuda" for a CPU tensor).
-            chosen = next(b for b in _default_order(kind) if b in avail)
+            chosen = next(b for b in order if b in avail)
         else:
             raise RuntimeError(
                 f"{op}: backend {requested!r} is not available for {kind} tensors "
                 f"(available: {avail}){_why_unavailable(requested, kind)}"
             )
     else:
-        chosen = next(b for b in _default_order(kind) if b in avail)
+        chosen = next(b for b in order if b in avail)
     if not torch.compiler.is_compiling():
         _LAST[op] = chosen
     return chosen

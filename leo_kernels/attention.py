@@ -15,12 +15,11 @@ Every non-reference backend goes through the custom ops ``leo_kernels::temporal_
 """
 from __future__ import annotations
 
-import os
 
 import torch
 
 from leo_kernels import reference
-from leo_kernels._backend import ENV_VAR, nvtx_range, resolve_backend
+from leo_kernels._backend import nvtx_range, resolve_backend
 from leo_kernels._checks import check_bool, check_same, check_tensor
 
 # "cpu" = an ATen composite of the reference formulas inside the custom ops (no hand-written C++
@@ -38,11 +37,13 @@ def _check_backend_dtype(op, dtype, backend):
         raise TypeError(f"{op}: backend {backend!r} does not support float64 (use 'cpu' or 'reference')")
 
 
+# On CPU tensors the eager reference is the default: it measured faster than the composite.
+_DEFAULTS = {"cpu": ("reference",)}
+
+
 def _resolve(op, t, backend):
     supported = _FLOAT64_BACKENDS if t.dtype == torch.float64 else SUPPORTED
-    if t.device.type == "cpu" and backend is None and not os.environ.get(ENV_VAR):
-        supported = ("reference",)  # default on CPU tensors: the eager reference (fastest here)
-    return resolve_backend(op, t.device, backend, supported)
+    return resolve_backend(op, t.device, backend, supported, _DEFAULTS)
 
 
 def _check_len(op, name, L):

@@ -65,3 +65,13 @@ def test_deterministic_flag_follows_torch():
         assert _backend.deterministic_requested(True) is True
     finally:
         torch.use_deterministic_algorithms(before)
+
+
+def test_op_specific_default_order(monkeypatch):
+    monkeypatch.delenv(_backend.ENV_VAR, raising=False)
+    prefer_ref = {"cpu": ("reference",)}
+    assert _backend.resolve_backend("some_op", "cpu", None, ("cpu", "reference"), prefer_ref) == "reference"
+    # An explicit backend or environment choice still wins over the op's default.
+    assert _backend.resolve_backend("some_op", "cpu", "cpu", ("cpu", "reference"), prefer_ref) == "cpu"
+    monkeypatch.setenv(_backend.ENV_VAR, "cpu")
+    assert _backend.resolve_backend("some_op", "cpu", None, ("cpu", "reference"), prefer_ref) == "cpu"
