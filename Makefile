@@ -5,7 +5,7 @@ PIP := $(PYTHON) -m pip
 PYTEST_ARGS ?=
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: all venv deps build test check-cuda demo bench selfcheck clean
+.PHONY: all venv deps build test check-cuda demo bench selfcheck clean install-check
 
 all: build
 
@@ -14,15 +14,17 @@ all: build
 
 venv: .venv/bin/python
 
-# torch first and pinned, so nothing later can pull a second (CUDA) torch.
+# torch first and pinned, so nothing later can pull a second (CUDA) torch; then the build tools
+# (a Python 3.12 venv has no setuptools). Every other dependency comes from pyproject.toml in `build`.
+TORCH_SPEC ?= torch==2.13.0
 deps: venv
-	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q triton numpy tqdm safetensors av imageio pillow matplotlib \
-	    pytest pytest-benchmark expecttest hypothesis ninja
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q "setuptools>=64" wheel ninja
 
-# Serialized with flock: several builds in one tree at once would clash.
+# The package with its declared dependencies and the test extra (pyproject.toml), built against
+# the torch above. Serialized with flock: several builds in one tree at once would clash.
 build: deps
-	flock .build.lock $(PIP) install -q --no-build-isolation --no-deps -e .
+	flock .build.lock $(PIP) install -q --no-build-isolation -e ".[test]"
 
 selfcheck: build
 	$(PYTHON) -m leo selfcheck
@@ -31,6 +33,11 @@ selfcheck: build
 DEMO_ARGS ?=
 demo: build
 	$(PYTHON) -m leo demo $(DEMO_ARGS)
+
+# A fresh venv with only torch + build tools, `pip install --no-build-isolation -e .`, then `leo --help`
+# and `leo demo --quick`: proves pyproject.toml declares every runtime dependency (CI runs it).
+install-check:
+	TORCH_SPEC="$(TORCH_SPEC)" bash .ci/install_check.sh
 
 check-cuda: deps
 	$(PYTHON) tools/check_cuda_compile.py

@@ -5,12 +5,20 @@ Environment switches (same spirit as torchvision / flash-attn):
   LEO_SKIP_CUDA=1    never build the CUDA part
   MAX_JOBS=N         parallel compile jobs (ninja)
   TORCH_CUDA_ARCH_LIST  CUDA archs; default "8.0;9.0" (sm_90 always included)
+The package metadata (name, dependencies, extras, the `leo` command) is in pyproject.toml.
 Always install with `pip install --no-build-isolation -e .` so the torch already installed is used.
 """
 import glob
 import os
+import sys
 
-from setuptools import find_packages, setup
+from setuptools import setup
+
+try:
+    import torch  # the extension is compiled against the installed torch
+except ImportError:
+    sys.exit("leo: building needs torch: install torch first (e.g. pip install torch==2.13.0), "
+             "then run pip install --no-build-isolation -e .")
 
 
 def _flag(name):
@@ -18,7 +26,6 @@ def _flag(name):
 
 
 def _extensions():
-    import torch
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
 
     here = os.path.dirname(os.path.abspath(__file__))
@@ -67,19 +74,6 @@ def _cmdclass():
 
 
 setup(
-    name="leo",
-    version="0.1.0",
-    description="LEO human video generation: fused flow-warp and temporal-attention kernels, animator, LMDM",
-    packages=find_packages(include=["leo", "leo.*", "leo_kernels", "leo_kernels.*"]),
-    python_requires=">=3.10",
-    # torch is deliberately NOT listed: installing it from here could pull a second (CUDA) torch.
-    install_requires=["numpy", "tqdm", "safetensors", "av", "imageio", "pillow"],
-    extras_require={
-        "triton": ["triton"],
-        "test": ["pytest", "pytest-benchmark", "expecttest", "hypothesis"],
-        "plot": ["matplotlib"],
-    },
     ext_modules=_extensions(),
     cmdclass=_cmdclass(),
-    entry_points={"console_scripts": ["leo=leo.cli:main"]},
 )

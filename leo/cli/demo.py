@@ -64,14 +64,13 @@ def _contact_sheet(videos: dict, path, per_row: int = 8):
     save_image(path, image_grid(torch.cat(rows), nrow=per_row))
 
 
-def _loss_plot(csvs: dict, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _loss_plot(csvs: dict, path) -> bool:
     from leo.checkpoint_io import atomic_write
-    from leo.train.common import read_metrics
+    from leo.train.common import pyplot, read_metrics
+
+    plt = pyplot()
+    if plt is None:  # matplotlib missing: a notice was printed, no plot
+        return False
 
     # Losses and held-out eval metrics (PSNR in dB, L1, SSIM) have different scales: the
     # eval metrics get their own panel, PSNR on a second y axis.
@@ -109,6 +108,7 @@ def _loss_plot(csvs: dict, path):
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
+    return True
 
 
 def _write_video(path, frames, fps):
@@ -234,10 +234,10 @@ def run(args) -> int:
     _contact_sheet({k: results[k] for k in ("real", "conditional", "long", "edited", "unconditional")}, sheet)
     written.append((sheet, "rows: real, conditional, long, edited, unconditional"))
     curves = os.path.join(out, "loss_curves.png")
-    _loss_plot({"animator (stage 1)": os.path.join(out, "animator", "metrics.csv"),
-                "LMDM (stage 2)": os.path.join(lmdm_out, "metrics.csv"),
-                "first-frame": os.path.join(ff_out, "metrics.csv")}, curves)
-    written.append((curves, "training losses"))
+    if _loss_plot({"animator (stage 1)": os.path.join(out, "animator", "metrics.csv"),
+                   "LMDM (stage 2)": os.path.join(lmdm_out, "metrics.csv"),
+                   "first-frame": os.path.join(ff_out, "metrics.csv")}, curves):
+        written.append((curves, "training losses"))
     written += [(animator_path, "animator"), (s2["weights"], "LMDM"), (s3["weights"], "first-frame model")]
 
     print(f"\nleo demo finished in {time.time() - t0:.0f} s on {device}; wrote:")

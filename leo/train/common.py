@@ -363,14 +363,33 @@ def read_metrics(csv_path: str | os.PathLike) -> dict[str, list[tuple[int, float
     return series
 
 
-def plot_losses(csv_path: str | os.PathLike, png_path: str | os.PathLike, keys: list[str] | None = None,
-                title: str | None = None) -> None:
-    """Plot the loss columns of ``csv_path`` (all but throughput by default) into ``png_path``."""
-    import matplotlib
+_PLOT_NOTICE_SHOWN = False
 
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend, or None when matplotlib is not installed: plots are
+    then skipped with a one-line notice (once per process) instead of failing after training."""
+    global _PLOT_NOTICE_SHOWN
+    try:
+        import matplotlib
+    except ImportError:
+        if not _PLOT_NOTICE_SHOWN:
+            print("leo: matplotlib is not installed; skipping loss plots (pip install matplotlib)", file=sys.stderr)
+            _PLOT_NOTICE_SHOWN = True
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_losses(csv_path: str | os.PathLike, png_path: str | os.PathLike, keys: list[str] | None = None,
+                title: str | None = None) -> bool:
+    """Plot the loss columns of ``csv_path`` (all but throughput by default) into ``png_path``.
+    Returns False (nothing written) when matplotlib is missing."""
+    plt = pyplot()
+    if plt is None:
+        return False
     series = read_metrics(csv_path)
     if keys is None:
         keys = [k for k in series if not k.endswith("_per_s") and k != "lr"]
@@ -402,3 +421,4 @@ def plot_losses(csv_path: str | os.PathLike, png_path: str | os.PathLike, keys: 
     os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
     atomic_write(png_path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
+    return True
