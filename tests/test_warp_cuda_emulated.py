@@ -1,41 +1,24 @@
 """The CUDA warp kernels (csrc/cuda/warp_cuda.cu) compiled as host C++ and run on CPU tensors.
 
-No GPU here, so tests/cuda_emu/leo_cuda_emulate.h turns kernel launches into plain loops over blocks
-and threads and the file is built with the C++ compiler. This checks the kernels' index math,
-strides, the channels_last 16-byte path, float32 accumulation, the deterministic sort-gather path
-and the host code against the reference; it cannot see races or anything GPU-specific (those are
-covered by tests/test_warp_cuda.py on a CUDA machine).
+No GPU here, so tests/cuda_emu/leo_cuda_emulate.h runs kernel launches block by block, each block's
+threads as cooperating fibers, and the file is built with the C++ compiler. This checks the kernels'
+index math, strides, the channels_last 16-byte path, float32 accumulation, the deterministic
+sort-gather path and the host code against the reference; it cannot see races or anything
+GPU-specific (those are covered by tests/test_warp_cuda.py on a CUDA machine, docs/GPU.md).
 """
-import pathlib
-
 import pytest
 import torch
-from torch.utils import cpp_extension
 
 from tests._util import channels_last, non_contiguous
 from tests._warp_gpu_checks import PADS, check_compose_flow, check_grid_sample, check_warp_inpaint, randn
+from tests.cuda_emu import emulated_ops
 
-HERE = pathlib.Path(__file__).resolve().parent
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
-
-
-class _EmuOps:
-    def __getattr__(self, name):
-        return getattr(torch.ops.leo_warp_cuda_emu, "_" + name)
 
 
 @pytest.fixture(scope="module")
 def ops():
-    if not hasattr(torch.ops, "leo_warp_cuda_emu") or not hasattr(torch.ops.leo_warp_cuda_emu, "_grid_sample_fwd"):
-        cpp_extension.load(
-            name="leo_warp_cuda_emu",
-            sources=[str(HERE / "cuda_emu" / "warp_cuda_emu.cpp")],
-            extra_include_paths=[str(HERE / "cuda_emu")],
-            extra_cflags=["-O1", "-std=c++20", "-w"],
-            is_python_module=False,
-            verbose=False,
-        )
-    return _EmuOps()
+    return emulated_ops("warp")
 
 
 def _randn(*shape, dtype=torch.float32, scale=1.0):

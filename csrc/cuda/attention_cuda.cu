@@ -12,14 +12,12 @@
 // No atomics: dQ and dK/dV come from separate kernels, so results are deterministic.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <tuple>
+
+#include "leo_cuda.h"  // CUDA headers, LEO_LAUNCH; host emulation under LEO_CUDA_EMULATE
 
 namespace {
 
@@ -390,7 +388,9 @@ __global__ void __launch_bounds__(kThreads)
   }
 
 void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+#ifndef LEO_CUDA_EMULATE
   TORCH_CHECK(q.is_cuda(), "temporal_attention (cuda): q must be a CUDA tensor");
+#endif
   TORCH_CHECK(q.dim() == 4, "temporal_attention (cuda): q must be 4-D (B, heads, L, d), got ", q.sizes());
   TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
               "temporal_attention (cuda): k and v must have q's shape ", q.sizes());
@@ -428,7 +428,7 @@ std::tuple<at::Tensor, at::Tensor> temporal_attention_fwd_cuda(const at::Tensor&
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   LEO_ATTN_DISPATCH(q.scalar_type(), d, {
     const dim3 grid(static_cast<unsigned>(B * H), static_cast<unsigned>((L + kWarps * kRows - 1) / (kWarps * kRows)));
-    attn_fwd_kernel<T, kD, kRows><<<grid, kThreads, 0, stream>>>(
+    LEO_LAUNCH(grid, stream, attn_fwd_kernel<T, kD, kRows>)(
         q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), out.data_ptr<T>(), lse.data_ptr<float>(),
         cos_t.data_ptr<float>(), sin_t.data_ptr<float>(), static_cast<int>(L), scale, rope);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -459,16 +459,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_attention_bwd_cuda(const
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   const int64_t rows = B * H * L;
   LEO_ATTN_DISPATCH(q.scalar_type(), d, {
-    attn_bwd_delta_kernel<T, kD><<<static_cast<unsigned>((rows + kWarps - 1) / kWarps), kThreads, 0, stream>>>(
+    LEO_LAUNCH(static_cast<unsigned>((rows + kWarps - 1) / kWarps), stream, attn_bwd_delta_kernel<T, kD>)(
         out.data_ptr<T>(), dout.data_ptr<T>(), delta.data_ptr<float>(), rows);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const dim3 grid(static_cast<unsigned>(B * H), static_cast<unsigned>((L + kWarps * kRows - 1) / (kWarps * kRows)));
-    attn_bwd_dq_kernel<T, kD, kRows><<<grid, kThreads, 0, stream>>>(
+    LEO_LAUNCH(grid, stream, attn_bwd_dq_kernel<T, kD, kRows>)(
         q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), dout.data_ptr<T>(), lse.data_ptr<float>(),
         delta.data_ptr<float>(), dq.data_ptr<T>(), cos_t.data_ptr<float>(), sin_t.data_ptr<float>(),
         static_cast<int>(L), scale, rope);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    attn_bwd_dkdv_kernel<T, kD, kRows><<<grid, kThreads, 0, stream>>>(
+    LEO_LAUNCH(grid, stream, attn_bwd_dkdv_kernel<T, kD, kRows>)(
         q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), dout.data_ptr<T>(), lse.data_ptr<float>(),
         delta.data_ptr<float>(), dk.data_ptr<T>(), dv.data_ptr<T>(), cos_t.data_ptr<float>(),
         sin_t.data_ptr<float>(), static_cast<int>(L), scale, rope);
@@ -479,7 +479,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_attention_bwd_cuda(const
 
 }  // namespace
 
+#ifndef LEO_CUDA_EMULATE
 TORCH_LIBRARY_IMPL(leo_kernels, CUDA, m) {
   m.impl("_temporal_attention_fwd", &temporal_attention_fwd_cuda);
   m.impl("_temporal_attention_bwd", &temporal_attention_bwd_cuda);
 }
+#else
+TORCH_LIBRARY(leo_attention_cuda_emu, m) {  // same kernels and host code, run on CPU tensors
+  m.def("_temporal_attention_fwd", &temporal_attention_fwd_cuda);
+  m.def("_temporal_attention_bwd", &temporal_attention_bwd_cuda);
+}
+#endif

@@ -6,11 +6,9 @@
 // Launched on the current stream; never synchronizes.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <torch/library.h>
+
+#include "leo_cuda.h"  // CUDA headers, LEO_LAUNCH; host emulation under LEO_CUDA_EMULATE
 
 namespace leo {
 namespace {
@@ -106,7 +104,7 @@ at::Tensor upfirdn2d_fwd_cuda(const at::Tensor& x_in, const at::Tensor& kernel_i
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upfirdn2d_cuda", [&] {
     using acc_t = typename AccType<scalar_t>::type;
-    upfirdn2d_kernel<scalar_t, acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
+    LEO_LAUNCH(num_blocks(total), stream, upfirdn2d_kernel<scalar_t, acc_t>)(
         x.const_data_ptr<scalar_t>(), kernel.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), total, C,
         H, W, Ho, Wo, x.stride(0), x.stride(1), x.stride(2), x.stride(3), out.stride(0), out.stride(1),
         out.stride(2), out.stride(3), (int)upx, (int)upy, (int)downx, (int)downy, (int)padx0, (int)pady0, (int)kh,
@@ -167,7 +165,7 @@ at::Tensor bias_act_cuda(const at::Tensor& x_in, const c10::optional<at::Tensor>
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "bias_act_cuda", [&] {
     using acc_t = typename AccType<scalar_t>::type;
-    bias_act_kernel<scalar_t, acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
+    LEO_LAUNCH(num_blocks(total), stream, bias_act_kernel<scalar_t, acc_t>)(
         x.const_data_ptr<scalar_t>(), has_bias ? bias.const_data_ptr<acc_t>() : nullptr,
         grad_in ? grad.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(), total, C, inner,
         static_cast<acc_t>(slope), static_cast<acc_t>(gain));
@@ -189,8 +187,16 @@ at::Tensor bias_act_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& x,
 }  // namespace
 }  // namespace leo
 
+#ifndef LEO_CUDA_EMULATE
 TORCH_LIBRARY_IMPL(leo_kernels, CUDA, m) {
   m.impl("_upfirdn2d_fwd", &leo::upfirdn2d_fwd_cuda);
   m.impl("_bias_act_fwd", &leo::bias_act_fwd_cuda);
   m.impl("_bias_act_bwd", &leo::bias_act_bwd_cuda);
 }
+#else
+TORCH_LIBRARY(leo_stylegan_cuda_emu, m) {  // same kernels and host code, run on CPU tensors
+  m.def("_upfirdn2d_fwd", &leo::upfirdn2d_fwd_cuda);
+  m.def("_bias_act_fwd", &leo::bias_act_fwd_cuda);
+  m.def("_bias_act_bwd", &leo::bias_act_bwd_cuda);
+}
+#endif

@@ -17,17 +17,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
-#ifdef LEO_CUDA_EMULATE
-// Host emulation for testing the kernels without a GPU (tests/cuda_emu/): the kernels run as
-// plain C++ loops over blocks and threads on CPU tensors. Never used in the real build.
-#include "leo_cuda_emulate.h"
-#else
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#define LEO_LAUNCH(blocks, stream, ...) __VA_ARGS__<<<(blocks), kThreads, 0, (stream)>>>
-#endif
+#include "leo_cuda.h"  // CUDA headers, LEO_LAUNCH; host emulation under LEO_CUDA_EMULATE
 
 #include <cstdint>
 #include <optional>

@@ -1,0 +1,4 @@
+// csrc/cuda/attention_cuda.cu compiled as host C++ (see leo_cuda_emulate.h); registers its compiled ops
+// as torch.ops.leo_attention_cuda_emu._* on CPU tensors.
+#define LEO_CUDA_EMULATE 1
+#include "../../csrc/cuda/attention_cuda.cu"
