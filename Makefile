@@ -5,7 +5,7 @@ PIP := $(PYTHON) -m pip
 PYTEST_ARGS ?=
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: all venv deps build test check-cuda demo bench selfcheck clean install-check
+.PHONY: all venv deps build test check-cuda demo bench selfcheck clean install-check bench-results
 
 all: build
 
@@ -47,6 +47,10 @@ test: build
 
 bench: build
 	$(PYTHON) -m pytest benchmarks --benchmark-only $(PYTEST_ARGS)
+
+# Every benchmark once, then benchmarks/RESULTS.md rewritten (machine, threads and command per table).
+bench-results: build
+	$(PYTHON) benchmarks/report.py
 
 clean:
 	rm -rf build leo_kernels/*.so *.egg-info .build.lock

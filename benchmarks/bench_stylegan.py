@@ -1,29 +1,50 @@
-"""upfirdn2d and bias_act: fused backends vs their eager forms, at the animator's (LIA) shapes.
+"""upfirdn2d and bias_act: leo's fused backends vs the baselines a user would pick, at the animator's
+(LIA) shapes, paired and interleaved (_timing.compare).
 
-Eager baselines are leo_kernels.reference (upfirdn2d: zero insertion + pad + conv2d; bias_act:
-add + leaky_relu + mul), run in the same session. `pytest benchmarks/bench_stylegan.py --benchmark-only`
-(add `--benchmark-group-by=param:case` to compare side by side).
+Baselines: eager = leo_kernels.reference (upfirdn2d: zero insertion + pad + conv2d, the StyleGAN2
+reference form; bias_act: add + leaky_relu + mul), compiled = torch.compile of the same.
+
+    pytest benchmarks/bench_stylegan.py --benchmark-only
+
+CPU: float32 and a few cases by default (LEO_BENCH_FULL=1: every case, bfloat16 too); with CUDA every
+case at batch 32, float32 and bfloat16, for every leo GPU backend.
 """
 import math
 
 import pytest
 import torch
+from _timing import FULL, compare
 
 import leo_kernels
 from leo_kernels import reference
 
 _CUDA = torch.cuda.is_available()
-DEVICES = ["cpu"] + (["cuda"] if _CUDA else [])
-# CPU runs at 1 thread (stable on a shared machine) and at torch's default thread count.
-THREADS = [1, torch.get_num_threads()]
+DEVICE = "cuda" if _CUDA else "cpu"
+DTYPES = [torch.float32, torch.bfloat16] if FULL else [torch.float32]
+ROUNDS = 20 if _CUDA else 5
+
+# name -> (shape at batch B (B filled in), kernel scale, up, down, pad)
+UPFIRDN_CASES = {
+    "blur_512x32_pad22": ((512, 32, 32), 1, 1, 1, (2, 2)),
+    "rgb_up2_3x128": ((3, 128, 128), 4, 2, 1, (2, 1)),
+    "down2_64x256": ((64, 256, 256), 1, 1, 2, (1, 1)),
+}
+if FULL:
+    UPFIRDN_CASES |= {
+        "blur_512x16_pad22": ((512, 16, 16), 1, 1, 1, (2, 2)),
+        "upblur_512x33_pad11": ((512, 33, 33), 4, 1, 1, (1, 1)),
+        "blur_64x256_pad22": ((64, 256, 256), 1, 1, 1, (2, 2)),
+    }
+BIAS_ACT_CASES = {"512x32": (512, 32, 32), "linear_512": (512,)}
+if FULL:
+    BIAS_ACT_CASES["64x256"] = (64, 256, 256)
+_DTYPE_IDS = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
 
 
-@pytest.fixture(params=THREADS, ids=lambda n: f"threads{n}")
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
+def _batch(shape):
+    if _CUDA:
+        return 32
+    return 1 if shape[-1] >= 256 else 2  # small batch on the 2-core CPU
 
 
 def _fir(scale=1.0):
@@ -32,108 +53,98 @@ def _fir(scale=1.0):
     return k / k.sum() * scale
 
 
-# name -> (shape at batch B (B filled in), kernel scale, up, down, pad)
-UPFIRDN_CASES = {
-    "blur_512x16_pad22": ((512, 16, 16), 1, 1, 1, (2, 2)),
-    "blur_512x32_pad22": ((512, 32, 32), 1, 1, 1, (2, 2)),
-    "upblur_512x33_pad11": ((512, 33, 33), 4, 1, 1, (1, 1)),
-    "rgb_up2_3x128": ((3, 128, 128), 4, 2, 1, (2, 1)),
-    "blur_64x256_pad22": ((64, 256, 256), 1, 1, 1, (2, 2)),
-    "down2_64x256": ((64, 256, 256), 1, 1, 2, (1, 1)),
-}
-BIAS_ACT_CASES = {"512x32": (512, 32, 32), "64x256": (64, 256, 256), "linear_512": (512,)}
+def _leo_backends():
+    return [b for b in leo_kernels.available_backends(DEVICE) if b != "reference"]
 
 
-def _batch(device, case_shape):
-    if device == "cuda":
-        return 32
-    return 1 if case_shape[-1] >= 256 else 2  # small batch on the 2-core CPU
+_COMPILED = {}
 
 
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
+def _compiled(name, fn):
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile(fn, dynamic=False)
+    return _COMPILED[name]
 
 
-def _fast_backend(device):
-    return "cuda" if device == "cuda" else "cpu"
+def _check(impls, args, dtype):
+    with torch.no_grad():
+        outs = {k: fn(*args) for k, fn in impls.items()}
+    ref = outs["eager"].double()
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    for k, out in outs.items():
+        err = ((out.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+        assert err < tol, f"{k} disagrees with the reference: relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
-@pytest.mark.parametrize("impl", ["fused", "eager"])
-@pytest.mark.parametrize("case", list(UPFIRDN_CASES))
-def test_upfirdn2d(benchmark, case, impl, dtype, device, threads):
-    shape, scale, up, down, pad = UPFIRDN_CASES[case]
-    b = _batch(device, shape)
-    x = torch.randn(b, *shape, device=device, dtype=dtype)
-    k = _fir(scale).to(device)
+def _info(benchmark, op, case, shape, dtype, mode):
+    dt = _DTYPE_IDS[dtype]
+    benchmark.extra_info.update(op=op, device=DEVICE, shape=list(shape), dtype=dt, mode=mode,
+                                case=f"{case} {tuple(shape)} {dt}, {mode}")
+
+
+def _upfirdn_impls(up, down, pad):
     p4 = (*pad, *pad)
-    if impl == "fused":
-        backend = _fast_backend(device)
-        fn = lambda: leo_kernels.upfirdn2d(x, k, up, down, pad, backend=backend)  # noqa: E731
-    else:
-        backend = "reference"
-        fn = lambda: reference.upfirdn2d(x, k, (up, up), (down, down), p4)  # noqa: E731
-    benchmark.extra_info.update(
-        op="upfirdn2d", case=case, impl=impl, backend=backend, shape=list(x.shape), dtype=str(dtype),
-        device=device, up=up, down=down, pad=list(pad), threads=torch.get_num_threads(),
-    )
+    impls = {f"leo-{b}": (lambda b: lambda x, k: leo_kernels.upfirdn2d(x, k, up, down, pad, backend=b))(b)
+             for b in _leo_backends()}
 
-    def run():
-        out = fn()
-        _sync(device)
-        return out
+    def eager(x, k):
+        return reference.upfirdn2d(x, k, (up, up), (down, down), p4)
 
-    out = benchmark(run)
-    assert out.shape[0] == b
+    impls["eager"] = eager
+    compiled = _compiled("upfirdn2d", reference.upfirdn2d)
+    impls["compiled"] = lambda x, k: compiled(x, k, (up, up), (down, down), p4)
+    return impls
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("impl", ["fused", "eager"])
-@pytest.mark.parametrize("case", ["blur_512x32_pad22", "rgb_up2_3x128"])
-def test_upfirdn2d_fwd_bwd(benchmark, case, impl, device, threads):
+@pytest.mark.parametrize("dtype", DTYPES, ids=_DTYPE_IDS.get)
+@pytest.mark.parametrize("case", list(UPFIRDN_CASES))
+def test_upfirdn2d(benchmark, case, dtype):
     shape, scale, up, down, pad = UPFIRDN_CASES[case]
-    b = _batch(device, shape)
-    x = torch.randn(b, *shape, device=device, requires_grad=True)
-    k = _fir(scale).to(device)
-    backend = _fast_backend(device) if impl == "fused" else "reference"
-    benchmark.extra_info.update(
-        op="upfirdn2d fwd+bwd", case=case, impl=impl, backend=backend, shape=list(x.shape), dtype="float32",
-        device=device, threads=torch.get_num_threads(),
-    )
-
-    def run():
-        out = leo_kernels.upfirdn2d(x, k, up, down, pad, backend=backend)
-        (g,) = torch.autograd.grad(out, x, torch.ones_like(out))
-        _sync(device)
-        return g
-
-    benchmark(run)
+    x = torch.randn(_batch(shape), *shape).to(DEVICE, dtype)
+    k = _fir(scale).to(DEVICE)
+    impls = _upfirdn_impls(up, down, pad)
+    ours = [n for n in impls if n.startswith("leo-")]
+    _check(impls, (x, k), dtype)
+    _info(benchmark, "upfirdn2d", case, x.shape, dtype, "forward")
+    with torch.no_grad():
+        out_numel = impls["eager"](x, k).numel()
+        calls = {n: (lambda fn: lambda: fn(x, k))(fn) for n, fn in impls.items()}
+        compare(benchmark, calls, ours, rounds=ROUNDS, nbytes=(x.numel() + out_numel) * x.element_size())
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
-@pytest.mark.parametrize("impl", ["fused", "eager"])
+@pytest.mark.parametrize("case", ["blur_512x32_pad22", "rgb_up2_3x128"])
+def test_upfirdn2d_fwd_bwd(benchmark, case):
+    shape, scale, up, down, pad = UPFIRDN_CASES[case]
+    x = torch.randn(_batch(shape), *shape, device=DEVICE, requires_grad=True)
+    k = _fir(scale).to(DEVICE)
+    impls = _upfirdn_impls(up, down, pad)
+    ours = [n for n in impls if n.startswith("leo-")]
+    _check(impls, (x, k), torch.float32)
+    grad = torch.ones_like(impls["eager"](x, k))
+    _info(benchmark, "upfirdn2d", case, x.shape, torch.float32, "forward_backward")
+    calls = {n: (lambda fn: lambda: torch.autograd.grad(fn(x, k), x, grad))(fn) for n, fn in impls.items()}
+    # forward: read x, write out; backward: read grad_out, write grad_x
+    compare(benchmark, calls, ours, rounds=ROUNDS, nbytes=2 * (x.numel() + grad.numel()) * x.element_size())
+
+
+def _bias_act_eager(x, bias):
+    return reference.bias_act(x, bias, 0.2, math.sqrt(2.0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_DTYPE_IDS.get)
 @pytest.mark.parametrize("case", list(BIAS_ACT_CASES))
-def test_bias_act(benchmark, case, impl, dtype, device, threads):
+def test_bias_act(benchmark, case, dtype):
     shape = BIAS_ACT_CASES[case]
-    b = _batch(device, shape) if len(shape) > 1 else 64
-    x = torch.randn(b, *shape, device=device, dtype=dtype)
-    bias = torch.randn(shape[0], device=device, dtype=dtype)
-    backend = _fast_backend(device) if impl == "fused" else "reference"
-    if impl == "fused":
-        fn = lambda: leo_kernels.bias_act(x, bias, 0.2, math.sqrt(2.0), backend=backend)  # noqa: E731
-    else:
-        fn = lambda: reference.bias_act(x, bias, 0.2, math.sqrt(2.0))  # noqa: E731
-    benchmark.extra_info.update(
-        op="bias_act", case=case, impl=impl, backend=backend, shape=list(x.shape), dtype=str(dtype), device=device,
-        threads=torch.get_num_threads(),
-    )
-
-    def run():
-        out = fn()
-        _sync(device)
-        return out
-
-    benchmark(run)
+    b = _batch(shape) if len(shape) > 1 else 64
+    x = torch.randn(b, *shape).to(DEVICE, dtype)
+    bias = torch.randn(shape[0]).to(DEVICE, dtype)
+    impls = {f"leo-{be}": (lambda be: lambda x, bias: leo_kernels.bias_act(x, bias, 0.2, math.sqrt(2.0), backend=be))(be)
+             for be in _leo_backends()}
+    ours = list(impls)
+    impls["eager"] = _bias_act_eager
+    impls["compiled"] = _compiled("bias_act", _bias_act_eager)
+    _check(impls, (x, bias), dtype)
+    _info(benchmark, "bias_act", case, x.shape, dtype, "forward")
+    with torch.no_grad():
+        calls = {n: (lambda fn: lambda: fn(x, bias))(fn) for n, fn in impls.items()}
+        compare(benchmark, calls, ours, rounds=ROUNDS, nbytes=(2 * x.numel() + bias.numel()) * x.element_size())

@@ -1,66 +1,78 @@
-"""warp_inpaint and grid_sample: leo backends vs the eager chain and its torch.compile.
+"""warp_inpaint and grid_sample: leo backends vs the baselines a user would pick, paired and interleaved.
 
-The eager chain is one decoder level written the way LIA's decoder computes it: FIR upsampling
-of the skip flow as zero insertion + pad + grouped conv, add, tanh, identity grid from linspace,
-F.grid_sample, sigmoid mask, multiply, blend. Every impl is checked against leo's reference
-before timing.
+Baselines, every one checked against leo's reference before timing:
+- eager: the efficient eager form (leo_kernels.reference: separable FIR upsampling, F.grid_sample);
+- LIA chain: one decoder level written the way LIA's decoder computes it (FIR upsampling of the skip
+  flow as zero insertion + pad + grouped conv, identity grid from meshgrid, tanh, F.grid_sample,
+  sigmoid mask, multiply, blend);
+- compiled: torch.compile of the efficient eager form.
 
-  pytest benchmarks/bench_warp.py --benchmark-only --benchmark-group-by=param:case,param:dtype,param:mode
+Inputs: smooth flows by default, as a trained animator produces (low-frequency fields, displacements
+of a few pixels); random per-pixel flows (displacements up to a third of the image, scattered
+gathers) as the stated worst case, on the first shape of each device.
 
-CPU cases are small enough for a 2-core machine; the decoder shapes of a 256 model (batch 1/16,
-float32/bfloat16) run when CUDA is present. Backends are every leo backend available on the
-device, so triton/cuda appear automatically on a GPU machine.
+    pytest benchmarks/bench_warp.py --benchmark-only
+
+CPU: one (4,64,128,128) float32 case by default (LEO_BENCH_FULL=1 adds two); with CUDA, the decoder
+shapes of a 256 model at batch 16 and 1, float32 and bfloat16, for every leo GPU backend.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from _timing import FULL, compare
 
 import leo_kernels
 from leo_kernels import reference
 
 _CUDA = torch.cuda.is_available()
 
-# (device, case name, N, C, H, W, dtype, with skip)
-CASES = [
-    ("cpu", "1x64x128x128", 1, 64, 128, 128, torch.float32, True),
-    ("cpu", "4x64x128x128", 4, 64, 128, 128, torch.float32, True),
-    ("cpu", "4x512x16x16", 4, 512, 16, 16, torch.float32, True),
-]
+# (device, N, C, H, W, dtype, with skip)
 if _CUDA:
-    for n in (1, 16):
-        for dtype in (torch.float32, torch.bfloat16):
-            for c, s in ((512, 8), (512, 16), (512, 32), (256, 64), (128, 128), (64, 256)):
-                CASES.append(("cuda", f"{n}x{c}x{s}x{s}", n, c, s, s, dtype, s > 8))
-
-GS_CASES = [("cpu", "4x64x128x128", 4, 64, 128, 128, torch.float32)]
-if _CUDA:
-    for n in (1, 16):
-        for dtype in (torch.float32, torch.bfloat16):
-            GS_CASES += [("cuda", "%dx64x256x256" % n, n, 64, 256, 256, dtype), ("cuda", "%dx512x32x32" % n, n, 512, 32, 32, dtype)]
-
-
-def _impls(device):
-    fast = [b for b in leo_kernels.available_backends(device) if b != "reference"]
-    return [f"leo-{b}" for b in fast] + ["eager", "compiled"]
+    CASES = [("cuda", n, c, s, s, dtype, s > 8)
+             for n in (16, 1) for dtype in (torch.float32, torch.bfloat16)
+             for c, s in ((64, 256), (128, 128), (256, 64), (512, 32), (512, 16), (512, 8))]
+    GS_CASES = [("cuda", n, c, s, s, dtype) for n in (16, 1) for dtype in (torch.float32, torch.bfloat16)
+                for c, s in ((64, 256), (512, 32))]
+else:
+    CASES = [("cpu", 4, 64, 128, 128, torch.float32, True)]
+    if FULL:
+        CASES += [("cpu", 1, 64, 128, 128, torch.float32, True), ("cpu", 4, 512, 16, 16, torch.float32, True)]
+    GS_CASES = [("cpu", 4, 64, 128, 128, torch.float32)]
+MODES = ["forward", "forward_backward"]
+ROUNDS = 20 if _CUDA else 5
 
 
 def _params(cases):
+    """Every case with a smooth flow; the cases of the first shape also with the random worst case."""
     out = []
     for case in cases:
-        for impl in _impls(case[0]):
-            dt = str(case[6]).replace("torch.", "")
-            out.append(pytest.param(case, impl, id=f"{case[0]}-{case[1]}-{dt}-{impl}"))
+        device, n, c, h, w, dtype = case[:6]
+        flows = ["smooth", "random"] if case[1:5] == cases[0][1:5] else ["smooth"]
+        for flow in flows:
+            dt = str(dtype).replace("torch.", "")
+            out.append(pytest.param(case, flow, id=f"{device}-{n}x{c}x{h}x{w}-{dt}-{flow}"))
     return out
 
 
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
+# --------------------------------------------------------------------------- realistic inputs
+def flow_logits(n, h, w, kind, generator, pixels=3.0):
+    """(n, 3, h, w) warp logits: channels 0-1 the flow (tanh of it is the displacement in normalized
+    coordinates), channel 2 the occlusion-mask logit.
+    smooth: low-frequency fields (bicubic upsampling of a 4x4 grid) with displacements of about
+    ``pixels`` pixels, like a trained animator's; random: independent per-pixel values, displacements
+    up to about a third of the image (the worst case for the gathers)."""
+    if kind == "random":
+        return torch.randn(n, 3, h, w, generator=generator) * 0.5
+    if kind != "smooth":
+        raise ValueError(f"flow kind must be 'smooth' or 'random', got {kind!r}")
+    coarse = torch.randn(n, 3, 4, 4, generator=generator)
+    field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)
+    scale = torch.tensor([pixels * 2 / w, pixels * 2 / h, 2.0]).view(1, 3, 1, 1)  # normalized units
+    return field * scale
 
 
-# --------------------------------------------------------------------------- the eager chain
 def _fir_up2_weight(channels, device, dtype):
     k = torch.tensor([1.0, 3.0, 3.0, 1.0])
     k = torch.outer(k, k)
@@ -68,7 +80,8 @@ def _fir_up2_weight(channels, device, dtype):
     return k.flip(0, 1).view(1, 1, 4, 4).repeat(channels, 1, 1, 1).to(device=device, dtype=dtype)
 
 
-def eager_level(feat, x, logits, skip, fir):
+def lia_chain(feat, x, logits, skip, fir):
+    """One decoder level the way LIA computes it."""
     if skip is not None:
         n, c, h, w = skip.shape
         up = F.pad(skip.reshape(n, c, h, 1, w, 1), (0, 1, 0, 0, 0, 1)).reshape(n, c, 2 * h, 2 * w)
@@ -93,18 +106,15 @@ def eager_level(feat, x, logits, skip, fir):
 _COMPILED = {}
 
 
-def _compiled_level():
-    if "level" not in _COMPILED:
-        _COMPILED["level"] = torch.compile(eager_level, dynamic=False)
-    return _COMPILED["level"]
+def _compiled(name, fn):
+    """One torch.compile wrapper per function, reused by every case (each shape compiles once)."""
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile(fn, dynamic=False)
+    return _COMPILED[name]
 
 
-def _level_fn(impl, fir):
-    if impl.startswith("leo-"):
-        backend = impl[4:]
-        return lambda f, x, l, s: leo_kernels.warp_inpaint(f, x, l, s, backend=backend)
-    fn = eager_level if impl == "eager" else _compiled_level()
-    return lambda f, x, l, s: fn(f, x, l, s, fir)
+def _leo_backends(device):
+    return [b for b in leo_kernels.available_backends(device) if b != "reference"]
 
 
 def _close(a, b, dtype):
@@ -113,6 +123,26 @@ def _close(a, b, dtype):
     assert err < tol, f"benchmarked impl disagrees with the reference: relative error {err:.2e}"
 
 
+def _call(fn, inputs, grads, backward):
+    """A zero-argument call: the forward under no_grad, or forward + gradients of every input."""
+    if backward:
+        return lambda: torch.autograd.grad(fn(*inputs), inputs, grads)
+
+    def forward():
+        with torch.no_grad():
+            return fn(*inputs)
+
+    return forward
+
+
+def _case_info(benchmark, op, shape, dtype, device, flow, mode):
+    benchmark.extra_info.update(
+        op=op, device=device, shape=list(shape), dtype=str(dtype).replace("torch.", ""), flow=flow, mode=mode,
+        case=f"{'x'.join(map(str, shape))} {str(dtype).replace('torch.', '')}, {flow} flow, {mode}",
+    )
+
+
+# --------------------------------------------------------------------------- warp_inpaint
 def _wi_bytes(n, c, h, w, esize, with_skip, backward):
     big, small = n * c * h * w, n * 3 * h * w
     skip = n * 3 * (h // 2) * (w // 2) if with_skip else 0
@@ -124,103 +154,73 @@ def _wi_bytes(n, c, h, w, esize, with_skip, backward):
     return (fwd + 6 * big + 3 * small + skip) * esize
 
 
-@pytest.mark.parametrize("mode", ["forward", "forward_backward"])
-@pytest.mark.parametrize("case, impl", _params(CASES))
-def test_warp_inpaint(benchmark, record_throughput, case, impl, mode):
-    device, name, n, c, h, w, dtype, with_skip = case
-    g = torch.Generator(device=device).manual_seed(0)
-    mk = lambda *s, scale=1.0: (torch.randn(*s, device=device, generator=g) * scale).to(dtype)  # noqa: E731
-    feat, x = mk(n, c, h, w), mk(n, c, h, w)
-    logits = mk(n, 3, h, w, scale=0.5)
-    skip = mk(n, 3, h // 2, w // 2, scale=0.5) if with_skip else None
-    fir = _fir_up2_weight(3, device, dtype)
-    fn = _level_fn(impl, fir)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case, flow", _params(CASES))
+def test_warp_inpaint(benchmark, case, flow, mode):
+    device, n, c, h, w, dtype, with_skip = case
     backward = mode == "forward_backward"
+    g = torch.Generator().manual_seed(0)
+    dev = lambda t: t.to(device, dtype).requires_grad_(backward)  # noqa: E731
+    feat, x = dev(torch.randn(n, c, h, w, generator=g)), dev(torch.randn(n, c, h, w, generator=g))
+    logits = dev(flow_logits(n, h, w, flow, g))
+    skip = dev(flow_logits(n, h // 2, w // 2, flow, g) * 0.5) if with_skip else None
     inputs = [t for t in (feat, x, logits, skip) if t is not None]
-    if backward:
-        for t in inputs:
-            t.requires_grad_(True)
-    grads = [mk(n, c, h, w), mk(n, c, h, w), mk(n, 3, h, w)]
+    grads = [torch.randn(n, k, h, w, generator=g).to(device, dtype) for k in (c, c, 3)]
+    fir = _fir_up2_weight(3, device, dtype)
 
-    # Same function as the reference (checked once, untimed; also warms up / compiles).
-    with torch.no_grad():
+    impls = {f"leo-{b}": (lambda b: lambda *t: leo_kernels.warp_inpaint(*t, backend=b))(b) for b in _leo_backends(device)}
+    ours = list(impls)
+    with_opt_skip = (lambda fn: fn) if with_skip else (lambda fn: lambda f, x_, l: fn(f, x_, l, None))
+    impls["eager"] = with_opt_skip(reference.warp_inpaint)
+    impls["LIA chain"] = with_opt_skip(lambda f, x_, l, s: lia_chain(f, x_, l, s, fir))
+    impls["compiled"] = with_opt_skip(_compiled("warp_inpaint", reference.warp_inpaint))
+
+    with torch.no_grad():  # every implementation computes the same function (untimed)
         ref = reference.warp_inpaint(feat, x, logits, skip)
-        got = fn(feat, x, logits, skip)
-    for a, b in zip(got, ref):
-        _close(a, b, dtype)
+        for fn in impls.values():
+            for a, b in zip(fn(*inputs), ref):
+                _close(a, b, dtype)
 
-    def run():
-        if backward:
-            outs = fn(feat, x, logits, skip)
-            res = torch.autograd.grad(outs, inputs, grads)
-        else:
-            with torch.no_grad():
-                res = fn(feat, x, logits, skip)
-        _sync(device)
-        return res
-
-    run()
-    benchmark.extra_info.update(
-        case=name, shape=(n, c, h, w), skip=with_skip, dtype=str(dtype), device=device, impl=impl, mode=mode,
-        torch_threads=torch.get_num_threads(),
-    )
-    benchmark.pedantic(run, rounds=10 if device == "cpu" else 50, iterations=1, warmup_rounds=1)
-    record_throughput(benchmark, _wi_bytes(n, c, h, w, feat.element_size(), with_skip, backward))
+    _case_info(benchmark, "warp_inpaint", (n, c, h, w), dtype, device, flow, mode)
+    benchmark.extra_info["skip"] = with_skip
+    compare(benchmark, {k: _call(fn, inputs, grads, backward) for k, fn in impls.items()}, ours,
+            rounds=ROUNDS, nbytes=_wi_bytes(n, c, h, w, feat.element_size(), with_skip, backward))
 
 
 # --------------------------------------------------------------------------- grid_sample
-def _gs_fn(impl, padding):
-    if impl.startswith("leo-"):
-        backend = impl[4:]
-        return lambda i, gr: leo_kernels.grid_sample(i, gr, padding, False, backend=backend)
-    if impl == "eager":
-        return lambda i, gr: F.grid_sample(i, gr, padding_mode=padding, align_corners=False)
-    key = ("gs", padding)
-    if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(
-            lambda i, gr: F.grid_sample(i, gr, padding_mode=padding, align_corners=False), dynamic=False
-        )
-    return _COMPILED[key]
+def _grid(n, h, w, flow, g):
+    if flow == "random":
+        return torch.rand(n, h, w, 2, generator=g) * 2.2 - 1.1
+    return reference.flow_grid(flow_logits(n, h, w, flow, g))  # identity + a smooth few-pixel flow
 
 
-@pytest.mark.parametrize("mode", ["forward", "backward"])
-@pytest.mark.parametrize("case, impl", _params(GS_CASES))
-def test_grid_sample(benchmark, record_throughput, case, impl, mode):
-    device, name, n, c, h, w, dtype = case
-    g = torch.Generator(device=device).manual_seed(1)
-    inp = torch.randn(n, c, h, w, device=device, generator=g).to(dtype)
-    grid = (torch.rand(n, h, w, 2, device=device, generator=g) * 2.2 - 1.1).to(dtype)
-    fn = _gs_fn(impl, "zeros")
+def _f_grid_sample(inp, grid):
+    return F.grid_sample(inp, grid, padding_mode="zeros", align_corners=False)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case, flow", _params(GS_CASES))
+def test_grid_sample(benchmark, case, flow, mode):
+    device, n, c, h, w, dtype = case
+    backward = mode == "forward_backward"
+    g = torch.Generator().manual_seed(1)
+    inp = torch.randn(n, c, h, w, generator=g).to(device, dtype).requires_grad_(backward)
+    grid = _grid(n, h, w, flow, g).to(device, dtype).requires_grad_(backward)
+    grads = [torch.randn(n, c, h, w, generator=g).to(device, dtype)]
+
+    impls = {f"leo-{b}": (lambda b: lambda i, gr: leo_kernels.grid_sample(i, gr, "zeros", False, backend=b))(b)
+             for b in _leo_backends(device)}
+    ours = list(impls)
+    impls["eager"] = _f_grid_sample
+    impls["compiled"] = _compiled("grid_sample", _f_grid_sample)
     with torch.no_grad():
-        _close(fn(inp, grid), reference.grid_sample(inp, grid), dtype)
-    backward = mode == "backward"
-    if backward:
-        inp.requires_grad_(True)
-        grid.requires_grad_(True)
-        out = fn(inp, grid)
-        gout = torch.randn_like(out)
+        ref = reference.grid_sample(inp, grid)
+        for fn in impls.values():
+            _close(fn(inp, grid), ref, dtype)
 
-        def run():
-            res = torch.autograd.grad(out, (inp, grid), gout, retain_graph=True)
-            _sync(device)
-            return res
-
-    else:
-
-        def run():
-            with torch.no_grad():
-                res = fn(inp, grid)
-            _sync(device)
-            return res
-
-    run()
-    benchmark.extra_info.update(
-        case=name, shape=(n, c, h, w), grid=(n, h, w, 2), dtype=str(dtype), device=device, impl=impl, mode=mode,
-        torch_threads=torch.get_num_threads(),
-    )
-    benchmark.pedantic(run, rounds=10 if device == "cpu" else 50, iterations=1, warmup_rounds=1)
-    es = inp.element_size()
-    big, gbytes = n * c * h * w, n * h * w * 2
-    # forward: read input + grid, write output; backward: read grad_out, input, grid; write grad_input, grad_grid
-    nbytes = (2 * big + gbytes) * es if not backward else (3 * big + 2 * gbytes) * es
-    record_throughput(benchmark, nbytes)
+    _case_info(benchmark, "grid_sample", (n, c, h, w), dtype, device, flow, mode)
+    es, big, gbytes = inp.element_size(), n * c * h * w, n * h * w * 2
+    # forward: read input + grid, write output; backward adds: read grad_out, input, grid; write grad_input, grad_grid
+    nbytes = (2 * big + gbytes) * es + ((3 * big + 2 * gbytes) * es if backward else 0)
+    compare(benchmark, {k: _call(fn, [inp, grid], grads, backward) for k, fn in impls.items()}, ours,
+            rounds=ROUNDS, nbytes=nbytes)

@@ -1,33 +1,79 @@
-"""Benchmark session set-up shared by benchmarks/*.py (pytest-benchmark).
+"""Benchmark session set-up shared by benchmarks/bench_*.py (pytest-benchmark).
 
-Run with `pytest benchmarks --benchmark-only` (`make bench`). Each benchmark records its shapes,
-dtype and device in `benchmark.extra_info`; the header below records the machine.
+`pytest benchmarks --benchmark-only` (`make bench`) runs every file here: short settings on CPU (a
+few minutes on 2 cores), the full set when CUDA is present or LEO_BENCH_FULL=1 (see _timing.py).
+`python benchmarks/report.py` (`make bench-results`) runs the same and rewrites RESULTS.md.
+Every benchmark times leo against its baselines with _timing.compare (paired, interleaved).
 """
 import os
 import platform
 
 import pytest
 import torch
+from _timing import FULL, RESULTS
+
+# Each benchmark case compiles its own shapes; past dynamo's recompile limit (8 per function) the
+# `compiled` baselines would silently run eagerly.
+torch._dynamo.config.recompile_limit = 256
+torch._dynamo.config.accumulated_recompile_limit = 4096
+
+
+def pytest_configure(config):
+    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:torch.*")  # inductor start-up noise
+
+
+def pytest_collect_file(file_path, parent):
+    """Collect bench_*.py, which pytest's default file pattern (test_*.py) skips. A hook rather than
+    an ini option, so it works whichever ini file pytest picks (the top-level one lists tests/)."""
+    if file_path.suffix != ".py" or not file_path.name.startswith("bench_"):
+        return None
+    if parent.session.isinitpath(file_path):  # a file named on the command line: pytest collects it itself
+        return None
+    return pytest.Module.from_parent(parent, path=file_path)
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "settings": "full" if FULL else "short (CPU defaults; LEO_BENCH_FULL=1 for the full set)",
+        "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def pytest_report_header(config):
-    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (
-        f"leo benchmarks: torch {torch.__version__}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-        f"torch threads {torch.get_num_threads()}, CUDA device: {cuda}"
-    )
+    m = machine()
+    return (f"leo benchmarks: torch {m['torch']}, {m['cpu_count']} CPUs ({m['cpu']}), torch threads "
+            f"{m['torch_threads']}, CUDA device: {m['gpu'] or 'none'}, {m['settings']} settings, "
+            f"load average {m['load_avg_1_5_15']}")
 
 
-@pytest.fixture
-def record_throughput():
-    """record_throughput(benchmark, nbytes): store the minimal bytes moved and the achieved GB/s
-    (from the median time) in extra_info. Call it after `benchmark(...)` has run."""
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["leo"] = machine()
 
-    def record(benchmark, nbytes: int):
-        benchmark.extra_info["bytes_moved"] = int(nbytes)
-        stats = getattr(benchmark, "stats", None)
-        if stats is not None and getattr(stats, "stats", None) is not None:
-            median = stats.stats.median
-            benchmark.extra_info["GB/s"] = round(nbytes / median / 1e9, 2) if median > 0 else None
 
-    return record
+def pytest_terminal_summary(terminalreporter):
+    """Per-implementation times and paired speedups (pytest-benchmark's own table shows whole rounds)."""
+    if not RESULTS:
+        return
+    tr = terminalreporter
+    tr.section("leo: paired timings (median ms per call, GB/s; speedup = median of per-pair ratios)")
+    for name, info in RESULTS:
+        tr.write_line(f"{name}: {info.get('case', '')}")
+        for impl, st in info["impls"].items():
+            gbs = f"{st['GB/s']:8.2f} GB/s" if st["GB/s"] is not None else ""
+            if impl in info["ours"]:
+                note = "(ours)"
+            else:
+                note = "speedup of " + ", ".join(f"{o}: {r:.2f}x" for o, r in info["speedup"][impl].items())
+            tr.write_line(f"    {impl:<16} {st['median_ms']:12.3f} ms {gbs:>14}   {note}")
