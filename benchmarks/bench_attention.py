@@ -25,7 +25,7 @@ if _CUDA:
 else:
     SHAPES = [(4, 128, 64, 4, 32)] + ([(8, 64, 32, 2, 32)] if FULL else [])
     DTYPES = [torch.float32]
-OURS = [b for b in lk.available_backends(DEV) if b != "reference"]
+BACKENDS = [b for b in lk.available_backends(DEV) if b != "reference"]
 ROUNDS = 20 if _CUDA else 10
 MODES = ["forward", "forward_backward"]
 
@@ -103,7 +103,7 @@ def test_block(benchmark, shape, dtype, mode):
     B, C, L, H, d = shape
     backward = mode == "forward_backward"
     args = _block_inputs(B, C, L, H, d, dtype, backward)
-    impls = {f"leo-{b}": (lambda b: lambda *a: lk.temporal_attention_block(*a, H, backend=b))(b) for b in OURS}
+    impls = {f"leo-{b}": (lambda b: lambda *a: lk.temporal_attention_block(*a, H, backend=b))(b) for b in BACKENDS}
     impls["eager"] = lambda *a: eager_block(*a, H)
     compiled = _compiled_block()
     impls["compiled"] = lambda *a: compiled(*a, H)
@@ -112,7 +112,7 @@ def test_block(benchmark, shape, dtype, mode):
     es = args[0].element_size()
     # forward: read x and the weights, write y; backward: read grad_y, x, weights; write every gradient
     io = 2 * B * C * L + sum(a.numel() for a in args[1:])
-    compare(benchmark, _calls(impls, args, backward), OURS, rounds=ROUNDS,
+    compare(benchmark, _calls(impls, args, backward), [f"leo-{b}" for b in BACKENDS], rounds=ROUNDS,
             nbytes=io * es * (3 if backward else 1))
 
 
@@ -124,10 +124,10 @@ def test_core(benchmark, shape, dtype, mode):
     backward = mode == "forward_backward"
     g = torch.Generator().manual_seed(1)
     args = [torch.randn(B, H, L, d, generator=g).to(DEV, dtype).requires_grad_(backward) for _ in range(3)]
-    impls = {f"leo-{b}": (lambda b: lambda q, k, v: lk.temporal_attention(q, k, v, backend=b))(b) for b in OURS}
+    impls = {f"leo-{b}": (lambda b: lambda q, k, v: lk.temporal_attention(q, k, v, backend=b))(b) for b in BACKENDS}
     impls["eager"] = F.scaled_dot_product_attention
     _check(impls, args, dtype)
     _info(benchmark, "temporal_attention", shape, dtype, mode)
     # forward: read q, k, v, write out; backward: read q, k, v, out, grad_out, write dq, dk, dv
     nbytes = 4 * B * H * L * d * args[0].element_size() * (3 if backward else 1)
-    compare(benchmark, _calls(impls, args, backward), OURS, rounds=ROUNDS, nbytes=nbytes)
+    compare(benchmark, _calls(impls, args, backward), [f"leo-{b}" for b in BACKENDS], rounds=ROUNDS, nbytes=nbytes)
