@@ -5,7 +5,7 @@ PIP := $(PYTHON) -m pip
 PYTEST_ARGS ?=
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: all venv deps build test check-cuda demo bench selfcheck clean install-check bench-results
+.PHONY: all venv deps build test check-cuda demo bench selfcheck clean install-check bench-results triton-aot gpu-check
 
 all: build
 
@@ -41,6 +41,19 @@ install-check:
 
 check-cuda: deps
 	$(PYTHON) tools/check_cuda_compile.py
+
+# Every Triton kernel AOT-compiled for sm_90 and sm_80 without a GPU, shared memory checked (CI runs
+# it; AOT_ARGS="--full -j 16" compiles every variant). tools/compile_triton.py, docs/GPU.md.
+AOT_ARGS ?=
+triton-aot: build
+	$(PYTHON) tools/compile_triton.py $(AOT_ARGS)
+
+# On a lent GPU (make gpu-check PYTHON=python3): builds the CUDA extension, runs the CUDA/Triton tests,
+# compute-sanitizer and short benchmarks, writes one results file, ends with a pass/fail summary.
+# Without a GPU it prints one line and exits 0. Needs no network. tools/gpu_check.py, docs/GPU.md.
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(PYTHON) tools/gpu_check.py $(GPU_CHECK_ARGS)
 
 test: build
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
