@@ -48,13 +48,14 @@ def _timed(fn: Callable[[], object]) -> float:
 
 def compare(benchmark, impls: dict[str, Callable[[], object]], ours: str | list[str], *, rounds: int,
             nbytes: int | dict[str, int] | None = None, units: dict[str, int] | None = None,
-            warmup: int = 1) -> dict:
+            warmup: int = 1, min_seconds: float = 1.0) -> dict:
     """Time every implementation in ``impls`` (zero-argument callables) interleaved: each round calls
     every (baseline, ours) pair, baseline first. ``ours`` names the implementation(s) being measured,
     every other entry is a baseline. ``nbytes``: the minimal bytes one call must move (one number, or
     one per implementation), for GB/s. ``units``: work units per call (e.g. frames in a batch) when
-    implementations differ in it; ratios compare time per unit. Returns the summary it stores in
-    ``benchmark.extra_info``."""
+    implementations differ in it; ratios compare time per unit. ``rounds`` is a minimum: fast calls
+    get more rounds, up to ``min_seconds`` of timing in all (a median of 5 sub-millisecond pairs is
+    at the mercy of a single scheduler hiccup). Returns the summary it stores in ``benchmark.extra_info``."""
     ours = [ours] if isinstance(ours, str) else list(ours)
     unknown = [o for o in ours if o not in impls]
     if unknown or not ours:
@@ -68,9 +69,13 @@ def compare(benchmark, impls: dict[str, Callable[[], object]], ours: str | list[
     if not isinstance(nbytes, dict):
         nbytes = {name: nbytes for name in impls}
 
+    last = {}
     for _ in range(warmup):  # compilation, caches, allocator
-        for fn in impls.values():
-            _timed(fn)
+        for name, fn in impls.items():
+            last[name] = _timed(fn)
+    if last:
+        round_s = sum(last[b] + last[o] for b in baselines for o in ours)
+        rounds = max(rounds, min(1000, int(min_seconds / max(round_s, 1e-9))))
 
     times = {name: [] for name in impls}
     ratios = {b: {o: [] for o in ours} for b in baselines}

@@ -46,7 +46,7 @@ def machine() -> dict:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "settings": "full" if FULL else "short (CPU defaults; LEO_BENCH_FULL=1 for the full set)",
+        "settings": "full" if FULL else "short",
         "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
 

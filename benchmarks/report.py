@@ -78,7 +78,8 @@ def render(data: dict, run: dict | None) -> str:
         "baseline and then ours, and the speedup is the median of the per-pair time ratios (baseline / ours,",
         "per frame where implementations differ in frames per call), so load from other jobs hits both sides",
         "of a pair alike. GB/s = the minimal bytes a call must move / its median time. Flow-warp inputs are",
-        "smooth few-pixel flows unless the case says random (the worst case).",
+        "smooth few-pixel flows unless the case says random (the worst case). Settings: short = the CPU",
+        "defaults (a few cases, a few minutes on 2 cores); full = every case (with CUDA, or LEO_BENCH_FULL=1).",
         "",
         f"Machine: {machine}. Taken {when} UTC.",
     ]
