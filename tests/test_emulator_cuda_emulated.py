@@ -1,0 +1,40 @@
+"""The CUDA emulation (tests/cuda_emu/leo_cuda_emulate.h) behaves like a GPU where the kernels rely on
+it, and catches the mistakes docs/GPU.md says it catches: a missing __syncthreads, a barrier that
+not all live threads reach, a shuffle from a lane that has exited."""
+import pytest
+import torch
+
+from tests.cuda_emu import emulated_ops
+
+
+@pytest.fixture(scope="module")
+def ops():
+    return emulated_ops("emulator")
+
+
+def test_shared_memory_with_barrier_matches_gpu(ops):
+    x = torch.randn(3, 128)
+    assert torch.equal(ops.rotate(x, True), x.roll(-1, dims=1))
+
+
+def test_missing_barrier_is_visible(ops):
+    """Threads run in a shuffled order, so some thread reads its neighbour's slot before it is written."""
+    ops.rotate(torch.randn(3, 128), True)  # leave other values in the shared array
+    x = torch.randn(3, 128)
+    assert not torch.equal(ops.rotate(x, False), x.roll(-1, dims=1))
+
+
+def test_warp_shuffles(ops):
+    x = torch.randn(2, 128, dtype=torch.float64).float()
+    want = x.view(2, 4, 32).double().sum(-1, keepdim=True).expand(2, 4, 32).reshape(2, 128)
+    torch.testing.assert_close(ops.warp_sum(x).double(), want, rtol=1e-6, atol=1e-6)
+
+
+def test_divergent_barrier_raises_instead_of_hanging(ops):
+    with pytest.raises(RuntimeError, match="deadlock"):
+        ops.divergent(torch.empty(0))
+
+
+def test_shuffle_from_exited_lane_raises(ops):
+    with pytest.raises(RuntimeError, match="did not take part"):
+        ops.shuffle_exited(torch.empty(0))
