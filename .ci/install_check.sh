@@ -3,7 +3,7 @@
 # A fresh virtual environment gets only torch and the build tools; `pip install --no-build-isolation -e .`
 # of a copy of this tree (no extras) must pull in everything else from pyproject.toml, and then
 # `leo --help` and `leo demo --quick` must run and write every output, loss curves included.
-# About 3 minutes on 2 CPU cores: torch from the local wheel ~20 s, extension build ~1 min, demo ~1 min.
+# About 4 minutes on 2 busy CPU cores: torch from the local wheel ~20 s, extension build ~1-2 min, demo ~1 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${TORCH_SPEC:?set by make install-check}"
