@@ -43,9 +43,10 @@ check-cuda: deps
 	$(PYTHON) tools/check_cuda_compile.py
 
 # Every Triton kernel AOT-compiled for sm_90 and sm_80 without a GPU, shared memory checked (CI runs
-# it; AOT_ARGS="--full -j 16" compiles every variant). tools/compile_triton.py, docs/GPU.md.
+# it; AOT_ARGS="--full -j 16" compiles every variant). Needs triton (make build installs it) but not
+# the compiled extension. tools/compile_triton.py, docs/GPU.md.
 AOT_ARGS ?=
-triton-aot: build
+triton-aot: deps
 	$(PYTHON) tools/compile_triton.py $(AOT_ARGS)
 
 # On a lent GPU (make gpu-check PYTHON=python3): builds the CUDA extension, runs the CUDA/Triton tests,

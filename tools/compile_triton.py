@@ -34,7 +34,11 @@ os.environ.pop("TRITON_INTERPRET", None)  # the wrappers pick GPU code paths (e.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-import triton  # noqa: E402
+
+try:
+    import triton  # noqa: E402
+except ImportError:
+    sys.exit("compile_triton: triton is not installed (make build installs it with the test extra)")
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import JITFunction, create_function_from_signature  # noqa: E402
