@@ -10,9 +10,10 @@ record is bound by Triton's own binder for the target, so the signature, constex
 specializations are what the runtime would compile. A variant is a kernel with one choice of
 pointer dtypes, constexpr values, num_warps and num_stages.
 
-    python tools/compile_triton.py            # CI set: sm_90 covers every kernel's block shapes and
-                                              #   every value of every constexpr and dtype; sm_80 the
-                                              #   largest-shared-memory variant of each kernel
+    python tools/compile_triton.py            # CI set: on sm_90 each kernel's largest variant, then
+                                              #   more until every value of every constexpr, pointer
+                                              #   dtype and num_warps is compiled; on sm_80 the
+                                              #   largest variant of each kernel (shared memory)
     python tools/compile_triton.py --full     # every variant for every arch (use -j on a big machine)
     python tools/compile_triton.py --list     # print the variants, compile nothing
     options: --arch 90,80  --family attention,stylegan,warp  --kernel REGEX  -j N (default $MAX_JOBS or 2)
