@@ -5,7 +5,8 @@ Each block's 128 threads run as cooperating fibers that meet at __syncthreads, _
 warp shuffle, so the kernels' shared-memory staging, barriers and shuffle reductions run as written,
 with the real grid (batch*heads, query/key blocks of 16 rows, 8 at d=128). The lengths cover one
 partial 32-row tile (L=1, 7), an exact tile (32) and several tiles with a partial last one and a
-partial last row block (45, 77); every head dim sees every dtype. Outputs start as NaN.
+partial last row block (45, 77); every head dim sees every dtype. Outputs start as NaN (poisoned
+CPU allocations).
 """
 import pytest
 import torch
@@ -13,7 +14,7 @@ import torch
 from leo_kernels import reference as R
 from leo_kernels.attention import HEAD_DIMS
 from tests._util import REL_TOL, assert_close, non_contiguous
-from tests.cuda_emu import emulated_ops
+from tests.cuda_emu import emulated_ops, poisoned_outputs  # noqa: F401 (autouse fixture)
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LENGTHS = (1, 7, 32, 45)
@@ -26,16 +27,6 @@ CASES += [(1, 2, 77, 16, torch.float32, True), (2, 1, 77, 128, torch.bfloat16, F
 @pytest.fixture(scope="module")
 def ops():
     return emulated_ops("attention")
-
-
-@pytest.fixture(autouse=True)
-def poisoned_outputs():
-    """Deterministic mode makes every at::empty on CPU start as NaN (outputs, lse, delta)."""
-    was = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    assert torch.utils.deterministic.fill_uninitialized_memory
-    yield
-    torch.use_deterministic_algorithms(was)
 
 
 def _tol(dtype, grad=False):

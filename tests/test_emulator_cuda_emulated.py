@@ -1,10 +1,11 @@
 """The CUDA emulation (tests/cuda_emu/leo_cuda_emulate.h) behaves like a GPU where the kernels rely on
 it, and catches the mistakes docs/GPU.md says it catches: a missing __syncthreads, a barrier that
-not all live threads reach, a shuffle from a lane that has exited."""
+not all live threads reach, a shuffle from a lane that has exited. And the poisoning of CPU
+allocations the emulated tests rely on."""
 import pytest
 import torch
 
-from tests.cuda_emu import emulated_ops
+from tests.cuda_emu import emulated_ops, poisoned_outputs  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture(scope="module")
@@ -38,3 +39,9 @@ def test_divergent_barrier_raises_instead_of_hanging(ops):
 def test_shuffle_from_exited_lane_raises(ops):
     with pytest.raises(RuntimeError, match="did not take part"):
         ops.shuffle_exited(torch.empty(0))
+
+
+def test_allocations_are_poisoned():
+    """at::empty, as the emulated ops' host code calls it, returns NaN / -1 under the fixture."""
+    assert torch.empty(5).isnan().all() and torch.empty(3, dtype=torch.bfloat16).isnan().all()
+    assert (torch.empty(4, dtype=torch.int64) == -1).all()

@@ -4,7 +4,7 @@ and run on CPU tensors (tests/cuda_emu/leo_cuda_emulate.h), vs the eager referen
 Same fuzzed cases as the other backends (tests/test_stylegan_ops.py), every dtype and layout; the
 LIA shapes span several 256-thread blocks with a partial last one. (upfirdn2d's backward is this
 forward kernel with other arguments, covered by the general cases.) Outputs start as NaN
-(deterministic mode fills every at::empty), so an element a kernel does not write fails.
+(poisoned CPU allocations), so an element a kernel does not write fails.
 """
 import math
 
@@ -13,7 +13,7 @@ import torch
 
 from leo_kernels import reference
 from tests._util import assert_close, channels_last, non_contiguous
-from tests.cuda_emu import emulated_ops
+from tests.cuda_emu import emulated_ops, poisoned_outputs  # noqa: F401 (autouse fixture)
 from tests.test_stylegan_ops import BIAS_SHAPES, GENERAL_CASES, LIA_CASES, _fir
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
@@ -23,16 +23,6 @@ LAYOUTS = (("contiguous", lambda t: t), ("channels_last", channels_last), ("stri
 @pytest.fixture(scope="module")
 def ops():
     return emulated_ops("stylegan")
-
-
-@pytest.fixture(autouse=True)
-def poisoned_outputs():
-    """Deterministic mode makes every at::empty on CPU start as NaN (the kernels' outputs)."""
-    was = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    assert torch.utils.deterministic.fill_uninitialized_memory
-    yield
-    torch.use_deterministic_algorithms(was)
 
 
 def _upfirdn2d(ops, x, k, up, down, pad):

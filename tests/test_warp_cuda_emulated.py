@@ -11,7 +11,7 @@ import torch
 
 from tests._util import channels_last, non_contiguous
 from tests._warp_gpu_checks import PADS, check_compose_flow, check_grid_sample, check_warp_inpaint, randn
-from tests.cuda_emu import emulated_ops
+from tests.cuda_emu import emulated_ops, poisoned_outputs  # noqa: F401 (autouse fixture)
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 

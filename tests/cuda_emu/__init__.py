@@ -3,9 +3,11 @@
 `emulated_ops("attention")` compiles tests/cuda_emu/attention_cuda_emu.cpp once (cached by
 torch.utils.cpp_extension) and returns an object whose attributes are the family's compiled ops
 without the leading underscore: `ops.temporal_attention_fwd(q, k, v, rope)` on CPU tensors.
+`poisoned_outputs` is an autouse fixture for the emulated tests (import it into the test module).
 """
 import pathlib
 
+import pytest
 import torch
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -36,3 +38,15 @@ def emulated_ops(family: str):
         _LOADED.add(name)
     return _EmulatedOps(name)
 
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs():
+    """Every CPU allocation during the test starts as 0xff bytes (NaN, or -1 for integers): the
+    outputs the emulated kernels' host code allocates with at::empty are poisoned."""
+    ops = emulated_ops("emulator")
+    ops.poison_cpu_allocations(True)
+    try:
+        yield
+    finally:
+        ops.poison_cpu_allocations(False)

@@ -2,7 +2,9 @@
 // shuffles and shared memory behave like a GPU's, and that the mistakes the emulation claims to catch
 // (a missing barrier, a barrier not all threads reach, a shuffle from an exited lane) are caught.
 // Registered as torch.ops.leo_emulator_cuda_emu._*.
+// Also the switch that poisons CPU allocations for the emulated tests (_poison_cpu_allocations).
 #define LEO_CUDA_EMULATE 1
+#include <c10/core/CPUAllocator.h>
 #include <torch/library.h>
 
 #include "leo_cuda_emulate.h"
@@ -71,9 +73,37 @@ at::Tensor shuffle_exited(const at::Tensor& like) {
   return out;
 }
 
+// Fills every CPU allocation with 0xff bytes (NaN in every floating type, -1 in integers), so an
+// output element that an emulated kernel does not write shows up in the comparison.
+struct PoisonAllocator final : c10::Allocator {
+  c10::Allocator* base = nullptr;
+  c10::DataPtr allocate(size_t n) override {
+    c10::DataPtr p = base->allocate(n);
+    if (n > 0) std::memset(p.get(), 0xff, n);
+    return p;
+  }
+  c10::DeleterFnPtr raw_deleter() const override { return base->raw_deleter(); }
+  void copy_data(void* dest, const void* src, std::size_t count) const override { base->copy_data(dest, src, count); }
+};
+
+void poison_cpu_allocations(bool on) {
+  static PoisonAllocator poison;  // never destroyed: storages keep a pointer to their allocator
+  static c10::Allocator* original = nullptr;
+  constexpr uint8_t kPriority = 255;  // SetCPUAllocator replaces only at >= the current priority
+  if (on && original == nullptr) {
+    original = c10::GetCPUAllocator();
+    poison.base = original;
+    c10::SetCPUAllocator(&poison, kPriority);
+  } else if (!on && original != nullptr) {
+    c10::SetCPUAllocator(original, kPriority);
+    original = nullptr;
+  }
+}
+
 }  // namespace
 
 TORCH_LIBRARY(leo_emulator_cuda_emu, m) {
+  m.def("_poison_cpu_allocations", &poison_cpu_allocations);
   m.def("_rotate", &rotate);
   m.def("_warp_sum", &warp_sum);
   m.def("_divergent", &divergent);
