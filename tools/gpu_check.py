@@ -49,6 +49,7 @@ def sanitizer_cases(dev: str = "cuda") -> None:
     tiles with a partial last one, every head dim."""
     import torch
 
+    sys.path.insert(0, ROOT)  # the extension is built in place
     import leo_kernels  # noqa: F401  (loads the compiled ops)
 
     ops = torch.ops.leo_kernels
