@@ -281,12 +281,15 @@ def main() -> int:
         tables = bench_tables(json_paths, args.out)
 
     failed = [s for s in steps if s.status.startswith("FAIL")]
+    skipped = [s for s in steps if s.status.startswith("SKIP")]
+    verdict = (f"{'FAIL' if failed else 'PASS'}: {len(steps) - len(failed) - len(skipped)} steps passed, "
+               f"{len(failed)} failed, {len(skipped)} skipped")
     lines = ["# gpu-check results", "", f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
              f"{time.time() - t_start:.0f}s in all, limits x{args.scale}", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in versions()]
     lines += ["", "## Steps", "", "| step | result | seconds | detail |", "|---|---|---|---|"]
     lines += [f"| {s.name} | {s.status} | {s.seconds:.0f} | {s.detail.replace('|', '/')} |" for s in steps]
-    lines += ["", f"**{'FAIL' if failed else 'PASS'}**: {len(steps) - len(failed)}/{len(steps)} steps passed"]
+    lines += ["", f"**{verdict}**"]
     if tables:
         lines += ["", "## Benchmarks (benchmarks/report.py tables; also OUT/RESULTS.gpu.md and OUT/bench.json)"] + tables
     results = os.path.join(args.out, "gpu_check_results.md")
@@ -295,8 +298,7 @@ def main() -> int:
     print("\ngpu-check summary")
     for s in steps:
         print(f"  {s.status:<22} {s.name:<16} {s.seconds:5.0f}s  {s.detail}")
-    print(f"gpu-check: {'FAIL' if failed else 'PASS'} ({len(steps) - len(failed)}/{len(steps)} steps passed); "
-          f"results in {results}")
+    print(f"gpu-check: {verdict}; results in {results}")
     return 1 if failed else 0
 
 
