@@ -3,8 +3,9 @@
 No GPU here, so tests/cuda_emu/leo_cuda_emulate.h runs kernel launches block by block, each block's
 threads as cooperating fibers, and the file is built with the C++ compiler. This checks the kernels'
 index math, strides, the channels_last 16-byte path, float32 accumulation, the deterministic
-sort-gather path and the host code against the reference; it cannot see races or anything
-GPU-specific (those are covered by tests/test_warp_cuda.py on a CUDA machine, docs/GPU.md).
+sort-gather path and the host code against the reference, with outputs starting as NaN (poisoned
+CPU allocations); it cannot see races or anything GPU-specific (those are covered by
+tests/test_warp_cuda.py on a CUDA machine, docs/GPU.md).
 """
 import pytest
 import torch
