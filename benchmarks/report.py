@@ -62,13 +62,14 @@ def _table(entries: list[dict]) -> list[str]:
     return lines
 
 
-def render(data: dict, run: dict | None) -> str:
+def render(data: dict) -> str:
     m = data["machine_info"].get("leo", {})
+    run = data.get("leo_run")
     threads = m.get("torch_threads", "?")
     full_env = "LEO_BENCH_FULL=1 " if m.get("settings") == "full" and not m.get("gpu") else ""
     device = f"{m.get('gpu')} GPU + " if m.get("gpu") else ""
     machine = (f"{device}{m.get('cpu', '?')}, {m.get('cpu_count', '?')} CPUs, torch {m.get('torch', '?')}, "
-               f"{threads} torch threads, {m.get('settings', '?')} settings")
+               f"torch threads: {threads} (OMP_NUM_THREADS), {m.get('settings', '?')} settings")
     when = data.get("datetime", datetime.datetime.now(datetime.timezone.utc).isoformat())[:16].replace("T", " ")
     out = [
         "# Benchmark results",
@@ -115,17 +116,22 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="render this pytest-benchmark JSON instead of running the benchmarks")
     p.add_argument("--out", default=RESULTS_MD, help="where to write (default: benchmarks/RESULTS.md)")
     a = p.parse_args(argv)
-    run = None
     if a.json:
         json_path = a.json
+        with open(json_path) as f:
+            data = json.load(f)
     else:
         json_path = os.path.join(tempfile.mkdtemp(prefix="leo-bench-"), "results.json")
         run = run_benchmarks(json_path, extra)
-    with open(json_path) as f:
-        data = json.load(f)
+        with open(json_path) as f:
+            data = json.load(f)
+        data["leo_run"] = run  # kept in the JSON, so --json renders the same page again
+        with open(json_path, "w") as f:
+            json.dump(data, f)
+        print(f"report: raw results in {json_path}")
     if not data.get("benchmarks"):
         sys.exit(f"report: {json_path} holds no benchmark results")
-    text = render(data, run)
+    text = render(data)
     with open(a.out, "w") as f:
         f.write(text)
     print(f"report: wrote {os.path.relpath(a.out)} ({len(data['benchmarks'])} benchmarks)")
