@@ -62,9 +62,11 @@ def _table(entries: list[dict]) -> list[str]:
     return lines
 
 
-def render(data: dict) -> str:
+def render(data: dict, run: dict | None = None) -> str:
+    """The Markdown page for a pytest-benchmark JSON of these benchmarks. ``run``: load and wall-time
+    facts of the run (default: those report.py stored in the JSON, if any)."""
     m = data["machine_info"].get("leo", {})
-    run = data.get("leo_run")
+    run = run or data.get("leo_run")
     threads = m.get("torch_threads", "?")
     full_env = "LEO_BENCH_FULL=1 " if m.get("settings") == "full" and not m.get("gpu") else ""
     device = f"{m.get('gpu')} GPU + " if m.get("gpu") else ""
