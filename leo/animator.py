@@ -144,8 +144,10 @@ class Synthesis(nn.Module):
             self.to_flows.append(ToFlow(out_ch, style_dim))
             in_ch = out_ch
 
-    def forward(self, latent: torch.Tensor, feats: list) -> torch.Tensor:
-        """Render images from latents (B, style_dim) and encoder features (batch B or 1)."""
+    def forward(self, latent: torch.Tensor, feats: list, return_flow: bool = False):
+        """Render images from latents (B, style_dim) and encoder features (batch B or 1).
+        ``return_flow``: also return the finest level's composed logits (B, 3, S, S): flow x, y
+        (the sampling grid is tanh(flow) + the linspace grid) and the mask logit."""
         b = latent.shape[0]
         out = self.input(b)
         if feats and not feats[0].is_contiguous() and feats[0].is_contiguous(memory_format=torch.channels_last):
@@ -160,7 +162,7 @@ class Synthesis(nn.Module):
                 feat = feat.expand(b, -1, -1, -1)
             warped, out, flow = to_flow(out, latent, feat, flow)
             rgb = to_rgb(warped, rgb)
-        return rgb
+        return (rgb, flow) if return_flow else rgb
 
 
 # --------------------------------------------------------------------------- the animator
@@ -180,6 +182,8 @@ class Animator(nn.Module):
         channel_multiplier: int = 1,
         width: float = 1.0,
         kernels: str = "auto",
+        align_corners: bool = False,
+        relative_latent: bool = False,
     ):
         super().__init__()
         _check_int("size", size, MIN_SIZE, MAX_SIZE)
@@ -196,6 +200,15 @@ class Animator(nn.Module):
         self.enc = Encoder(size, style_dim, motion_dim, self.channels)
         self.dec = Synthesis(size, style_dim, motion_dim, self.channels)
         self.kernels = kernels
+        # Sampling convention of every warp level. LIA's (False) adds its linspace grid to tanh(flow)
+        # and samples with align_corners=False, so zero flow shrinks the image by half a pixel at
+        # the borders; True makes zero flow the exact identity (leo-trained models use it).
+        self.align_corners = bool(align_corners)
+        for to_flow in self.dec.to_flows:
+            to_flow.align_corners = self.align_corners
+        # Latent of the training call: LIA's wa_s + Q alpha_t (False) or wa_s + Q (alpha_t - alpha_s)
+        # (True), where the appearance part of the codes cancels and only the motion remains.
+        self.relative_latent = bool(relative_latent)
 
     # ----------------------------------------------------------------- configuration
     @property
@@ -206,6 +219,8 @@ class Animator(nn.Module):
             "motion_dim": self.motion_dim,
             "channel_multiplier": self.channel_multiplier,
             "width": self.width,
+            "align_corners": self.align_corners,
+            "relative_latent": self.relative_latent,
         }
 
     @property
@@ -221,6 +236,49 @@ class Animator(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.config.items()) + f", kernels={self.kernels!r}"
+
+    # ----------------------------------------------------------------- initialization
+    @torch.no_grad()
+    def init_copy_source(self, mask_logit: float = 5.0) -> "Animator":
+        """Start from an animator that copies the source: training then begins at gain 0 over
+        copying (not far below it) and only has to learn the motion.
+
+        - Six channels of the encoder's first layer carry the image: +x and -x through the
+          leaky ReLU, so x = (f+ - f-) / (sqrt(2) * 1.2) is recoverable from the finest feature.
+        - The finest to-RGB inverts that (its leaky ReLU kept in the linear range by a bias that
+          the to-RGB's second bias removes); every coarser to-RGB starts at zero.
+        - Every flow head starts at zero (zero flow); the finest mask logit starts at
+          ``mask_logit``, so the warped source passes, and the to-RGB divides the mask out.
+        With ``align_corners=True`` the output then equals the source exactly. All other weights
+        keep their random initialization. Returns self.
+        """
+        slope = 0.2
+        first = self.enc.net_app.convs[0]  # ConvLayer(3, C, 1): [EqualConv2d, BiasAct]
+        conv, act = first[0], first[1]
+        if conv.weight.shape[0] < 6:
+            raise ValueError(f"init_copy_source needs >= 6 channels at full resolution, got {conv.weight.shape[0]}")
+        eye = torch.eye(3, device=conv.weight.device, dtype=conv.weight.dtype)
+        conv.weight[:6, :, 0, 0] = torch.cat([eye, -eye]) / conv.scale
+        act.bias[:, :6] = 0
+        mask = torch.sigmoid(torch.tensor(mask_logit, dtype=torch.float64)).item()
+        shift = 2.0  # |x| <= 1 in [-1, 1] images: keeps the to-RGB pre-activation positive
+        for i, to_rgb in enumerate(self.dec.to_rgbs):
+            rgb_conv, rgb_act = to_rgb.conv[0], to_rgb.conv[1]
+            rgb_conv.weight.zero_()
+            rgb_act.bias.zero_()
+            to_rgb.bias.zero_()
+            if i == len(self.dec.to_rgbs) - 1:
+                w = 1.0 / (2.0 * (1.0 + slope) * mask) / rgb_conv.scale
+                rgb_conv.weight[:3, :3, 0, 0] = w * eye
+                rgb_conv.weight[:3, 3:6, 0, 0] = -w * eye
+                rgb_act.bias.fill_(shift)
+                to_rgb.bias.fill_(-shift * math.sqrt(2.0))
+        for i, to_flow in enumerate(self.dec.to_flows):
+            to_flow.conv.weight.zero_()
+            to_flow.bias.zero_()
+            if i == len(self.dec.to_flows) - 1:
+                to_flow.bias[0, 2] = mask_logit
+        return self
 
     # ----------------------------------------------------------------- checks
     def _check_images(self, x, name):
@@ -251,12 +309,22 @@ class Animator(nn.Module):
             return self.dec.direction.basis()
 
     def latent(self, wa, alpha, alpha_source=None, alpha_start=None, q=None) -> torch.Tensor:
-        """Absolute: wa + Q alpha. Relative (both extra codes): wa + (Q alpha - Q alpha_start)
-        + Q alpha_source, in that order as the released code; computed in float32."""
+        """The decoder's latent, in float32.
+
+        LIA (``relative_latent=False``): absolute wa + Q alpha; relative (``alpha_start`` given)
+        wa + (Q alpha - Q alpha_start) + Q alpha_source, in that order as the released code.
+        ``relative_latent=True``: wa + Q (alpha - alpha_start), with alpha_start defaulting to the
+        source's own code ``alpha_source`` (required then).
+        """
         with _no_autocast(wa.device):
             q = self.motion_basis() if q is None else q
             d = self.dec.direction
             wa = full(wa)
+            if self.relative_latent:
+                ref = alpha_start if alpha_start is not None else alpha_source
+                if ref is None:
+                    raise ValueError("relative_latent: the source's motion code (alpha_source) is required")
+                return wa + d(full(alpha) - full(ref), q)
             if alpha_start is None:
                 return wa + d(alpha, q)
             return wa + (d(alpha, q) - d(alpha_start, q)) + d(alpha_source, q)
@@ -287,11 +355,11 @@ class Animator(nn.Module):
             wa, feats = self.enc.net_app(img_source)
             wa_t, _ = self.enc.net_app(img_drive, with_feats=False)
         alpha_t = self._motion_codes(wa_t)
-        if h_start is None:
+        if h_start is None and not self.relative_latent:
             latent = self.latent(wa.expand(b, -1), alpha_t)
         else:
-            alpha_src = self._motion_codes(wa)
-            latent = self.latent(wa.expand(b, -1), alpha_t, alpha_src.expand(b, -1), h_start.expand(b, -1))
+            alpha_src = self._motion_codes(wa).expand(b, -1)
+            latent = self.latent(wa.expand(b, -1), alpha_t, alpha_src, None if h_start is None else h_start.expand(b, -1))
         return self.dec(latent, feats)
 
     # ----------------------------------------------------------------- inference API
@@ -311,8 +379,10 @@ class Animator(nn.Module):
         """Render frames (T, 3, S, S) from motion codes ``alphas`` (T, motion_dim).
 
         Absolute mode: latent = wa + Q alpha_t. Relative mode (``start_alpha``, the first
-        driving frame's code): wa + Q alpha_t - Q start_alpha + Q cache.alpha. A cache of
-        batch 1 is shared by all frames; a cache of batch T pairs with the frames one by one.
+        driving frame's code): wa + Q alpha_t - Q start_alpha + Q cache.alpha. With
+        ``relative_latent`` the motion is always taken relative: wa + Q (alpha_t - start_alpha),
+        start_alpha defaulting to the source's own code. A cache of batch 1 is shared by all
+        frames; a cache of batch T pairs with the frames one by one.
         """
         if not isinstance(cache, SourceCache):
             raise TypeError(f"cache must be a SourceCache from encode(), got {type(cache).__name__}")
@@ -322,7 +392,7 @@ class Animator(nn.Module):
             raise ValueError(f"cache batch must be 1 or len(alphas)={t}, got {cache.batch}")
         wa = cache.wa.expand(t, -1)
         if start_alpha is None:
-            latent = self.latent(wa, alphas)
+            latent = self.latent(wa, alphas, None if cache.alpha is None else cache.alpha.expand(t, -1))
         else:
             start_alpha = self._check_alpha(start_alpha, "start_alpha", rows=1)
             latent = self.latent(wa, alphas, cache.alpha.expand(t, -1), start_alpha.expand(t, -1))

@@ -332,12 +332,13 @@ class ToFlow(KernelUser):
         self.upsample = Upsample()
         self.conv = ModulatedConv2d(in_ch, 3, 1, style_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self.align_corners = False  # LIA's convention; Animator(align_corners=True) for exact zero-flow identity
 
     def forward(self, x, style, feat, skip=None):
         logits = self.conv(x, style) + _as(self.bias, x)
         feat = _as(feat, x)
         skip = _as(skip, x) if skip is not None else None
-        return K.warp_inpaint(feat, x, _as(logits, x), skip, align_corners=False, backend=self.backend)
+        return K.warp_inpaint(feat, x, _as(logits, x), skip, align_corners=self.align_corners, backend=self.backend)
 
 
 class Direction(nn.Module):

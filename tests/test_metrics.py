@@ -1,0 +1,93 @@
+"""leo.metrics on known answers: stills, copies, exact reconstructions, known residuals."""
+import pytest
+import torch
+
+from leo import metrics
+from leo.animator import Animator
+from leo.data.synthetic import render_video
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return [render_video(7, i, num_frames=9, size=32) for i in range(2)]
+
+
+class _Oracle(torch.nn.Module):
+    """Returns the target itself: the perfect reconstruction."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, source, target):
+        return target.clone()
+
+
+def test_still_video_has_no_motion_or_jitter():
+    still = torch.rand(1, 3, 8, 8).expand(6, -1, -1, -1) * 2 - 1
+    assert metrics.video_motion(still) == 0.0
+    assert metrics.video_jitter(still) == 0.0
+
+
+def test_motion_and_jitter_of_a_linear_ramp():
+    t = torch.arange(5, dtype=torch.float32).view(5, 1, 1, 1) * 0.1
+    video = t.expand(5, 3, 4, 4)
+    assert metrics.video_jitter(video) == pytest.approx(0.1)
+    assert metrics.video_motion(video) == pytest.approx((0.1 + 0.2 + 0.3 + 0.4) / 4)
+    seam = metrics.seam_jitter(video, [2, 4])
+    assert seam["ratio"] == pytest.approx(1.0)
+    jump = video.clone()
+    jump[3:] += 0.5  # a jump between frame 2 and 3
+    assert metrics.seam_jitter(jump, [3])["ratio"] == pytest.approx(6.0)
+
+
+def test_pair_frames_takes_frame_zero_as_source(clips):
+    pairs = metrics.pair_frames(clips, pairs_per_clip=4)
+    assert pairs["source"].shape == pairs["target"].shape == (8, 3, 32, 32)
+    assert torch.equal(pairs["source"][0], clips[0][0]) and torch.equal(pairs["target"][3], clips[0][8])
+    assert metrics.pair_frames(clips)["source"].shape[0] == 16  # every t >= 1
+
+
+def test_copying_animator_has_gain_zero_and_no_motion(clips):
+    torch.manual_seed(0)
+    model = Animator(size=32, style_dim=32, width=1 / 16, align_corners=True).init_copy_source()
+    report = metrics.animator_report(model, clips, pairs_per_clip=4)
+    pairs = metrics.pair_frames(clips, 4)
+    copy_l1 = (pairs["source"] - pairs["target"]).abs().mean().item()
+    assert report["copy_l1"] == pytest.approx(copy_l1, rel=1e-6)
+    assert report["l1"] == pytest.approx(copy_l1, rel=1e-4)
+    assert abs(report["gain"]) < 1e-3
+    assert report["psnr"] == pytest.approx(report["copy_psnr"], abs=1e-2)
+    assert report["motion_ratio"] < 1e-3  # renders frame 0 every time: a still
+
+
+def test_perfect_reconstruction_has_gain_one(clips):
+    report = metrics.reconstruction_report(_Oracle(), metrics.pair_frames(clips, 4))
+    assert report["l1"] == 0.0 and report["gain"] == 1.0 and report["copy_l1"] > 0
+
+
+def test_generated_report_relative_to_real(clips):
+    still = clips[0][:1].expand(9, -1, -1, -1)
+    out = metrics.generated_report({"real_again": clips[0], "still": still}, [clips[0]])
+    assert out["real_again"]["motion_vs_real"] == pytest.approx(1.0)
+    assert out["real_again"]["jitter_vs_real"] == pytest.approx(1.0)
+    assert out["still"]["motion_vs_real"] == 0.0
+
+
+def test_residual_stats_known_answer():
+    codes = torch.zeros(2, 3, 2)
+    codes[0, 1:, 0] = torch.tensor([1.0, 3.0])
+    codes[1, 1:, 0] = torch.tensor([1.0, 3.0])
+    codes[:, :, 1] = 5.0  # constant: residual 0
+    st = metrics.residual_stats(codes)
+    assert st["mean"] == pytest.approx([2.0, 0.0])
+    assert st["std"][1] == 0.0 and st["std"][0] == pytest.approx(torch.tensor([1.0, 3, 1, 3]).std().item())
+
+
+def test_bad_input_names_the_argument():
+    with pytest.raises(ValueError, match="frames"):
+        metrics.video_motion(torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="seams"):
+        metrics.seam_jitter(torch.zeros(4, 3, 4, 4), [0])
+    with pytest.raises(ValueError, match="codes"):
+        metrics.residual_stats(torch.zeros(4))
