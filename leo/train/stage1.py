@@ -64,6 +64,15 @@ class Stage1Config:
     lr: float = 2e-3
     d_lr: float | None = None
     betas: tuple = (0.0, 0.99)
+    # Recipe (docs/MOTION.md): start from an animator that copies the source exactly, take motion
+    # relative to the source's code, and add L1 terms on average-pooled images (wider basins
+    # for the flows). LIA's own recipe: init="random", align_corners=False, relative_latent=False,
+    # pyramid=0.
+    init: str = "copy"                   # "copy" (Animator.init_copy_source) or "random"
+    align_corners: bool = True           # exact identity at zero flow (False: LIA's convention)
+    relative_latent: bool = True         # latent wa_s + Q (alpha_t - alpha_s) (False: LIA's wa_s + Q alpha_t)
+    pyramid: int = 3                     # extra L1 terms on 2x, 4x, 8x average-pooled images
+    code_floor: float = 0.0              # hinge keeping mean |alpha_t - alpha_s| above this (0: off)
     l1_weight: float = 1.0
     vgg_weight: float = 1.0
     adv_weight: float = 0.05
@@ -74,7 +83,8 @@ class Stage1Config:
     sample_every: int = 500
     eval_every: int = 250
     log_every: int = 10
-    eval_pairs: int = 16
+    eval_pairs: int = 16                 # held-out (frame 0, frame t) pairs per eval (spread over eval_clips)
+    eval_clips: int = 8                  # held-out clips for the motion ratio
     test_fraction: float = 0.1
     max_frames: int | None = None        # use at most this many frames per clip
     seed: int = 0
@@ -98,13 +108,21 @@ class Stage1Config:
         d = {k: v for k, v in d.items() if k in names}
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
+        if "init" not in d:  # a run saved before the recipe options existed trained LIA's way
+            d.update(init="random", align_corners=False, relative_latent=False, pyramid=0)
         return cls(**d)
 
     def validate(self) -> None:
         if (self.data is None) == (not self.synthetic):
             raise ValueError("give exactly one of data (a folder) or synthetic (a number of videos > 0)")
+        if self.init not in ("copy", "random"):
+            raise ValueError(f"init must be 'copy' or 'random', got {self.init!r}")
+        if isinstance(self.pyramid, bool) or not isinstance(self.pyramid, int) or not 0 <= self.pyramid <= 5:
+            raise ValueError(f"pyramid must be an int in [0, 5], got {self.pyramid!r}")
+        if self.code_floor < 0:
+            raise ValueError(f"code_floor must be >= 0, got {self.code_floor!r}")
         for name in ("steps", "batch", "accum", "save_every", "sample_every", "eval_every", "log_every",
-                     "r1_every", "eval_pairs"):
+                     "r1_every", "eval_pairs", "eval_clips"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -183,22 +201,42 @@ def _grid(source, target, recon, path):
     save_image(path, img)
 
 
-@torch.no_grad()
-def evaluate(model, pairs: dict, device, batch: int = 16, amp: bool = True) -> dict:
-    """Held-out reconstruction metrics (L1, PSNR, SSIM) of ``model`` on fixed pairs."""
-    from leo.train.losses import reconstruction_metrics
+def held_out_clips(folder, n: int, split: str, max_frames: int = 48) -> list:
+    """Up to ``n`` clips of ``split`` (each cut to ``max_frames``) for the motion metrics."""
+    clips = []
+    for _, _, frames in folder.iter_clips(split):
+        clips.append(frames[:max_frames])
+        if len(clips) == n:
+            break
+    return clips
 
-    was_training = model.training
-    model.eval()
-    preds = []
-    for i in range(0, pairs["source"].shape[0], batch):
-        s = pairs["source"][i:i + batch].to(device)
-        t = pairs["target"][i:i + batch].to(device)
-        with _autocast(device, amp):
-            preds.append(model(s, t).float().cpu())
-    model.train(was_training)
-    pred = torch.cat(preds)
-    return reconstruction_metrics(pred, pairs["target"])
+
+def evaluate(model, clips: list, device, pairs: int = 16, amp: bool = True) -> dict:
+    """Held-out stage-1 metrics (leo.metrics): L1/PSNR/SSIM of (frame 0, frame t) reconstructions
+    next to copying frame 0, the gain over it, and the rendered motion ratio."""
+    from leo.metrics import animator_report
+
+    per_clip = max(1, -(-pairs // len(clips)))
+    autocast = (lambda: _autocast(device, amp)) if amp and device.type == "cuda" else None
+    return animator_report(model, clips, pairs_per_clip=per_clip, autocast=autocast)
+
+
+def _eval_line(ev: dict) -> str:
+    return (f"L1 {ev['l1']:.4f} (copying the source: {ev['copy_l1']:.4f}), gain {ev['gain']:+.3f}, "
+            f"motion ratio {ev['motion_ratio']:.3f}, PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.3f}")
+
+
+def reconstruction_loss(recon, target, pyramid: int) -> torch.Tensor:
+    """L1, plus one L1 per 2x average-pooling level: the pooled terms reward a flow that moves
+    content roughly right when it is still pixels off, where the full-resolution L1 sees nothing."""
+    import torch.nn.functional as F
+
+    recon, target = recon.float(), target.float()
+    loss = (recon - target).abs().mean()
+    for _ in range(pyramid):
+        recon, target = F.avg_pool2d(recon, 2), F.avg_pool2d(target, 2)
+        loss = loss + (recon - target).abs().mean()
+    return loss
 
 
 def train_stage1(cfg: Stage1Config, hooks: dict | None = None) -> dict:
@@ -207,7 +245,7 @@ def train_stage1(cfg: Stage1Config, hooks: dict | None = None) -> dict:
     ``hooks`` (tests): ``{"after_step": fn(step, info)}`` called on every rank after each step.
     """
     from leo.animator import Animator
-    from leo.data.videos import FramePairDataset, VideoFolder, fixed_pairs
+    from leo.data.videos import FramePairDataset, VideoFolder
     from leo.discriminator import Discriminator
     from leo.train import losses
 
@@ -233,14 +271,14 @@ def train_stage1(cfg: Stage1Config, hooks: dict | None = None) -> dict:
         torch.set_num_threads(cfg.threads)
     try:
         return _train(cfg, ctx, ckpt, hooks, out, ckpt_path, Animator, Discriminator, losses,
-                      FramePairDataset, VideoFolder, fixed_pairs)
+                      FramePairDataset, VideoFolder)
     finally:
         torch.set_num_threads(threads)
         ctx.close()
 
 
 def _train(cfg, ctx, ckpt, hooks, out, ckpt_path, Animator, Discriminator, losses, FramePairDataset,
-           VideoFolder, fixed_pairs):
+           VideoFolder):
     device = ctx.device
     amp = cfg.amp and device.type == "cuda"
     if ctx.is_main:
@@ -256,13 +294,22 @@ def _train(cfg, ctx, ckpt, hooks, out, ckpt_path, Animator, Discriminator, losse
     log.message(f"data: {folder.summary()}")
     dataset = FramePairDataset(folder, "train", seed=cfg.seed)
     eval_split = "test" if folder.test else "train"
-    eval_set = fixed_pairs(folder, cfg.eval_pairs, eval_split, seed=cfg.seed + 1) if ctx.is_main else None
+    eval_clips = sample_pairs = None
+    if ctx.is_main:
+        eval_clips = held_out_clips(folder, cfg.eval_clips, eval_split)
+        log.message(f"held-out evaluation: {len(eval_clips)} {eval_split} clips, {cfg.eval_pairs} (frame 0, frame t) pairs")
+        # sample grids: frame 0 -> the middle frame of up to 4 held-out clips
+        sample_pairs = {"source": torch.stack([c[0] for c in eval_clips[:4]]),
+                        "target": torch.stack([c[c.shape[0] // 2] for c in eval_clips[:4]])}
     sample_ids_per_step = cfg.batch * cfg.accum  # per rank
 
     # ---- models (same init on every rank; DDP also broadcasts rank 0's)
     seed_everything(cfg.seed)
     G = Animator(size=cfg.size, style_dim=cfg.style_dim, motion_dim=cfg.motion_dim, width=cfg.width,
-                 kernels=cfg.kernels).to(device)
+                 kernels=cfg.kernels, align_corners=cfg.align_corners, relative_latent=cfg.relative_latent)
+    if cfg.init == "copy" and ckpt is None:
+        G.init_copy_source()
+    G = G.to(device)
     D = Discriminator(size=cfg.size, width=cfg.d_width or cfg.width).to(device)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.d_lr or cfg.lr, betas=tuple(cfg.betas))
@@ -304,9 +351,9 @@ def _train(cfg, ctx, ckpt, hooks, out, ckpt_path, Animator, Discriminator, losse
 
     initial_eval = None
     if ctx.is_main and start_step == 0:
-        initial_eval = evaluate(G, eval_set, device, amp=amp)
+        initial_eval = evaluate(G, eval_clips, device, pairs=cfg.eval_pairs, amp=amp)
         log.log(0, {f"eval_{k}": v for k, v in initial_eval.items()})
-        log.message("step 0 held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in initial_eval.items()))
+        log.message("step 0 held-out: " + _eval_line(initial_eval))
     summary = {"initial_eval": initial_eval if initial_eval is not None else (ckpt or {}).get("initial_eval")}
 
     def save(step):
@@ -340,7 +387,7 @@ def _train(cfg, ctx, ckpt, hooks, out, ckpt_path, Animator, Discriminator, losse
                     with _autocast(device, amp):
                         recon = Gd(src, tgt)
                         l1 = (recon.float() - tgt.float()).abs().mean()
-                        loss = cfg.l1_weight * l1
+                        loss = cfg.l1_weight * reconstruction_loss(recon, tgt, cfg.pyramid)
                         if perceptual is not None:
                             vgg = perceptual(recon, tgt)
                             loss = loss + cfg.vgg_weight * vgg
@@ -402,16 +449,16 @@ def _train(cfg, ctx, ckpt, hooks, out, ckpt_path, Animator, Discriminator, losse
                     shown = dict(zip(keys, mean.tolist()))
                 log.log(step, shown)
             if ctx.is_main and (step % cfg.eval_every == 0 or step == cfg.steps):
-                ev = evaluate(G, eval_set, device, amp=amp)
+                ev = evaluate(G, eval_clips, device, pairs=cfg.eval_pairs, amp=amp)
                 log.log(step, {f"eval_{k}": v for k, v in ev.items()})
+                log.message(f"step {step} held-out: " + _eval_line(ev))
                 summary["final_eval"] = ev
             if ctx.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
-                n = min(4, cfg.eval_pairs)
                 with torch.no_grad(), _autocast(device, amp):
                     G.eval()
-                    rec = G(eval_set["source"][:n].to(device), eval_set["target"][:n].to(device)).float().cpu()
+                    rec = G(sample_pairs["source"].to(device), sample_pairs["target"].to(device)).float().cpu()
                     G.train()
-                _grid(eval_set["source"][:n], eval_set["target"][:n], rec, out / "samples" / f"step_{step:07d}.png")
+                _grid(sample_pairs["source"], sample_pairs["target"], rec, out / "samples" / f"step_{step:07d}.png")
             if step % cfg.save_every == 0 or step == cfg.steps or stop_now:
                 save(step)
             if stop_now:
