@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = (
     "leo.cli.generate",
     "leo.cli.train",
     "leo.cli.train_motion",
+    "leo.cli.evaluate",
 )
 
 
