@@ -13,7 +13,7 @@ pointer dtypes, constexpr values, num_warps and num_stages.
     python tools/compile_triton.py            # CI set: on sm_90 each kernel's largest variant, then
                                               #   more until every value of every constexpr, pointer
                                               #   dtype and num_warps is compiled; on sm_80 the
-                                              #   largest variant of each kernel (shared memory)
+                                              #   largest variant per kernel and code-path value
     python tools/compile_triton.py --full     # every variant for every arch (use -j on a big machine)
     python tools/compile_triton.py --list     # print the variants, compile nothing
     options: --arch 90,80  --family attention,stylegan,warp  --kernel REGEX  -j N (default $MAX_JOBS or 2)
@@ -51,8 +51,12 @@ GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # float64 is CPU-on
 # that starts to pass is printed too, to be removed here). Key: start of the variant's line.
 KNOWN_FAILURES = {
     "sm_80 _attn_bwd_dkdv_kernel [float32] D=64 BLOCK_M=128 BLOCK_N=128":
-        "float32 attention backward at d=64, 65 <= L <= 128: the 128x128 dK/dV tiles need 192 KB of shared "
-        "memory, an A100 block has 163 KB (fits sm_90); attention_triton._blocks needs smaller backward tiles there",
+        "float32 attention backward at d=64, 65 <= L <= 128: the 128x128 dK/dV tiles need 164-192 KB of "
+        "shared memory, an A100 block has 163 KB (fits sm_90); attention_triton._blocks needs smaller "
+        "backward tiles there",
+    "sm_80 _attn_bwd_single_kernel [float32] D=128 BLOCK=64 ROPE=True DOT=0":
+        "float32 attention backward with TF32 allowed, d=128, 33 <= L <= 64, rope: the one-program backward "
+        "needs 192 KB of shared memory on sm_80 (224 KB of 227 KB on sm_90)",
 }
 # constexprs that set a kernel's tile shape (the rest select code paths)
 SHAPE_CONSTEXPRS = {"D", "KH", "KW"}
@@ -85,14 +89,15 @@ class Launch:
         return ({(k, str(v)) for k, v in self.constexprs.items()} | {("dtype:" + k, v) for k, v in self.dtypes.items()}
                 | {(k, str(v)) for k, v in self.options.items()})
 
-    def size(self) -> int:
-        """Rough resource score: product of the tile sizes times the widest element size in bits."""
+    def size(self) -> tuple[int, int]:
+        """Rough resource score: product of the tile sizes times the element bits summed over the
+        pointer arguments, then the number of flags on (e.g. ROPE loads more tiles)."""
         n = 1
         for k, v in self.constexprs.items():
             if k in SHAPE_CONSTEXPRS or k.startswith("BLOCK"):
                 n *= int(v)
-        return n * max((torch.finfo(getattr(torch, d)).bits if getattr(torch, d).is_floating_point else 64)
-                       for d in self.dtypes.values())
+        bits = sum(getattr(torch, d).itemsize * 8 for d in self.dtypes.values())
+        return n * bits, sum(v is True for v in self.constexprs.values())
 
     def compile(self, arch: int):
         target = GPUTarget("cuda", arch, 32)
@@ -187,32 +192,35 @@ FAMILIES = {"attention": attention_calls, "stylegan": stylegan_calls, "warp": wa
 
 
 # --------------------------------------------------------------------------- choosing what to compile
+def largest_per_mode(launches: list[Launch]) -> list[Launch]:
+    """Per kernel: its largest variant (flags on, as they only add work), and the largest variant for
+    each value of each non-boolean code-path constexpr (e.g. attention's DOT: float32 with TF32 dots
+    needs more shared memory than exact float32 there). The variants that decide shared-memory fit."""
+    chosen: dict = {}
+    for name in sorted({v.name for v in launches}):
+        group = [v for v in launches if v.name == name]
+        modes = {(k, str(x)) for v in group for k, x in v.constexprs.items()
+                 if not isinstance(x, bool) and k not in SHAPE_CONSTEXPRS and not k.startswith("BLOCK")}
+        for mode in [None, *sorted(modes)]:
+            best = max((v for v in group if mode is None or mode in v.axes()), key=Launch.size)
+            chosen[best.key] = best
+    return list(chosen.values())
+
+
 def covering_set(launches: list[Launch]) -> list[Launch]:
-    """Per kernel: its largest variant, then more (greedy set cover, largest first on ties) until every
-    value of every constexpr, pointer dtype and launch option has been compiled at least once."""
-    chosen = []
-    by_kernel: dict = {}
-    for launch in launches:
-        by_kernel.setdefault(launch.name, []).append(launch)
-    for group in by_kernel.values():
-        todo = set().union(*(v.axes() for v in group))
-        pick = max(group, key=Launch.size)
-        while True:
+    """largest_per_mode, then more variants (greedy set cover, the smallest, quickest to compile, on
+    ties) until every value of every constexpr, pointer dtype and launch option has been compiled."""
+    chosen = largest_per_mode(launches)
+    for name in sorted({v.name for v in launches}):
+        group = [v for v in launches if v.name == name and v not in chosen]
+        todo = set().union(*(v.axes() for v in launches if v.name == name))
+        todo -= set().union(*(v.axes() for v in chosen if v.name == name))
+        while todo:
+            pick = max(group, key=lambda v: (len(v.axes() & todo), -v.size()[0]))
             chosen.append(pick)
             todo -= pick.axes()
             group.remove(pick)
-            if not todo:
-                break
-            pick = max(group, key=lambda v: (len(v.axes() & todo), v.size()))
     return chosen
-
-
-def largest_per_kernel(launches: list[Launch]) -> list[Launch]:
-    best: dict = {}
-    for v in launches:
-        if v.name not in best or v.size() > best[v.name].size():
-            best[v.name] = v
-    return list(best.values())
 
 
 _JOBS: list = []  # (Launch, arch); forked workers get them by index (kernels do not pickle)
@@ -254,8 +262,8 @@ def main() -> int:
     for i, arch in enumerate(archs):
         if args.full:
             pick = launches
-        else:  # CI: the covering set on the first arch, the largest variant of each kernel on the others
-            pick = covering_set(launches) if i == 0 else largest_per_kernel(launches)
+        else:  # CI: the covering set on the first arch (sm_90), the largest variant per mode on the others
+            pick = covering_set(launches) if i == 0 else largest_per_mode(launches)
         jobs += [(v, arch) for v in pick]
     print(f"compiling {len(jobs)} kernel variants ({'every variant' if args.full else 'CI set'}) for "
           f"{', '.join(f'sm_{a}' for a in archs)} with triton {triton.__version__}, {args.jobs} jobs")
@@ -274,7 +282,8 @@ def main() -> int:
                 err = f"needs {shared} B of shared memory, sm_{arch} allows {SMEM_LIMIT[arch]} B"
             why = next((w for k, w in KNOWN_FAILURES.items() if line.startswith(k)), None)
             if err is None:
-                print(f"ok   {line}: shared {shared} B ({dt:.1f}s)", flush=True)
+                print(f"ok   {line}: shared {shared} B, {100 * shared / SMEM_LIMIT[arch]:.0f}% of sm_{arch}'s "
+                      f"({dt:.1f}s)", flush=True)
                 if why:
                     fixed.append(line)
             elif why:
