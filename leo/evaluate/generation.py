@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from leo.evaluate.distances import FeatureStats, frechet_from_features, kernel_distance
 from leo.metrics import residual_stats, video_jitter, video_motion
 
-__all__ = ["generation_metrics", "code_features", "fvd_protocol", "FMD_POOLING", "FMD_STEPS"]
+__all__ = ["generation_metrics", "windows", "code_features", "fvd_protocol", "FMD_POOLING", "FMD_STEPS"]
 
 FMD_STEPS = 15
 FMD_POOLING = (f"each window's codes taken relative to its first code (residuals r_t = a_t - a_0, t = 1..T-1), "
@@ -41,6 +41,14 @@ def fvd_protocol(n_real: int, n_fake: int, frames: int, detector_kind: str | Non
             f"224x224 (bilinear), features = the 400 logits before the softmax; I3D: {detector_kind}; "
             f"FVD = Frechet distance of the two Gaussians (means, covariances divided by N, float64); "
             f"KVD = unbiased MMD^2 with the kernel (x.y/400 + 1)^3 over all clips")
+
+
+def windows(videos: Iterable[torch.Tensor], frames: int = 16):
+    """Every non-overlapping ``frames``-frame window of each video (T, 3, S, S), from frame 0: turns
+    a few long videos (e.g. the demo's) into clips for :func:`generation_metrics`."""
+    for v in videos:
+        for start in range(0, v.shape[0] - frames + 1, frames):
+            yield v[start:start + frames]
 
 
 def code_features(codes: torch.Tensor) -> torch.Tensor:
