@@ -115,3 +115,22 @@ def test_reconstruction_on_sample_clips(env, capsys, lia_samples):
     assert rc == 0, err
     m = json.loads((env / "lia_rec" / "metrics.json").read_text())
     assert m["clips"] >= 1 and m["copy_l1"] > 0 and m["pairs"] >= 4
+
+
+def test_generation_unconditional(env, capsys):
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from test_first_frame import TINY
+
+    from leo.first_frame import FirstFrameModel
+
+    torch.manual_seed(0)
+    FirstFrameModel(**TINY).save(env / "ff.safetensors")
+    rc, out, err = _run(capsys, "evaluate", "generation", "--real", env / "real", "--animator", env / "a.safetensors",
+                        "--lmdm", env / "l.safetensors", "--first-frame-model", env / "ff.safetensors",
+                        "--steps", 2, "--clips", 2, "--out", env / "unc", "--no-progress")
+    assert rc == 0, err
+    assert "from generated first frames (unconditional)" in out
+    m = json.loads((env / "unc" / "metrics.json").read_text())
+    assert m["clips_fake"] == 2 and m["fmd_real_halves"] is None  # fewer than 4 clips: no halves baseline

@@ -143,7 +143,7 @@ def run_reconstruction(args) -> int:
     print(f"held-out split ({split}, test_fraction 0.1, split_seed 0): {len(clips)} clips"
           + (f" (asked {args.clips}; all available)" if len(clips) < args.clips else "")
           + f", {per_clip} (frame 0, frame t) pairs per clip, at {size}x{size}")
-    rep = animator_report(animator, clips, pairs_per_clip=per_clip, batch=args.batch * 2)
+    rep = animator_report(animator, clips, pairs_per_clip=per_clip, batch=args.batch)
     print(_table([
         ("metric", "animator", "copy-source baseline", "note"),
         ("L1", _fmt(rep["l1"]), _fmt(rep["copy_l1"]), "lower is better"),
@@ -224,8 +224,10 @@ def run_generation(args) -> int:
             raise UserError(f"{flag}: {str(exc).splitlines()[0]}") from None
 
     real = source(args.real, "--real", True)
+    fake_source = None
     if args.fake:
-        fake = _named(source(args.fake, "--fake", False), "--fake")
+        fake_source = source(args.fake, "--fake", False)
+        fake = _named(fake_source, "--fake")
         made_by = f"videos in {args.fake} (windows from frame 0)"
     else:
         from leo.pipeline import LEOPipeline
@@ -239,7 +241,7 @@ def run_generation(args) -> int:
             from leo.first_frame import load_first_frame_generator
 
             try:
-                gen = load_first_frame_generator(args.first_frame_model, device=device, size=size)
+                gen = load_first_frame_generator(args.first_frame_model, device=device, size=size, steps=args.steps)
             except (ValueError, FileNotFoundError, OSError) as exc:
                 raise UserError(f"--first-frame-model: {str(exc).splitlines()[0]}") from None
             firsts = (gen(1, seed=args.seed + i)[0].float().cpu().clamp(-1, 1) for i, _ in enumerate(firsts))
@@ -259,8 +261,9 @@ def run_generation(args) -> int:
     if res["clips_real"] < args.clips or res["clips_fake"] < args.clips:
         used += f" (all available; --clips {args.clips} asked)"
     print(f"clips: {used}; generated: {made_by}")
-    if real.short:
-        print(f"skipped {len(real.short)} real videos shorter than --frames {args.frames}")
+    for name, src in (("real", real), ("generated", fake_source)):
+        if src is not None and src.short:
+            print(f"skipped {len(src.short)} {name} videos shorter than --frames {args.frames}")
     print(_table(_generation_rows(res)))
     if "fvd_protocol" in res:
         print("protocol: " + res["fvd_protocol"])
