@@ -26,6 +26,7 @@
 #include <memory>
 #include <numeric>
 #include <random>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -221,21 +222,36 @@ void run_grid(dim3 grid, unsigned nthreads, F& body) {
   g_block = saved;
 }
 
+// Names of the kernels launched so far, without template arguments: the tests check that every
+// __global__ function of a file has run (torch.ops.leo_<family>_cuda_emu._launched_kernels).
+inline std::set<std::string>& launched_kernels() {
+  static std::set<std::string> names;
+  return names;
+}
+inline std::vector<std::string> take_launched_kernels(bool clear) {
+  std::vector<std::string> out(launched_kernels().begin(), launched_kernels().end());
+  if (clear) launched_kernels().clear();
+  return out;
+}
+
 template <typename... A>
 struct Launcher {
   dim3 grid;
   unsigned threads;
   void (*fn)(A...);
+  const char* name;  // the kernel expression as written at the launch
   template <typename... B>
   void operator()(B&&... args) const {
+    const std::string n(name);
+    launched_kernels().insert(n.substr(0, n.find('<')));
     std::tuple<A...> a{static_cast<A>(args)...};
     auto body = [&] { std::apply(fn, a); };  // every thread gets its own copy of the arguments
     run_grid(grid, threads, body);
   }
 };
 template <typename... A>
-Launcher<A...> make_launcher(dim3 grid, unsigned threads, void (*fn)(A...)) {
-  return {grid, threads, fn};
+Launcher<A...> make_launcher(dim3 grid, unsigned threads, void (*fn)(A...), const char* name) {
+  return {grid, threads, fn, name};
 }
 
 inline Warp& my_warp() { return g_block->warps[threadIdx.x / kWarpSize]; }
@@ -275,4 +291,4 @@ inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
   return leo_emu::shuffle(mask, v, (threadIdx.x % leo_emu::kWarpSize) ^ static_cast<unsigned>(lane_mask));
 }
 
-#define LEO_LAUNCH(grid, stream, ...) leo_emu::make_launcher((grid), kThreads, &__VA_ARGS__)
+#define LEO_LAUNCH(grid, stream, ...) leo_emu::make_launcher((grid), kThreads, &__VA_ARGS__, #__VA_ARGS__)
