@@ -219,3 +219,22 @@ def test_fvd_and_kvd_with_random_i3d_rank_synthetic_defects():
     _assert_ranks(scores, "kvd")
     assert all("fmd" not in s for s in scores.values())  # no animator: no FMD
     assert "400 logits" in scores["stills"]["fvd_protocol"]
+
+
+def test_generation_metrics_do_not_depend_on_batching(small_i3d):
+    from leo.data.synthetic import render_video
+    from leo.evaluate.generation import _to_u8
+
+    det = I3DDetector(small_i3d, "random weights (test)")
+    real = [render_video(0, i, num_frames=18, size=32) for i in range(5)]
+    fake = [render_video(3, i, num_frames=16, size=32) for i in range(4)]
+    a = generation_metrics(iter(real), iter(fake), detector=det, frames=16, batch=2)
+    b = generation_metrics(real, fake, detector=det, frames=16, batch=8)
+    direct = frechet_from_features(det.features(_to_u8(torch.stack([v[:16] for v in real]))),
+                                   det.features(_to_u8(torch.stack(fake))))
+    assert a["fvd"] == pytest.approx(b["fvd"], rel=1e-5) == pytest.approx(direct, rel=1e-5)
+    assert a["clips_real"] == 5 and a["kvd_real_halves"] is not None  # halves of 3 and 2 clips
+    capped = generation_metrics(real, fake, detector=det, frames=16, max_clips=3)
+    assert capped["clips_real"] == capped["clips_fake"] == 3 and capped["fvd_real_halves"] is None
+    with pytest.raises(ValueError, match="real clip 0 has 18 frames, fewer than frames=32"):
+        generation_metrics(real, fake, detector=det, frames=32)
