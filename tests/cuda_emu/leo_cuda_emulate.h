@@ -4,11 +4,12 @@
 // A launch runs its grid block after block with the real grid and block dimensions. The threads of
 // a block are cooperative fibers (ucontext) on one OS thread: each runs until it reaches a barrier
 // (__syncthreads, __syncwarp, a warp shuffle) and the block's scheduler resumes the next one, in a
-// per-block shuffled order, so a read of shared memory that lacks its barrier sees another order
-// than the writer's. __shared__ is one per-OS-thread static per kernel instantiation (reused by the
-// next block, like on a GPU). Warp shuffles go through a double-buffered per-warp exchange buffer
-// and a warp barrier. A barrier that not all live threads of its block/warp reach, or a shuffle
-// from a lane that did not take part, throws instead of hanging.
+// per-block shuffled order, so a read of shared memory that is missing the barrier before it sees
+// data not yet written. __shared__ is one per-OS-thread static per kernel instantiation (reused by
+// the next block, like on a GPU). Warp shuffles go through a double-buffered per-warp exchange
+// buffer and a warp barrier. A barrier that not all live threads of its block/warp reach, or a
+// shuffle from a lane that did not take part, throws instead of hanging. Atomics are plain adds
+// (threads never interleave). Launched kernel names are recorded (take_launched_kernels).
 //
 // What this shows: index math, strides, vectorized paths, partial tiles, reductions, barrier
 // placement, shuffle patterns, host code. What it cannot show: memory-model races (visibility
@@ -59,7 +60,7 @@ using std::tanh;
 inline float __fdiv_rn(float a, float b) { return a / b; }
 
 template <typename T>
-inline T atomicAdd(T* p, T v) {  // threads never interleave inside it: a plain add is atomic here
+inline T atomicAdd(T* p, T v) {
   const T old = *p;
   *p += v;
   return old;
