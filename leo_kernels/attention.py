@@ -19,8 +19,9 @@ from __future__ import annotations
 import torch
 
 from leo_kernels import reference
-from leo_kernels._backend import nvtx_range, resolve_backend
+from leo_kernels._backend import resolve_backend
 from leo_kernels._checks import check_bool, check_same, check_tensor
+from leo_kernels._op import call, compute_dtype, kernel, register_compiled_fakes
 
 # "cpu" = an ATen composite of the reference formulas inside the custom ops (no hand-written C++
 # kernel); on CPU tensors the default is the eager "reference" unless "cpu" is asked for.
@@ -42,8 +43,11 @@ _DEFAULTS = {"cpu": ("reference",)}
 
 
 def _resolve(op, t, backend):
-    supported = _FLOAT64_BACKENDS if t.dtype == torch.float64 else SUPPORTED
-    return resolve_backend(op, t.device, backend, supported, _DEFAULTS)
+    return resolve_backend(op, t.device, backend, _supported(t), _DEFAULTS)
+
+
+def _supported(t):
+    return _FLOAT64_BACKENDS if t.dtype == torch.float64 else SUPPORTED
 
 
 def _check_len(op, name, L):
@@ -111,28 +115,30 @@ def temporal_attention(q, k, v, rope=False, *, backend=None):
     """
     _check_attention_args(q, k, v, rope)
     _check_backend_dtype("temporal_attention", q.dtype, backend)
-    chosen = _resolve("temporal_attention", q, backend)
-    if chosen == "reference":
-        return reference.temporal_attention(q, k, v, rope)
-    with nvtx_range("temporal_attention"):
-        return torch.ops.leo_kernels.temporal_attention(q, k, v, rope, chosen)[0]
+    return call(
+        "temporal_attention", q.device, backend, _supported(q),
+        lambda: reference.temporal_attention(q, k, v, rope),
+        lambda chosen: torch.ops.leo_kernels.temporal_attention(q, k, v, rope, chosen)[0],
+        _DEFAULTS,
+    )
 
 
 def temporal_attention_block(x, norm_weight, w_qkv, w_out, b_out, heads, rope=False, *, backend=None):
     """The T-atten residual block, x (B, C, L) -> x + w_out @ attn(split(w_qkv @ rmsnorm(x))) + b_out."""
     _check_block_args(x, norm_weight, w_qkv, w_out, b_out, heads, rope)
     _check_backend_dtype("temporal_attention_block", x.dtype, backend)
-    chosen = _resolve("temporal_attention_block", x, backend)
-    if chosen == "reference":
-        return reference.temporal_attention_block(x, norm_weight, w_qkv, w_out, b_out, heads, rope)
-    with nvtx_range("temporal_attention_block"):
-        return torch.ops.leo_kernels.temporal_attention_block(
-            x, norm_weight, w_qkv, w_out, b_out, heads, rope, chosen)[0]
+    return call(
+        "temporal_attention_block", x.device, backend, _supported(x),
+        lambda: reference.temporal_attention_block(x, norm_weight, w_qkv, w_out, b_out, heads, rope),
+        lambda chosen: torch.ops.leo_kernels.temporal_attention_block(
+            x, norm_weight, w_qkv, w_out, b_out, heads, rope, chosen)[0],
+        _DEFAULTS,
+    )
 
 
 # --------------------------------------------------------------------------- attention core per backend
-def _ct(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
+# The compute-dtype rule (leo_kernels/_op.py); lse and rstd are stored in it too.
+_ct = _lse_dtype = compute_dtype
 
 
 def _composite_fwd(q, k, v, rope):
@@ -166,31 +172,19 @@ def _composite_bwd(grad_out, q, k, v, lse, rope):
 
 
 def _core_fwd(q, k, v, rope, backend):
-    if backend == "triton":
-        from leo_kernels.triton import attention_triton
+    # "cpu" is the ATen composite (no C++ attention kernel), "cuda" the compiled op.
+    return kernel("attention", "temporal_attention_fwd", backend, triton_name="attention_fwd",
+                  composite=_composite_fwd)(q, k, v, rope)
 
-        return attention_triton.attention_fwd(q, k, v, rope)
-    if backend == "cuda":
-        return torch.ops.leo_kernels._temporal_attention_fwd(q, k, v, rope)
-    if backend == "cpu":
-        return _composite_fwd(q, k, v, rope)
-    raise ValueError(f"temporal_attention: unknown backend {backend!r}")
+
+def _composite_bwd_args(grad_out, q, k, v, out, lse, rope):
+    return _composite_bwd(grad_out, q, k, v, lse, rope)
 
 
 def _core_bwd(grad_out, q, k, v, out, lse, rope, backend):
-    if backend == "triton":
-        from leo_kernels.triton import attention_triton
-
-        return attention_triton.attention_bwd(grad_out, q, k, v, out, lse, rope)
-    if backend == "cuda":
-        return tuple(torch.ops.leo_kernels._temporal_attention_bwd(grad_out, q, k, v, out, lse, rope))
-    if backend == "cpu":
-        return _composite_bwd(grad_out, q, k, v, lse, rope)
-    raise ValueError(f"temporal_attention: unknown backend {backend!r}")
-
-
-def _lse_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    fn = kernel("attention", "temporal_attention_bwd", backend, triton_name="attention_bwd",
+                composite=_composite_bwd_args)
+    return tuple(fn(grad_out, q, k, v, out, lse, rope))
 
 
 # --------------------------------------------------------------------------- custom op: attention
@@ -202,10 +196,18 @@ def _attention_op(
     return _core_fwd(q, k, v, rope, backend)
 
 
-@_attention_op.register_fake
-def _(q, k, v, rope, backend):
+def _attention_fwd_fake(q, k, v, rope):
     B, H, L, _d = q.shape
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((B, H, L), dtype=_lse_dtype(q.dtype))
+
+
+def _attention_bwd_fake(grad_out, q, k, v, out, lse, rope):
+    return tuple(torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(3))
+
+
+@_attention_op.register_fake
+def _(q, k, v, rope, backend):
+    return _attention_fwd_fake(q, k, v, rope)
 
 
 @torch.library.custom_op("leo_kernels::temporal_attention_backward", mutates_args=())
@@ -218,7 +220,7 @@ def _attention_backward_op(
 
 @_attention_backward_op.register_fake
 def _(grad_out, q, k, v, out, lse, rope, backend):
-    return tuple(torch.empty_like(q, memory_format=torch.contiguous_format) for _ in range(3))
+    return _attention_bwd_fake(grad_out, q, k, v, out, lse, rope)
 
 
 def _attention_setup(ctx, inputs, output):
@@ -365,21 +367,8 @@ _block_op.register_autograd(_block_backward, setup_context=_block_setup)
 
 
 # --------------------------------------------------------------------------- compiled CUDA ops: fake impls
-def _has_compiled(name: str) -> bool:
-    try:
-        torch._C._dispatch_find_schema_or_throw(f"leo_kernels::{name}", "")
-        return True
-    except RuntimeError:
-        return False
-
-
-if _has_compiled("_temporal_attention_fwd"):
-
-    @torch.library.register_fake("leo_kernels::_temporal_attention_fwd")
-    def _(q, k, v, rope):
-        B, H, L, _d = q.shape
-        return q.new_empty(q.shape), q.new_empty((B, H, L), dtype=torch.float32)
-
-    @torch.library.register_fake("leo_kernels::_temporal_attention_bwd")
-    def _(grad_out, q, k, v, out, lse, rope):
-        return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
+# Declared in csrc/cuda/attention_cuda.cu (CUDA builds only); the fakes are the custom op's.
+register_compiled_fakes({
+    "_temporal_attention_fwd": _attention_fwd_fake,
+    "_temporal_attention_bwd": _attention_bwd_fake,
+})

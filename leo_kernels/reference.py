@@ -11,9 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from leo_kernels._op import compute_dtype as _compute_dtype
 
 
 # --------------------------------------------------------------------------- warp ops

@@ -18,9 +18,16 @@ import math
 import torch
 
 from leo_kernels import reference
-from leo_kernels.reference import _compute_dtype
-from leo_kernels._backend import extension_loaded, nvtx_range, resolve_backend
 from leo_kernels._checks import check_tensor
+from leo_kernels._op import (
+    call,
+    compute_dtype as _compute_dtype,
+    dense as _dense,
+    is_channels_last as _channels_last,
+    kernel as _op_kernel,
+    output_format,
+    register_compiled_fakes,
+)
 
 _SUPPORTED = ("cuda", "triton", "cpu", "reference")
 
@@ -58,19 +65,9 @@ def _pad4(op: str, pad) -> tuple[int, int, int, int]:
     raise ValueError(f"{op}: pad must have 1, 2 or 4 entries (x0, x1, y0, y1), got {len(vals)}: {pad!r}")
 
 
-def _channels_last(x: torch.Tensor) -> bool:
-    """The output-format rule shared with the C++/CUDA kernels (see stylegan_cpu.cpp)."""
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-
-def _dense(x: torch.Tensor) -> torch.Tensor:
-    """x as a dense NCHW- or channels_last-contiguous tensor (kernels index storage linearly)."""
-    return x if (x.is_contiguous() or _channels_last(x)) else x.contiguous()
-
-
 def _empty_out(x: torch.Tensor, shape) -> torch.Tensor:
-    fmt = torch.channels_last if _channels_last(x) else torch.contiguous_format
-    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+    """An output shaped ``shape`` laid out by the layout rule of leo_kernels/_op.py."""
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=output_format(x))
 
 
 def _out_size(in_size, up, down, p0, p1, k):
@@ -82,6 +79,25 @@ def _out_shape(x_shape, kernel_shape, ux, uy, dx, dy, px0, px1, py0, py1):
     n, c, h, w = x_shape
     kh, kw = kernel_shape
     return (n, c, _out_size(h, uy, dy, py0, py1, kh), _out_size(w, ux, dx, px0, px1, kw))
+
+
+def _kernel(name: str, backend: str):
+    return _op_kernel("stylegan", name, backend)
+
+
+# --------------------------------------------------------------------------- fake impls
+# One fake per kernel with the compiled op's arguments: the custom ops' fakes call them and
+# register_compiled_fakes (end of file) registers them for the compiled ops.
+def _upfirdn2d_fwd_fake(x, kernel, upx, upy, downx, downy, padx0, padx1, pady0, pady1):
+    return _empty_out(x, _out_shape(x.shape, kernel.shape, upx, upy, downx, downy, padx0, padx1, pady0, pady1))
+
+
+def _bias_act_fwd_fake(x, bias, negative_slope, gain):
+    return _empty_out(x, x.shape)
+
+
+def _bias_act_bwd_fake(grad_out, x, bias, negative_slope, gain):
+    return _empty_out(x, x.shape)
 
 
 # --------------------------------------------------------------------------- upfirdn2d
@@ -109,17 +125,20 @@ def upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0), *, backend=None):
                 f"{op}: pad {pad!r} leaves {size * u + p0 + p1} samples along {axis} (size {size} * up {u}), "
                 f"fewer than the kernel's {k}"
             )
-    chosen = resolve_backend(op, x.device, backend, _SUPPORTED)
-    if chosen == "reference":
-        return reference.upfirdn2d(x, kernel, (ux, uy), (dx, dy), (px0, px1, py0, py1))
-    if kernel.requires_grad and torch.is_grad_enabled():
-        raise ValueError(
-            f"{op}: kernel requires grad, but the {chosen!r} backend treats the FIR kernel as a constant "
-            "filter; pass kernel.detach() (or a buffer), or use backend='reference' to learn it"
-        )
-    k = kernel.to(_compute_dtype(x.dtype)).contiguous()
-    with nvtx_range(op):
+    def custom(chosen):
+        if kernel.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                f"{op}: kernel requires grad, but the {chosen!r} backend treats the FIR kernel as a constant "
+                "filter; pass kernel.detach() (or a buffer), or use backend='reference' to learn it"
+            )
+        k = kernel.to(_compute_dtype(x.dtype)).contiguous()
         return torch.ops.leo_kernels.upfirdn2d(_dense(x), k, [ux, uy], [dx, dy], [px0, px1, py0, py1], chosen)
+
+    return call(
+        op, x.device, backend, _SUPPORTED,
+        lambda: reference.upfirdn2d(x, kernel, (ux, uy), (dx, dy), (px0, px1, py0, py1)),
+        custom,
+    )
 
 
 @torch.library.custom_op(
@@ -129,17 +148,12 @@ def upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0), *, backend=None):
 )
 def _upfirdn2d_op(x, kernel, up, down, pad, backend):
     (ux, uy), (dx, dy), (px0, px1, py0, py1) = up, down, pad
-    x = _dense(x)
-    if backend == "triton":
-        from leo_kernels.triton import stylegan_triton
-
-        return stylegan_triton.upfirdn2d_fwd(x, kernel, ux, uy, dx, dy, px0, px1, py0, py1)
-    return torch.ops.leo_kernels._upfirdn2d_fwd(x, kernel, ux, uy, dx, dy, px0, px1, py0, py1)
+    return _kernel("upfirdn2d_fwd", backend)(_dense(x), kernel, ux, uy, dx, dy, px0, px1, py0, py1)
 
 
 @_upfirdn2d_op.register_fake
 def _(x, kernel, up, down, pad, backend):
-    return _empty_out(x, _out_shape(x.shape, kernel.shape, *up, *down, *pad))
+    return _upfirdn2d_fwd_fake(x, kernel, *up, *down, *pad)
 
 
 def _upfirdn2d_setup(ctx, inputs, output):
@@ -167,10 +181,6 @@ def _upfirdn2d_backward(ctx, grad):
 torch.library.register_autograd("leo_kernels::upfirdn2d", _upfirdn2d_backward, setup_context=_upfirdn2d_setup)
 
 
-def _upfirdn2d_fwd_fake(x, kernel, upx, upy, downx, downy, padx0, padx1, pady0, pady1):
-    return _empty_out(x, _out_shape(x.shape, kernel.shape, upx, upy, downx, downy, padx0, padx1, pady0, pady1))
-
-
 # --------------------------------------------------------------------------- bias_act
 def bias_act(x, bias=None, negative_slope=0.2, gain=math.sqrt(2.0), *, backend=None):
     """``leaky_relu(x + bias, negative_slope) * gain`` with bias (C,) broadcast along dim 1.
@@ -196,40 +206,23 @@ def bias_act(x, bias=None, negative_slope=0.2, gain=math.sqrt(2.0), *, backend=N
     for name, v in (("negative_slope", negative_slope), ("gain", gain)):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise TypeError(f"{op}: {name} must be a number, got {type(v).__name__}")
-    chosen = resolve_backend(op, x.device, backend, _SUPPORTED)
-    if chosen == "reference":
-        return reference.bias_act(x, bias, negative_slope, gain)
-    b = None if bias is None else bias.to(_compute_dtype(x.dtype))
-    with nvtx_range(op):
+    def custom(chosen):
+        b = None if bias is None else bias.to(_compute_dtype(x.dtype))
         return torch.ops.leo_kernels.bias_act(_dense(x), b, float(negative_slope), float(gain), chosen)
 
-
-def _bias_act_fwd_impl(x, bias, negative_slope, gain, backend):
-    if backend == "triton":
-        from leo_kernels.triton import stylegan_triton
-
-        return stylegan_triton.bias_act_fwd(x, bias, negative_slope, gain)
-    return torch.ops.leo_kernels._bias_act_fwd(x, bias, negative_slope, gain)
-
-
-def _bias_act_bwd_impl(grad, x, bias, negative_slope, gain, backend):
-    if backend == "triton":
-        from leo_kernels.triton import stylegan_triton
-
-        return stylegan_triton.bias_act_bwd(grad, x, bias, negative_slope, gain)
-    return torch.ops.leo_kernels._bias_act_bwd(grad, x, bias, negative_slope, gain)
+    return call(op, x.device, backend, _SUPPORTED, lambda: reference.bias_act(x, bias, negative_slope, gain), custom)
 
 
 @torch.library.custom_op("leo_kernels::bias_act", mutates_args=())
 def _bias_act_op(
     x: torch.Tensor, bias: torch.Tensor | None, negative_slope: float, gain: float, backend: str
 ) -> torch.Tensor:
-    return _bias_act_fwd_impl(_dense(x), bias, negative_slope, gain, backend)
+    return _kernel("bias_act_fwd", backend)(_dense(x), bias, negative_slope, gain)
 
 
 @_bias_act_op.register_fake
 def _(x, bias, negative_slope, gain, backend):
-    return _empty_out(x, x.shape)
+    return _bias_act_fwd_fake(x, bias, negative_slope, gain)
 
 
 @torch.library.custom_op("leo_kernels::bias_act_backward", mutates_args=())
@@ -237,12 +230,12 @@ def _bias_act_backward_op(
     grad: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, negative_slope: float, gain: float, backend: str
 ) -> torch.Tensor:
     """grad * gain * (x + bias > 0 ? 1 : negative_slope), laid out like x."""
-    return _bias_act_bwd_impl(grad, _dense(x), bias, negative_slope, gain, backend)
+    return _kernel("bias_act_bwd", backend)(grad, _dense(x), bias, negative_slope, gain)
 
 
 @_bias_act_backward_op.register_fake
 def _(grad, x, bias, negative_slope, gain, backend):
-    return _empty_out(x, x.shape)
+    return _bias_act_bwd_fake(grad, x, bias, negative_slope, gain)
 
 
 def _bias_grad(gx, bias):
@@ -286,16 +279,9 @@ torch.library.register_autograd(
 )
 
 
-def _bias_act_fwd_fake(x, bias, negative_slope, gain):
-    return _empty_out(x, x.shape)
-
-
-def _bias_act_bwd_fake(grad_out, x, bias, negative_slope, gain):
-    return _empty_out(x, x.shape)
-
-
 # Fake impls of the compiled ops (declared in csrc/cpu/stylegan_cpu.cpp), when the extension loaded.
-if extension_loaded():
-    torch.library.register_fake("leo_kernels::_upfirdn2d_fwd", _upfirdn2d_fwd_fake)
-    torch.library.register_fake("leo_kernels::_bias_act_fwd", _bias_act_fwd_fake)
-    torch.library.register_fake("leo_kernels::_bias_act_bwd", _bias_act_bwd_fake)
+register_compiled_fakes({
+    "_upfirdn2d_fwd": _upfirdn2d_fwd_fake,
+    "_bias_act_fwd": _bias_act_fwd_fake,
+    "_bias_act_bwd": _bias_act_bwd_fake,
+})

@@ -18,9 +18,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from leo_kernels import _backend, reference
-from leo_kernels._backend import deterministic_requested, nvtx_range, resolve_backend
+from leo_kernels import reference
+from leo_kernels._backend import deterministic_requested
 from leo_kernels._checks import FLOAT_DTYPES, check_bool, check_choice, check_same, check_tensor
+from leo_kernels._op import call, empty as _empty, kernel, output_format, register_compiled_fakes
 
 _SUPPORTED = ("cuda", "triton", "cpu", "reference")
 PADDING_MODES = {"zeros": 0, "border": 1, "reflection": 2}
@@ -28,21 +29,46 @@ PADDING_MODES = {"zeros": 0, "border": 1, "reflection": 2}
 __all__ = ["grid_sample", "compose_flow", "warp_inpaint", "PADDING_MODES"]
 
 
-def _triton():
-    from leo_kernels.triton import warp_triton  # lazy: triton is optional
-
-    return warp_triton
+# The layout rule (leo_kernels/_op.py); kept under its old name.
+feature_format = output_format
 
 
-def feature_format(t: Tensor) -> torch.memory_format:
-    """Memory format of the C-channel outputs for feature input ``t`` (see module docstring)."""
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
+def _kernel(name: str, backend: str):
+    return kernel("warp", name, backend)
 
 
-def _empty(shape, like: Tensor, fmt=torch.contiguous_format) -> Tensor:
-    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
+# --------------------------------------------------------------------------- fake impls
+# One fake per kernel, with the compiled op's arguments; the custom ops' fakes call them and
+# register_compiled_fakes (end of file) registers them for the compiled ops.
+def _grid_sample_fwd_fake(input, grid, padding_mode, align_corners):
+    shape = (input.shape[0], input.shape[1], grid.shape[1], grid.shape[2])
+    return _empty(shape, input, feature_format(input))
+
+
+def _grid_sample_bwd_fake(grad_out, input, grid, padding_mode, align_corners, deterministic):
+    return _empty(input.shape, input, feature_format(input)), _empty(grid.shape, grid)
+
+
+def _compose_flow_fwd_fake(coarse, fine):
+    return _empty(fine.shape, fine)
+
+
+def _compose_flow_bwd_fake(grad_out):
+    n, k, h, w = grad_out.shape
+    return _empty((n, k, h // 2, w // 2), grad_out)
+
+
+def _warp_inpaint_fwd_fake(feat, x, logits, skip, align_corners):
+    fmt = feature_format(feat)
+    return _empty(feat.shape, feat, fmt), _empty(feat.shape, feat, fmt), _empty(logits.shape, logits)
+
+
+def _warp_inpaint_bwd_fake(grad_warped, grad_blended, grad_composed, feat, x, composed, has_skip, align_corners,
+                           deterministic):
+    fmt = feature_format(feat)
+    n, _, h, w = composed.shape
+    gs = _empty((n, 3, h // 2, w // 2), feat) if has_skip else _empty((0,), feat)
+    return _empty(feat.shape, feat, fmt), _empty(feat.shape, feat, fmt), _empty(composed.shape, feat), gs
 
 
 # =========================================================================== grid_sample
@@ -50,17 +76,13 @@ def _empty(shape, like: Tensor, fmt=torch.contiguous_format) -> Tensor:
 def _grid_sample_op(
     input: Tensor, grid: Tensor, padding_mode: int, align_corners: bool, deterministic: bool, backend: str
 ) -> Tensor:
-    if backend == "triton":
-        out = _triton().grid_sample_fwd(input, grid, padding_mode, align_corners)
-    else:
-        out = torch.ops.leo_kernels._grid_sample_fwd(input, grid, padding_mode, align_corners)
+    out = _kernel("grid_sample_fwd", backend)(input, grid, padding_mode, align_corners)
     return out.contiguous(memory_format=feature_format(input))
 
 
 @_grid_sample_op.register_fake
 def _(input, grid, padding_mode, align_corners, deterministic, backend):
-    shape = (input.shape[0], input.shape[1], grid.shape[1], grid.shape[2])
-    return _empty(shape, input, feature_format(input))
+    return _grid_sample_fwd_fake(input, grid, padding_mode, align_corners)
 
 
 @torch.library.custom_op("leo_kernels::grid_sample_backward", mutates_args=())
@@ -73,18 +95,13 @@ def _grid_sample_backward_op(
     deterministic: bool,
     backend: str,
 ) -> tuple[Tensor, Tensor]:
-    if backend == "triton":
-        gi, gg = _triton().grid_sample_bwd(grad_out, input, grid, padding_mode, align_corners, deterministic)
-    else:
-        gi, gg = torch.ops.leo_kernels._grid_sample_bwd(
-            grad_out, input, grid, padding_mode, align_corners, deterministic
-        )
+    gi, gg = _kernel("grid_sample_bwd", backend)(grad_out, input, grid, padding_mode, align_corners, deterministic)
     return gi.contiguous(memory_format=feature_format(input)), gg.contiguous()
 
 
 @_grid_sample_backward_op.register_fake
 def _(grad_out, input, grid, padding_mode, align_corners, deterministic, backend):
-    return _empty(input.shape, input, feature_format(input)), _empty(grid.shape, grid)
+    return _grid_sample_bwd_fake(grad_out, input, grid, padding_mode, align_corners, deterministic)
 
 
 def _grid_sample_setup(ctx, inputs, output):
@@ -116,43 +133,34 @@ def grid_sample(input, grid, padding_mode="zeros", align_corners=False, *, backe
         raise ValueError(f"{op}: input must have non-empty H and W, got shape {tuple(input.shape)}")
     check_choice(op, "padding_mode", padding_mode, PADDING_MODES)
     check_bool(op, "align_corners", align_corners)
-    chosen = resolve_backend(op, input.device, backend, _SUPPORTED)
-    with nvtx_range(op):
-        if chosen == "reference":
-            return reference.grid_sample(input, grid, padding_mode, align_corners)
-        return torch.ops.leo_kernels.grid_sample(
+    return call(
+        op, input.device, backend, _SUPPORTED,
+        lambda: reference.grid_sample(input, grid, padding_mode, align_corners),
+        lambda chosen: torch.ops.leo_kernels.grid_sample(
             input, grid, PADDING_MODES[padding_mode], align_corners, deterministic_requested(), chosen
-        )
+        ),
+    )
 
 
 # =========================================================================== compose_flow
 @torch.library.custom_op("leo_kernels::compose_flow", mutates_args=())
 def _compose_flow_op(coarse: Tensor, fine: Tensor, backend: str) -> Tensor:
-    if backend == "triton":
-        out = _triton().compose_flow_fwd(coarse, fine)
-    else:
-        out = torch.ops.leo_kernels._compose_flow_fwd(coarse, fine)
-    return out.contiguous()
+    return _kernel("compose_flow_fwd", backend)(coarse, fine).contiguous()
 
 
 @_compose_flow_op.register_fake
 def _(coarse, fine, backend):
-    return _empty(fine.shape, fine)
+    return _compose_flow_fwd_fake(coarse, fine)
 
 
 @torch.library.custom_op("leo_kernels::compose_flow_backward", mutates_args=())
 def _compose_flow_backward_op(grad_out: Tensor, backend: str) -> Tensor:
-    if backend == "triton":
-        out = _triton().compose_flow_bwd(grad_out)
-    else:
-        out = torch.ops.leo_kernels._compose_flow_bwd(grad_out)
-    return out.contiguous()
+    return _kernel("compose_flow_bwd", backend)(grad_out).contiguous()
 
 
 @_compose_flow_backward_op.register_fake
 def _(grad_out, backend):
-    n, k, h, w = grad_out.shape
-    return _empty((n, k, h // 2, w // 2), grad_out)
+    return _compose_flow_bwd_fake(grad_out)
 
 
 def _compose_flow_setup(ctx, inputs, output):
@@ -178,11 +186,11 @@ def compose_flow(coarse, fine, *, backend=None):
             f"{op}: fine must be (N, K, 2H, 2W) = {(n, k, 2 * h, 2 * w)} for coarse {tuple(coarse.shape)}, "
             f"got {tuple(fine.shape)}"
         )
-    chosen = resolve_backend(op, fine.device, backend, _SUPPORTED)
-    with nvtx_range(op):
-        if chosen == "reference":
-            return reference.compose_flow(coarse, fine)
-        return torch.ops.leo_kernels.compose_flow(coarse, fine, chosen)
+    return call(
+        op, fine.device, backend, _SUPPORTED,
+        lambda: reference.compose_flow(coarse, fine),
+        lambda chosen: torch.ops.leo_kernels.compose_flow(coarse, fine, chosen),
+    )
 
 
 # =========================================================================== warp_inpaint
@@ -196,18 +204,14 @@ def _warp_inpaint_op(
     deterministic: bool,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    if backend == "triton":
-        warped, blended, composed = _triton().warp_inpaint_fwd(feat, x, logits, skip, align_corners)
-    else:
-        warped, blended, composed = torch.ops.leo_kernels._warp_inpaint_fwd(feat, x, logits, skip, align_corners)
+    warped, blended, composed = _kernel("warp_inpaint_fwd", backend)(feat, x, logits, skip, align_corners)
     fmt = feature_format(feat)
     return warped.contiguous(memory_format=fmt), blended.contiguous(memory_format=fmt), composed.contiguous()
 
 
 @_warp_inpaint_op.register_fake
 def _(feat, x, logits, skip, align_corners, deterministic, backend):
-    fmt = feature_format(feat)
-    return _empty(feat.shape, feat, fmt), _empty(feat.shape, feat, fmt), _empty(logits.shape, logits)
+    return _warp_inpaint_fwd_fake(feat, x, logits, skip, align_corners)
 
 
 # composed may be float32 for half/bfloat16 feat (see _warp_inpaint_setup); the gradients
@@ -226,10 +230,7 @@ def _warp_inpaint_backward_op(
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     args = (grad_warped, grad_blended, grad_composed, feat, x, composed, has_skip, align_corners, deterministic)
-    if backend == "triton":
-        gf, gx, gl, gs = _triton().warp_inpaint_bwd(*args)
-    else:
-        gf, gx, gl, gs = torch.ops.leo_kernels._warp_inpaint_bwd(*args)
+    gf, gx, gl, gs = _kernel("warp_inpaint_bwd", backend)(*args)
     fmt = feature_format(feat)
     if not has_skip:
         gs = feat.new_empty(0)
@@ -239,10 +240,9 @@ def _warp_inpaint_backward_op(
 
 @_warp_inpaint_backward_op.register_fake
 def _(grad_warped, grad_blended, grad_composed, feat, x, composed, has_skip, align_corners, deterministic, backend):
-    fmt = feature_format(feat)
-    n, _, h, w = composed.shape
-    gs = _empty((n, 3, h // 2, w // 2), feat) if has_skip else _empty((0,), feat)
-    return _empty(feat.shape, feat, fmt), _empty(feat.shape, feat, fmt), _empty(composed.shape, feat), gs
+    return _warp_inpaint_bwd_fake(
+        grad_warped, grad_blended, grad_composed, feat, x, composed, has_skip, align_corners, deterministic
+    )
 
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -311,50 +311,22 @@ def warp_inpaint(feat, x, logits, skip=None, align_corners=False, *, backend=Non
         if tuple(skip.shape) != (n, 3, h // 2, w // 2):
             raise ValueError(f"{op}: skip must be (N, 3, H/2, W/2) = {(n, 3, h // 2, w // 2)}, got {tuple(skip.shape)}")
     check_bool(op, "align_corners", align_corners)
-    chosen = resolve_backend(op, feat.device, backend, _SUPPORTED)
-    with nvtx_range(op):
-        if chosen == "reference":
-            return reference.warp_inpaint(feat, x, logits, skip, align_corners)
-        return torch.ops.leo_kernels.warp_inpaint(
+    return call(
+        op, feat.device, backend, _SUPPORTED,
+        lambda: reference.warp_inpaint(feat, x, logits, skip, align_corners),
+        lambda chosen: torch.ops.leo_kernels.warp_inpaint(
             feat, x, logits, skip, align_corners, deterministic_requested(), chosen
-        )
+        ),
+    )
 
 
 # =========================================================================== compiled-op fakes
-def _register_compiled_fakes():
-    """Fake impls of the C++/CUDA ops (declared in csrc/cpu/warp_cpu.cpp) for torch.compile / opcheck."""
-    if not _backend.extension_loaded() or not hasattr(torch.ops.leo_kernels, "_grid_sample_fwd"):
-        return
-
-    @torch.library.register_fake("leo_kernels::_grid_sample_fwd")
-    def _(input, grid, padding_mode, align_corners):
-        shape = (input.shape[0], input.shape[1], grid.shape[1], grid.shape[2])
-        return _empty(shape, input, feature_format(input))
-
-    @torch.library.register_fake("leo_kernels::_grid_sample_bwd")
-    def _(grad_out, input, grid, padding_mode, align_corners, deterministic):
-        return _empty(input.shape, input, feature_format(input)), _empty(grid.shape, grid)
-
-    @torch.library.register_fake("leo_kernels::_compose_flow_fwd")
-    def _(coarse, fine):
-        return _empty(fine.shape, fine)
-
-    @torch.library.register_fake("leo_kernels::_compose_flow_bwd")
-    def _(grad_out):
-        n, k, h, w = grad_out.shape
-        return _empty((n, k, h // 2, w // 2), grad_out)
-
-    @torch.library.register_fake("leo_kernels::_warp_inpaint_fwd")
-    def _(feat, x, logits, skip, align_corners):
-        fmt = feature_format(feat)
-        return _empty(feat.shape, feat, fmt), _empty(feat.shape, feat, fmt), _empty(logits.shape, logits)
-
-    @torch.library.register_fake("leo_kernels::_warp_inpaint_bwd")
-    def _(grad_warped, grad_blended, grad_composed, feat, x, composed, has_skip, align_corners, deterministic):
-        fmt = feature_format(feat)
-        n, _, h, w = composed.shape
-        gs = _empty((n, 3, h // 2, w // 2), feat) if has_skip else _empty((0,), feat)
-        return _empty(feat.shape, feat, fmt), _empty(feat.shape, feat, fmt), _empty(composed.shape, feat), gs
-
-
-_register_compiled_fakes()
+# The compiled ops are declared in csrc/cpu/warp_cpu.cpp; their fakes are the ones above.
+register_compiled_fakes({
+    "_grid_sample_fwd": _grid_sample_fwd_fake,
+    "_grid_sample_bwd": _grid_sample_bwd_fake,
+    "_compose_flow_fwd": _compose_flow_fwd_fake,
+    "_compose_flow_bwd": _compose_flow_bwd_fake,
+    "_warp_inpaint_fwd": _warp_inpaint_fwd_fake,
+    "_warp_inpaint_bwd": _warp_inpaint_bwd_fake,
+})

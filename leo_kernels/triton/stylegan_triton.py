@@ -10,8 +10,12 @@ import torch
 import triton
 import triton.language as tl
 
-# The layout rules shared with the compiled kernels live with the public ops.
-from leo_kernels.stylegan import _channels_last, _dense, _empty_out  # noqa: F401
+# The layout rule shared with the compiled kernels (leo_kernels/_op.py).
+from leo_kernels._op import dense as _dense, is_channels_last as _channels_last, output_format
+
+
+def _empty_out(x, shape):
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=output_format(x))
 
 _BLOCK = 256
 
@@ -111,7 +115,7 @@ def _bias_act_kernel(
 
 def _bias_act(x, bias, grad, negative_slope, gain):
     x = _dense(x)
-    fmt = torch.channels_last if _channels_last(x) else torch.contiguous_format
+    fmt = output_format(x)
     out = _empty_out(x, x.shape)
     total = x.numel()
     if total == 0:

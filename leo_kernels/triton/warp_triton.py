@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from leo_kernels._op import compute_dtype, output_format
+
 PAD_ZEROS, PAD_BORDER, PAD_REFLECTION = 0, 1, 2
 
 
@@ -596,15 +598,9 @@ def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _acc_torch(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _fmt(t: torch.Tensor):
-    """Memory format to give outputs and scratch buffers shaped like ``t`` (4-D)."""
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
+# The dtype and layout rules shared with the compiled kernels (leo_kernels/_op.py).
+_acc_torch = compute_dtype
+_fmt = output_format
 
 
 def _blocks(C: int):
