@@ -1,7 +1,9 @@
 """Video datasets for training: a folder of videos and/or frame folders, split by video.
 
-:class:`VideoFolder` indexes a folder (recursively): every video file (mp4/mov/avi/webm/mkv/m4v)
-and every folder of png/jpg frames is one clip. The split into train/test is by clip and
+:class:`VideoFolder` indexes a folder (recursively) with :func:`find_clips`, the one clip
+discovery of leo (the stage-2 and first-frame trainers use it too): every video file
+(mp4/m4v/mov/mkv/avi/webm/gif, leo.media's VIDEO_EXTENSIONS) and every folder of png/jpg/bmp/webp
+frames is one clip. The split into train/test is by clip and
 deterministic (a seeded shuffle of the sorted names); a folder with a single clip is split in time
 instead. Nothing is decoded up front: clips are decoded on first use, in whichever DataLoader worker
 needs them, resized (shorter side) and center-cropped to the model size, and kept in a small
@@ -30,8 +32,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+from leo.media import VIDEO_EXTENSIONS  # what leo.media.VideoReader reads
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 class DataError(ValueError):
@@ -51,7 +54,8 @@ def _natural_key(s: str):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
 
 
-def _frame_files(folder: str) -> list[str]:
+def frame_files(folder: str) -> list[str]:
+    """The frame images of a frame folder, in natural order ('2.png' before '10.png')."""
     try:
         names = [n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")]
     except OSError:
@@ -59,8 +63,12 @@ def _frame_files(folder: str) -> list[str]:
     return [os.path.join(folder, n) for n in sorted(names, key=_natural_key)]
 
 
+_frame_files = frame_files
+
+
 def find_clips(root: str | os.PathLike) -> list[Clip]:
-    """Every video file and frame folder under ``root`` (recursively), sorted by name."""
+    """Every video file and frame folder under ``root`` (recursively, hidden entries skipped),
+    sorted by name; ``root`` may also be one video file. Every trainer finds its clips here."""
     root = os.fspath(root)
     if os.path.isfile(root):
         if root.lower().endswith(VIDEO_EXTENSIONS):

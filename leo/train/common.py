@@ -4,9 +4,16 @@
 - atomic training checkpoints (temp file + fsync + rename, so a killed run never leaves a
   corrupt file) with a clear error when a file is corrupt;
 - :class:`DistributedContext`: the same code runs as one process or under ``torchrun``;
+- :func:`open_run` / :class:`RunDir`: the one resume rule (``out/checkpoint.pt``);
+- :func:`gather_rng` / :func:`restore_rng`: every rank's RNG state in the checkpoint;
+- :class:`StopRequest`: SIGINT/SIGTERM ask for a clean stop, agreed on by all ranks;
 - :class:`StreamSampler`: an infinite, resumable stream of sample ids, split across ranks;
-- :class:`TrainLogger`: tqdm progress bar with losses and throughput plus ``metrics.csv``;
+- :class:`TrainLogger`: tqdm progress bar with losses and throughput plus ``metrics.csv``
+  (main rank only; :meth:`DistributedContext.print` for plain messages);
 - :func:`plot_losses`: a PNG of the curves in a ``metrics.csv``.
+
+Every trainer (stage 1, LMDM, first-frame) is built from these; see docs/INTERNALS.md,
+"Training loop structure".
 """
 from __future__ import annotations
 
@@ -16,8 +23,11 @@ import math
 import os
 import pathlib
 import random
+import signal
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -204,6 +214,11 @@ class DistributedContext:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t / self.world_size
 
+    def print(self, *args, file=None, **kwargs) -> None:
+        """``print`` on the main rank only (stderr by default), so a message appears once per job."""
+        if self.is_main:
+            print(*args, file=file if file is not None else sys.stderr, **kwargs)
+
     def close(self) -> None:
         if self._owns_group and dist.is_initialized():
             dist.destroy_process_group()
@@ -215,6 +230,107 @@ class DistributedContext:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+# --------------------------------------------------------------------------- resume, RNG, stopping
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class RunDir:
+    """A run folder and the checkpoint it resumes from (``payload`` is None for a fresh run)."""
+
+    out: pathlib.Path
+    checkpoint: pathlib.Path
+    payload: dict | None = None
+
+    @property
+    def start_step(self) -> int:
+        return int(self.payload["step"]) if self.payload is not None else 0
+
+
+def open_run(out: str | os.PathLike, resume: bool, *, overwrite: bool = False,
+             name: str = CHECKPOINT_NAME) -> RunDir:
+    """The resume rule every trainer follows.
+
+    ``resume=True``: load ``out/checkpoint.pt`` when it exists (a missing one starts a fresh run).
+    ``resume=False`` with an existing checkpoint: :class:`FileExistsError`, unless ``overwrite``
+    (then the old run is replaced by the new one's checkpoints). Every rank reads the file.
+    """
+    out = pathlib.Path(out)
+    path = out / name
+    if path.exists():
+        if resume:
+            return RunDir(out, path, load_training_checkpoint(path))
+        if not overwrite:
+            raise FileExistsError(f"{out} already holds a training run ({path}); pass --resume to continue it "
+                                  "or choose another output folder")
+    return RunDir(out, path, None)
+
+
+def gather_rng(ctx: "DistributedContext") -> list:
+    """Every rank's :func:`rng_state`, in rank order (a collective under torchrun)."""
+    state = rng_state()
+    if not ctx.distributed:
+        return [state]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, state)
+    return out
+
+
+def restore_rng(states, ctx: "DistributedContext") -> None:
+    """Restore this rank's state from :func:`gather_rng`'s list (rank 0's when the run had fewer
+    ranks; a single state dict, as older checkpoints hold, is used by every rank)."""
+    if states is None:
+        return
+    if isinstance(states, dict):
+        set_rng_state(states)
+        return
+    set_rng_state(states[ctx.rank] if ctx.rank < len(states) else states[0])
+
+
+class StopRequest:
+    """SIGINT (Ctrl-C) and SIGTERM (``kill``, cluster preemption) ask for a clean stop.
+
+    Use as a context manager around the training loop; it installs the handlers (main thread
+    only) and restores the previous ones on exit. A second signal raises KeyboardInterrupt
+    (abort without saving). Call :meth:`should_stop` on every rank at every step boundary: it
+    all-reduces the flag (MAX) so a signal that reached any one rank stops all of them after
+    the same step, and the collectives stay matched.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested, self.signum = True, signum
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}
+        return False
+
+    def should_stop(self, ctx: "DistributedContext | None" = None) -> bool:
+        """True when a stop was requested on any rank (a collective under torchrun)."""
+        if ctx is None or not ctx.distributed:
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=ctx.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
 
 class StreamSampler(torch.utils.data.Sampler):

@@ -6,12 +6,16 @@ progress/CSV logging and torchrun (DDP) support through leo.train.common.
 Exact resume: every step's randomness (batch choice, diffusion noise, condition
 dropout) comes from generators seeded by (seed, rank, step), so a resumed run draws the
 same batches as an uninterrupted one without having to restore generator state.
+
+Resume, stopping and logging are leo.train.common's (the same as stage 1's): ``open_run``
+(``--resume`` loads ``out_dir/checkpoint.pt``; without it an old checkpoint is overwritten),
+``StopRequest`` (SIGINT/SIGTERM on any rank stop every rank after the same step, with a
+checkpoint), every rank's RNG state in the checkpoint, progress/CSV on the main rank only.
 """
 from __future__ import annotations
 
 import copy
 import os
-import signal
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,7 +23,7 @@ import torch
 
 from leo.train import common
 
-CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_NAME = common.CHECKPOINT_NAME
 
 
 @dataclass
@@ -38,6 +42,24 @@ class LoopConfig:
     device: str | None = None
     amp: bool = False  # bf16 autocast (CUDA only)
     extra: dict = field(default_factory=dict)  # stored in the checkpoint's config
+
+
+@dataclass
+class DiffusionTask:
+    """What :func:`run` trains.
+
+    sample_batch(generator, batch_size) -> (x0, cond) on CPU (cond may be None; condition
+    dropout is the diffusion's). export(ema_model, path) writes the final weights file
+    ``out_dir/export_name`` (also written at every checkpoint). ``data_key`` identifies the
+    training data: resuming on other data is refused.
+    """
+
+    model: torch.nn.Module
+    diffusion: object  # anything with training_loss(model, x0, cond=, generator=)
+    sample_batch: Callable[[torch.Generator, int], tuple]
+    export: Callable[[torch.nn.Module, str], None]
+    export_name: str
+    data_key: str | None = None
 
 
 def step_generators(seed: int, rank: int, step: int, device) -> tuple[torch.Generator, torch.Generator]:
@@ -63,114 +85,104 @@ def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def run(
-    cfg: LoopConfig,
-    model: torch.nn.Module,
-    diffusion,
-    sample_batch: Callable[[torch.Generator, int], tuple],
-    export: Callable[[torch.nn.Module, str], None],
-    export_name: str,
-    ctx=None,
-    data_key: str | None = None,
-) -> dict:
-    """Train ``model`` and return a summary dict.
+def run(cfg: LoopConfig, task: DiffusionTask, ctx: common.DistributedContext | None = None,
+        hooks: dict | None = None) -> dict:
+    """Train ``task.model`` and return a summary dict (``step``, ``finished``, ``losses``,
+    ``checkpoint``, ``weights``, ``ema``).
 
-    sample_batch(generator, batch_size) -> (x0, cond) on CPU (cond may be None; with the
-    condition-dropout done by the caller). export(ema_model, path) writes the final
-    weights file ``out_dir/export_name`` (also written at every checkpoint).
+    ``hooks`` (tests): ``{"after_step": fn(step, info)}`` called on every rank after each step.
     """
+    hooks = hooks or {}
     own_ctx = ctx is None
     ctx = ctx or common.DistributedContext(device=cfg.device)
+    try:
+        return _run(cfg, task, ctx, hooks)
+    finally:
+        if own_ctx:
+            ctx.close()
+
+
+def _run(cfg: LoopConfig, task: DiffusionTask, ctx: common.DistributedContext, hooks: dict) -> dict:
     device = ctx.device
     os.makedirs(cfg.out_dir, exist_ok=True)
-    ckpt_path = os.path.join(cfg.out_dir, CHECKPOINT_NAME)
-    export_path = os.path.join(cfg.out_dir, export_name)
+    run_dir = common.open_run(cfg.out_dir, cfg.resume, overwrite=True)
+    ckpt_path = str(run_dir.checkpoint)
+    export_path = os.path.join(cfg.out_dir, task.export_name)
 
     common.seed_everything(cfg.seed + ctx.rank)
-    model = model.to(device)
+    model = task.model.to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = 0
-    if cfg.resume and os.path.exists(ckpt_path):
-        payload = common.load_training_checkpoint(ckpt_path)
-        if data_key is not None and payload.get("data_key") not in (None, data_key):
-            raise ValueError(
-                f"--resume: {ckpt_path} was trained on other data/animator (key {payload.get('data_key')}, now {data_key})"
-            )
+    payload, start = run_dir.payload, run_dir.start_step
+    if payload is not None:
+        if task.data_key is not None and payload.get("data_key") not in (None, task.data_key):
+            raise ValueError(f"--resume: {ckpt_path} was trained on other data/animator "
+                             f"(key {payload.get('data_key')}, now {task.data_key})")
         model.load_state_dict(payload["model"])
         ema.load_state_dict(payload["ema"])
         opt.load_state_dict(payload["optimizer"])
-        start = int(payload["step"])
-        if payload.get("rng") is not None:
-            common.set_rng_state(payload["rng"])
-        if ctx.is_main:
-            print(f"resumed from {ckpt_path} at step {start}")
-    elif cfg.resume and ctx.is_main:
-        print(f"--resume: no checkpoint at {ckpt_path}, starting from scratch")
+        common.restore_rng(payload.get("rng"), ctx)
 
     train_model = ctx.wrap(model)
     logger = common.TrainLogger(cfg.out_dir, total_steps=cfg.steps, start_step=start, enabled=ctx.is_main,
                                 desc=cfg.extra.get("desc", "train"),
                                 samples_per_step=cfg.batch_size * ctx.world_size)
+    if payload is not None:
+        logger.message(f"resumed from {ckpt_path} at step {start}")
+    elif cfg.resume:
+        logger.message(f"--resume: no checkpoint at {ckpt_path}, starting from scratch")
 
     def save(step):
-        if not ctx.is_main:
-            return
-        payload = {
-            "model": model.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": opt.state_dict(),
-            "step": step,
-            "config": {**cfg.__dict__, "extra": cfg.extra},
-            "rng": common.rng_state(),
-            "data_key": data_key,
-        }
-        common.save_training_checkpoint(ckpt_path, payload)
-        export(ema, export_path)
-
-    # A SIGTERM (cluster preemption, `kill`) ends the run at a step boundary with a checkpoint.
-    stop = {"flag": False}
-    old_handler = None
-    if ctx.is_main:
-        try:
-            old_handler = signal.signal(signal.SIGTERM, lambda *a: stop.__setitem__("flag", True))
-        except ValueError:  # not in the main thread
-            old_handler = None
-
-    losses, step = [], start
-    try:
-        model.train()
-        for step in range(start, cfg.steps):
-            g_cpu, g_dev = step_generators(cfg.seed, ctx.rank, step, device)
-            x0, cond = sample_batch(g_cpu, cfg.batch_size)
-            x0 = x0.to(device, non_blocking=True)
-            cond = cond.to(device, non_blocking=True) if isinstance(cond, torch.Tensor) else cond
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and torch.device(device).type == "cuda"):
-                loss = diffusion.training_loss(train_model, x0, cond=cond, generator=g_dev)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
-            opt.step()
-            ema_update(ema, model, step, cfg.ema_decay)
-            losses.append(loss.item())
-            done = step + 1
-            to_csv = done % cfg.log_every == 0 or done == cfg.steps
-            recent = losses[-cfg.log_every:]
-            metrics = {"loss": sum(recent) / len(recent)}
-            if gnorm is not None:
-                metrics["grad_norm"] = float(gnorm)
-            logger.log(done, metrics, to_csv=to_csv)
-            if done % cfg.save_every == 0 and done != cfg.steps:
-                save(done)
-            if stop["flag"]:
-                break
-        step = step + 1 if cfg.steps > start else start
-        save(step)
-    finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
-        logger.close()
+        rng = common.gather_rng(ctx)  # a collective: every rank saves at the same steps
+        if ctx.is_main:
+            common.save_training_checkpoint(ckpt_path, {
+                "model": model.state_dict(),
+                "ema": ema.state_dict(),
+                "optimizer": opt.state_dict(),
+                "step": step,
+                "config": {**cfg.__dict__, "extra": cfg.extra},
+                "rng": rng,
+                "world_size": ctx.world_size,
+                "data_key": task.data_key,
+            })
+            task.export(ema, export_path)
         ctx.barrier()
-        if own_ctx:
-            ctx.close()
-    return {"step": step, "losses": losses, "checkpoint": ckpt_path, "weights": export_path, "ema": ema}
+
+    losses, step, stopped = [], start, False
+    try:
+        with common.StopRequest() as stop:
+            model.train()
+            while step < cfg.steps:
+                g_cpu, g_dev = step_generators(cfg.seed, ctx.rank, step, device)
+                x0, cond = task.sample_batch(g_cpu, cfg.batch_size)
+                x0 = x0.to(device, non_blocking=True)
+                cond = cond.to(device, non_blocking=True) if isinstance(cond, torch.Tensor) else cond
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
+                    loss = task.diffusion.training_loss(train_model, x0, cond=cond, generator=g_dev)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+                opt.step()
+                ema_update(ema, model, step, cfg.ema_decay)
+                losses.append(loss.item())
+                step += 1
+                recent = losses[-cfg.log_every:]
+                metrics = {"loss": sum(recent) / len(recent)}
+                if gnorm is not None:
+                    metrics["grad_norm"] = float(gnorm)
+                logger.log(step, metrics, to_csv=step % cfg.log_every == 0 or step == cfg.steps)
+                if "after_step" in hooks:
+                    hooks["after_step"](step, {"loss": losses[-1], "model": model, "ema": ema})
+                # agree on a clean stop (signal on any rank) at this step boundary
+                stopped = stop.should_stop(ctx)
+                if stopped:
+                    break
+                if step % cfg.save_every == 0 and step != cfg.steps:
+                    save(step)
+            save(step)  # the end, a stop, or (resuming a finished run) the same state again
+            if stopped:
+                logger.message(f"stopped at step {step}; checkpoint saved, continue with --resume")
+    finally:
+        logger.close()
+    return {"step": step, "finished": step >= cfg.steps, "losses": losses, "checkpoint": ckpt_path,
+            "weights": export_path, "ema": ema}

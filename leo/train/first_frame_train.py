@@ -9,6 +9,7 @@ weights, loadable by :func:`leo.first_frame.load_first_frame_generator`),
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -80,8 +81,25 @@ def make_sampler(frames_u8: torch.Tensor):
     return sample_batch
 
 
-def train_first_frame(cfg: FirstFrameTrainConfig, frames_u8: torch.Tensor | None = None, ctx=None) -> dict:
-    """Train and return a summary (``weights`` path, ``losses``, ``step``...)."""
+def train_first_frame(cfg: FirstFrameTrainConfig, frames_u8: torch.Tensor | None = None,
+                      ctx: common.DistributedContext | None = None, hooks: dict | None = None) -> dict:
+    """Train and return a summary (``weights`` path, ``losses``, ``step``, ``finished``...).
+
+    Resume, SIGINT/SIGTERM and logging: :func:`leo.train.diffusion_loop.run` (``hooks`` too)."""
+    own_ctx = ctx is None
+    ctx = ctx or common.DistributedContext(device=cfg.device)
+    try:
+        return _train(cfg, frames_u8, ctx, hooks)
+    finally:
+        if own_ctx:
+            ctx.close()
+
+
+def _save_weights(model, path) -> None:
+    model.save(path)
+
+
+def _train(cfg: FirstFrameTrainConfig, frames_u8, ctx: common.DistributedContext, hooks) -> dict:
     data_key = None
     if frames_u8 is None:
         frames_u8, data_key = collect_frames(cfg.data, cfg.image_size, cfg.frame_stride, cfg.frames_per_video)
@@ -97,11 +115,12 @@ def train_first_frame(cfg: FirstFrameTrainConfig, frames_u8: torch.Tensor | None
         save_every=cfg.save_every, log_every=cfg.log_every, seed=cfg.seed, resume=cfg.resume, device=cfg.device,
         amp=cfg.amp, extra={"desc": "first-frame", "model": model.config, "frames": int(frames_u8.shape[0]), **cfg.extra},
     )
-    print(f"first-frame model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-          f"{frames_u8.shape[0]} training frames at {cfg.image_size}x{cfg.image_size}")
-    summary = diffusion_loop.run(loop, model, diffusion, make_sampler(frames_u8),
-                                 export=lambda m, p: m.save(p), export_name=WEIGHTS_NAME, ctx=ctx, data_key=data_key)
-    if cfg.sample_count > 0 and int(os.environ.get("RANK", "0")) == 0:
+    ctx.print(f"first-frame model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+              f"{frames_u8.shape[0]} training frames at {cfg.image_size}x{cfg.image_size}", file=sys.stdout)
+    task = diffusion_loop.DiffusionTask(model, diffusion, make_sampler(frames_u8), export=_save_weights,
+                                        export_name=WEIGHTS_NAME, data_key=data_key)
+    summary = diffusion_loop.run(loop, task, ctx=ctx, hooks=hooks)
+    if cfg.sample_count > 0 and ctx.is_main:
         from leo.media import image_grid, save_image
 
         imgs = summary["ema"].sample(cfg.sample_count, seed=cfg.seed, steps=cfg.sample_steps).cpu()

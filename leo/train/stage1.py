@@ -21,24 +21,28 @@ import json
 import math
 import os
 import pathlib
-import signal
 import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 
+from leo.animator import Animator
+from leo.data.videos import FramePairDataset, VideoFolder
+from leo.discriminator import Discriminator
+from leo.train import losses
 from leo.train.common import (
     DistributedContext,
+    RunDir,
+    StopRequest,
     StreamSampler,
     TrainLogger,
-    load_training_checkpoint,
+    open_run,
     plot_losses,
-    rng_state,
     save_training_checkpoint,
     seed_everything,
     set_rng_state,
 )
+from leo.train.common import gather_rng as _gather_rng
 
 CHECKPOINT_NAME = "checkpoint.pt"
 EXPORT_NAME = "animator.safetensors"
@@ -136,32 +140,6 @@ class Stage1Config:
             raise ValueError(f"threads must be >= 1, got {self.threads!r}")
 
 
-class _StopFlag:
-    """SIGINT/SIGTERM ask for a clean stop at the next step boundary; a second signal aborts."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = {}
-
-    def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self):
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-        return False
-
-
 def _autocast(device: torch.device, enabled: bool):
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -182,15 +160,6 @@ def _prepare_data(cfg: Stage1Config, ctx: DistributedContext, out: pathlib.Path)
                                       "seed": cfg.seed}))
     ctx.barrier()
     return str(root)
-
-
-def _gather_rng(ctx: DistributedContext) -> list:
-    state = rng_state()
-    if not ctx.distributed:
-        return [state]
-    out = [None] * ctx.world_size
-    dist.all_gather_object(out, state)
-    return out
 
 
 def _grid(source, target, recon, path):
@@ -244,24 +213,13 @@ def train_stage1(cfg: Stage1Config, hooks: dict | None = None) -> dict:
 
     ``hooks`` (tests): ``{"after_step": fn(step, info)}`` called on every rank after each step.
     """
-    from leo.animator import Animator
-    from leo.data.videos import FramePairDataset, VideoFolder
-    from leo.discriminator import Discriminator
-    from leo.train import losses
-
     hooks = hooks or {}
-    out = pathlib.Path(cfg.out)
-    ckpt_path = out / CHECKPOINT_NAME
-    ckpt = None
-    if cfg.resume and ckpt_path.exists():
-        ckpt = load_training_checkpoint(ckpt_path)
-        saved = Stage1Config.from_dict(ckpt["config"])
+    run = open_run(cfg.out, cfg.resume, name=CHECKPOINT_NAME)  # FileExistsError without --resume
+    if run.payload is not None:
+        saved = Stage1Config.from_dict(run.payload["config"])
         for k in RUNTIME_KEYS:
             setattr(saved, k, getattr(cfg, k))
         cfg = saved
-    elif ckpt_path.exists() and not cfg.resume:
-        raise FileExistsError(f"{out} already holds a training run ({ckpt_path}); pass --resume to continue it "
-                              "or choose another output folder")
     cfg.validate()
 
     ctx = DistributedContext(cfg.device)
@@ -270,15 +228,14 @@ def train_stage1(cfg: Stage1Config, hooks: dict | None = None) -> dict:
         # tiny models on a busy CPU: fewer threads avoid OpenMP oversubscription (restored below)
         torch.set_num_threads(cfg.threads)
     try:
-        return _train(cfg, ctx, ckpt, hooks, out, ckpt_path, Animator, Discriminator, losses,
-                      FramePairDataset, VideoFolder)
+        return _train(cfg, ctx, run, hooks)
     finally:
         torch.set_num_threads(threads)
         ctx.close()
 
 
-def _train(cfg, ctx, ckpt, hooks, out, ckpt_path, Animator, Discriminator, losses, FramePairDataset,
-           VideoFolder):
+def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict) -> dict:
+    ckpt, out, ckpt_path = run.payload, run.out, run.checkpoint
     device = ctx.device
     amp = cfg.amp and device.type == "cuda"
     if ctx.is_main:
@@ -370,7 +327,7 @@ def _train(cfg, ctx, ckpt, hooks, out, ckpt_path, Animator, Discriminator, losse
     step = start_step
     last = {}
     t_start = time.perf_counter()
-    with _StopFlag() as stop:
+    with StopRequest() as stop:
         while step < cfg.steps:
             # ---------------- generator: reconstruction (+ perceptual, + adversarial)
             G.train()
@@ -434,10 +391,7 @@ def _train(cfg, ctx, ckpt, hooks, out, ckpt_path, Animator, Discriminator, losse
                 hooks["after_step"](step, {"losses": sums, "G": G, "D": D})
 
             # agree on a clean stop (signal on any rank) at this step boundary
-            stop_now = torch.tensor([1.0 if stop.requested else 0.0], device=device)
-            if ctx.distributed:
-                dist.all_reduce(stop_now, op=dist.ReduceOp.MAX)
-            stop_now = bool(stop_now.item())
+            stop_now = stop.should_stop(ctx)
 
             if step % cfg.log_every == 0 or step == cfg.steps or stop_now:
                 shown = {k: v for k, v in sums.items()

@@ -154,6 +154,10 @@ def build_lmdm(cfg: Stage2Config, motion_dim: int):
     return LMDM(**kw)
 
 
+def _save_weights(model, path) -> None:
+    model.save(path)
+
+
 class _WithLossKwargs:
     """GaussianDiffusion whose training_loss always gets the condition-dropout probability."""
 
@@ -164,8 +168,10 @@ class _WithLossKwargs:
         return self.diffusion.training_loss(model, x0, cond=cond, generator=generator, p_uncond=self.p_uncond)
 
 
-def train_lmdm(cfg: Stage2Config) -> dict:
-    """Extract/cache codes, fit statistics, train; returns the loop's summary plus cache info."""
+def train_lmdm(cfg: Stage2Config, hooks: dict | None = None) -> dict:
+    """Extract/cache codes, fit statistics, train; returns the loop's summary plus cache info.
+
+    Resume, SIGINT/SIGTERM and logging: :func:`leo.train.diffusion_loop.run` (``hooks`` too)."""
     if not 0.0 <= cfg.p_uncond <= 1.0:
         raise ValueError(f"p_uncond must be in [0, 1], got {cfg.p_uncond}")
     if cfg.window < 2:
@@ -180,9 +186,8 @@ def train_lmdm(cfg: Stage2Config) -> dict:
             raise ValueError(f"every video is shorter than the window ({max(lengths)} < {cfg.window} frames); "
                              "use a smaller --window")
         short = sum(n < cfg.window for n in lengths)
-        if short and ctx.is_main:
-            print(f"{short} of {len(codes)} videos are shorter than the window ({cfg.window}) and are not used",
-                  file=sys.stderr)
+        if short:
+            ctx.print(f"{short} of {len(codes)} videos are shorter than the window ({cfg.window}) and are not used")
         common.seed_everything(cfg.seed)  # the initial weights depend on the seed alone
         lmdm = build_lmdm(cfg, codes[0].shape[1])
         lmdm.fit_code_stats(all_windows(codes, cfg.window))
@@ -194,12 +199,11 @@ def train_lmdm(cfg: Stage2Config) -> dict:
             device=cfg.device, amp=cfg.amp,
             extra={"desc": "lmdm", "model": lmdm.config, "p_uncond": cfg.p_uncond, "videos": len(codes), **cfg.extra},
         )
-        if ctx.is_main:
-            print(f"LMDM: {sum(p.numel() for p in lmdm.parameters()) / 1e6:.2f}M parameters, "
-                  f"{len(codes)} videos, {sum(lengths)} frames, window {cfg.window}, p_uncond {cfg.p_uncond}",
-                  file=sys.stderr)
-        summary = diffusion_loop.run(loop, lmdm, diffusion, sampler, export=lambda m, p: m.save(p),
-                                     export_name=WEIGHTS_NAME, ctx=ctx, data_key=key)
+        ctx.print(f"LMDM: {sum(p.numel() for p in lmdm.parameters()) / 1e6:.2f}M parameters, "
+                  f"{len(codes)} videos, {sum(lengths)} frames, window {cfg.window}, p_uncond {cfg.p_uncond}")
+        task = diffusion_loop.DiffusionTask(lmdm, diffusion, sampler, export=_save_weights, export_name=WEIGHTS_NAME,
+                                            data_key=key)
+        summary = diffusion_loop.run(loop, task, ctx=ctx, hooks=hooks)
     finally:
         ctx.close()
     summary.update(code_cache_hit=hit, code_key=key, num_videos=len(codes))

@@ -1,9 +1,10 @@
 """Whole-video access for the stage-2 and first-frame trainers.
 
 Those trainers need every frame of every video once (to encode motion codes, or to pick
-frames), not random pairs, so they read videos sequentially here: video files
-(mp4/mov/avi/webm/mkv/gif, through leo.media.VideoReader) and frame folders (png/jpg,
-sorted by name). A file that cannot be read is skipped with a warning and counted.
+frames), not random pairs, so they read videos sequentially here. Which clips a data folder
+holds is decided by :func:`leo.data.videos.find_clips` alone (the same clips, in the same
+order, as stage 1 sees): video files through leo.media.VideoReader, frame folders in natural
+order. A file that cannot be read is skipped with a warning and counted.
 """
 from __future__ import annotations
 
@@ -15,33 +16,25 @@ from typing import Iterator
 
 import torch
 
-VIDEO_EXTS = (".mp4", ".mov", ".avi", ".webm", ".mkv", ".gif", ".m4v")
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+from leo.data.videos import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, DataError, find_clips, frame_files
 
-
-def _is_frame_folder(path: str) -> bool:
-    try:
-        return any(f.lower().endswith(IMAGE_EXTS) for f in os.listdir(path))
-    except OSError:
-        return False
+VIDEO_EXTS, IMAGE_EXTS = VIDEO_EXTENSIONS, IMAGE_EXTENSIONS  # one list each, leo.data.videos'
 
 
 def list_videos(data_dir) -> list[str]:
-    """Sorted video files and frame folders under ``data_dir`` (recursively)."""
+    """The paths of :func:`leo.data.videos.find_clips`'s clips (video files and frame folders).
+
+    FileNotFoundError when ``data_dir`` does not exist, ValueError when it holds no clip."""
     data_dir = os.fspath(data_dir)
-    if not os.path.isdir(data_dir):
+    if not os.path.exists(data_dir):
         raise FileNotFoundError(f"data folder not found: {data_dir}")
-    found = []
-    for root, dirs, files in os.walk(data_dir):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for f in sorted(files):
-            if f.lower().endswith(VIDEO_EXTS) and not f.startswith("."):
-                found.append(os.path.join(root, f))
-        if root != data_dir and any(f.lower().endswith(IMAGE_EXTS) for f in files):
-            found.append(root)
-    found = sorted(set(found))
+    try:
+        found = [c.path for c in find_clips(data_dir)]
+    except DataError as exc:
+        raise ValueError(str(exc)) from None
     if not found:
-        raise ValueError(f"no videos (mp4/mov/avi/webm) or frame folders (png/jpg) found in {data_dir}")
+        raise ValueError(f"no videos ({'/'.join(e[1:] for e in VIDEO_EXTENSIONS)}) or frame folders "
+                         f"({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}) found in {data_dir}")
     return found
 
 
@@ -49,7 +42,7 @@ def data_fingerprint(videos: list[str]) -> str:
     """Hash of the video list with sizes and modification times (changes when data changes)."""
     h = hashlib.sha256()
     for v in videos:
-        paths = [v] if os.path.isfile(v) else sorted(os.path.join(v, f) for f in os.listdir(v))
+        paths = [v] if os.path.isfile(v) else frame_files(v)
         for p in paths:
             st = os.stat(p)
             h.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
@@ -70,9 +63,9 @@ def iter_video_chunks(video: str, size: int, chunk: int = 64) -> Iterator[torch.
     from leo.media import VideoReader, read_image
 
     if os.path.isdir(video):
-        names = sorted(f for f in os.listdir(video) if f.lower().endswith(IMAGE_EXTS))
-        for i in range(0, len(names), chunk):
-            yield torch.stack([read_image(os.path.join(video, n), size) for n in names[i:i + chunk]])
+        files = frame_files(video)
+        for i in range(0, len(files), chunk):
+            yield torch.stack([read_image(f, size) for f in files[i:i + chunk]])
     else:
         with VideoReader(video, size) as reader:
             yield from reader.chunks(chunk)
