@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import leo_kernels as K
+from leo_kernels._op import is_channels_last
 
 BLUR_KERNEL = (1, 3, 3, 1)
 
@@ -221,7 +222,7 @@ class ModulatedConv2d(KernelUser):
             if self.demodulate:
                 wm = wm * self._demod(s).unsqueeze(2)
             wm = _as(wm, x)
-            if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            if is_channels_last(x):
                 # NHWC storage: contract over the innermost (channel) axis without a copy.
                 out = torch.matmul(x.permute(0, 2, 3, 1), wm.transpose(1, 2).unsqueeze(1))
                 return out.permute(0, 3, 1, 2)

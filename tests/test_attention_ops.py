@@ -15,6 +15,8 @@ import leo_kernels as lk
 from leo_kernels import _backend
 from leo_kernels import reference as R
 from leo_kernels.attention import HEAD_DIMS
+from tests import _cases
+from tests._cases import block_args as _block_args, qkv as _qkv
 from tests._util import REL_TOL, assert_close, non_contiguous
 
 HAS_CUDA = torch.cuda.is_available()
@@ -24,21 +26,7 @@ requires_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton not importab
 LOW = (torch.float16, torch.bfloat16)
 
 
-def _rand(*shape, dtype=torch.float32, device="cpu", scale=1.0):
-    return (torch.randn(*shape, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
-
-
-def _qkv(B, H, L, d, dtype, device="cpu", grad=True):
-    return [_rand(B, H, L, d, dtype=dtype, device=device).requires_grad_(grad) for _ in range(3)]
-
-
-def _block_args(B, C, L, H, d, dtype, device="cpu"):
-    x = _rand(B, C, L, dtype=dtype, device=device, scale=2.0)
-    nw = (1.0 + 0.3 * torch.randn(C, dtype=torch.float64)).to(device=device, dtype=dtype)
-    w_qkv = _rand(3 * H * d, C, dtype=dtype, device=device, scale=C ** -0.5)
-    w_out = _rand(C, H * d, dtype=dtype, device=device, scale=(H * d) ** -0.5)
-    b_out = _rand(C, dtype=dtype, device=device, scale=0.1)
-    return [t.requires_grad_() for t in (x, nw, w_qkv, w_out, b_out)]
+_rand = _cases.randn
 
 
 def _tol(dtype, grad=False):
@@ -450,3 +438,16 @@ def test_cuda_graph_capture_and_inductor(backend):
     assert_close(static_out, ref, tol=REL_TOL[torch.bfloat16])
     compiled = torch.compile(lambda *a: lk.temporal_attention_block(*a, 2, True, backend=backend) * 2, fullgraph=True)
     assert_close(compiled(*args), 2 * ref, tol=REL_TOL[torch.bfloat16])
+
+
+# --------------------------------------------------------------------------- shared sample inputs
+@pytest.mark.parametrize("op", _cases.FAMILIES["attention"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_sample_inputs_match_reference_cpu(op, dtype):
+    assert _cases.check_against_reference(op, "cpu", dtype=dtype, tol=2e-5 if dtype == torch.float32 else None) > 0
+
+
+@requires_triton
+@pytest.mark.parametrize("op", _cases.FAMILIES["attention"])
+def test_sample_inputs_match_reference_triton(op):
+    assert _cases.check_against_reference(op, "triton", device=_DEV, tol=2e-5) > 0

@@ -10,6 +10,8 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import leo_kernels
 from leo_kernels import reference
+from tests import _cases
+from tests._cases import fir as _fir
 from tests._util import assert_close, channels_last, non_contiguous
 
 _GPU = torch.cuda.is_available()
@@ -21,12 +23,6 @@ if _GPU:
 
 def _dev(backend):
     return "cuda" if backend == "cuda" or (backend == "triton" and _GPU) else "cpu"
-
-
-def _fir(k=(1.0, 3.0, 3.0, 1.0), scale=1.0, dtype=torch.float32):
-    k = torch.tensor(k, dtype=dtype)
-    k = torch.outer(k, k)
-    return k / k.sum() * scale
 
 
 def _naive_upfirdn2d(x, k, up, down, pad):
@@ -409,3 +405,12 @@ def test_sum_backward_with_expanded_grad(backend):
         grads[bk] = (x.grad, b.grad)
     assert_close(grads[backend][0].cpu(), grads["reference"][0].cpu(), name="grad x")
     assert_close(grads[backend][1].cpu(), grads["reference"][1].cpu(), name="grad bias")
+
+
+# --------------------------------------------------------------------------- shared sample inputs
+@pytest.mark.parametrize("backend", _BACKENDS)
+@pytest.mark.parametrize("op", _cases.FAMILIES["stylegan"])
+def test_sample_inputs_match_reference(backend, op):
+    dtypes = (torch.float32,) + ((torch.float64,) if backend == "cpu" else ())
+    for dtype in dtypes:
+        assert _cases.check_against_reference(op, backend, device=_dev(backend), dtype=dtype) > 0

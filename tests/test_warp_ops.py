@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 import leo_kernels
 from leo_kernels import reference
+from tests import _cases
+from tests._cases import grid as _grid, layout as _layout, randn as _randn, warp_inpaint_inputs as _wi_inputs
 from tests._util import REL_TOL, assert_close, channels_last, non_contiguous, rel_err
 
 FAST = [b for b in ("cpu",) if b in leo_kernels.available_backends("cpu")]
@@ -23,18 +25,6 @@ GRAD_TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torc
 
 def _fresh(seed):
     return torch.Generator().manual_seed(seed)
-
-
-def _randn(*shape, dtype=torch.float32, g=None, scale=1.0):
-    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
-
-
-def _layout(t, layout):
-    if layout == "channels_last":
-        return channels_last(t)
-    if layout == "non_contiguous":
-        return non_contiguous(t)
-    return t.contiguous()
 
 
 def _poison_heap(*shapes, dtype):
@@ -58,11 +48,6 @@ GS_SHAPES = [
     (3, 16, 9, 13, 8, 7),
     (2, 64, 5, 6, 4, 4),
 ]
-
-
-def _grid(n, ho, wo, dtype, g, spread=1.3):
-    """Normalized coords in [-spread, spread]; spread > 1 puts samples outside the image."""
-    return ((torch.rand(n, ho, wo, 2, generator=g, dtype=torch.float64) * 2 - 1) * spread).to(dtype)
 
 
 def _check_grid_sample(backend, shape, padding, align, dtype, layout="contiguous", spread=1.3, seed=0):
@@ -197,15 +182,6 @@ WI_SHAPES = [
     (3, 16, 8, 6, True),
     (2, 64, 4, 4, True),
 ]
-
-
-def _wi_inputs(shape, dtype, g, layout="contiguous", flow_scale=2.0):
-    n, c, h, w, with_skip = shape
-    feat = _layout(_randn(n, c, h, w, dtype=dtype, g=g), layout).requires_grad_()
-    x = _layout(_randn(n, c, h, w, dtype=dtype, g=g), layout).requires_grad_()
-    logits = _randn(n, 3, h, w, dtype=dtype, g=g, scale=flow_scale).requires_grad_()
-    skip = _randn(n, 3, h // 2, w // 2, dtype=dtype, g=g, scale=flow_scale).requires_grad_() if with_skip else None
-    return feat, x, logits, skip
 
 
 def _check_warp_inpaint(backend, shape, align, dtype, layout="contiguous", flow_scale=2.0, seed=0):
@@ -608,3 +584,11 @@ def test_warp_inpaint_nonfinite_features(backend, dtype, layout, align):
         names = ("feat", "x", "logits", "skip")
         for got, want, name in zip(_grads(outs, inputs, gouts), _grads(refs, inputs, gouts), names):
             _assert_same_nonfinite(got, want, GRAD_TOL[dtype], f"grad_{name}")
+
+
+# --------------------------------------------------------------------------- shared sample inputs
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("op", _cases.FAMILIES["warp"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_sample_inputs_match_reference(backend, op, dtype):
+    assert _cases.check_against_reference(op, backend, dtype=dtype) > 0

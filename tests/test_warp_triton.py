@@ -173,3 +173,11 @@ def test_public_ops_with_triton_backend(dtype):
     w = torch.randn_like(ref)
     for a, b in zip((out, *torch.autograd.grad(out, (coarse, fine), w)), (ref, *torch.autograd.grad(ref, (coarse, fine), w))):
         assert_close(a, b, dtype, tol(dtype, True))
+
+
+# --------------------------------------------------------------------------- shared sample inputs
+@pytest.mark.parametrize("op", ("grid_sample", "compose_flow", "warp_inpaint"))
+def test_sample_inputs_match_reference(op):
+    from tests import _cases
+
+    assert _cases.check_against_reference(op, "triton", device=DEV) > 0
