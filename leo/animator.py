@@ -442,9 +442,13 @@ class Animator(nn.Module):
 
 
 # --------------------------------------------------------------------------- checkpoint helpers
+ACCEPTED_FORMATS = ("a leo .safetensors file, a released LIA .pt checkpoint, "
+                    "or a torch.save'd state_dict of tensors")
+
+
 def read_checkpoint(path) -> tuple[dict, dict | None]:
     """-> (state_dict, config or None). Raises FileNotFoundError / CheckpointError."""
-    from leo.checkpoint_io import is_leo_weights, load_weights
+    from leo.checkpoint_io import is_leo_weights, load_weights, unreadable_reason
 
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -456,7 +460,8 @@ def read_checkpoint(path) -> tuple[dict, dict | None]:
             with safe_open(path, framework="pt") as f:
                 meta = f.metadata() or {}
         except Exception as exc:
-            raise CheckpointError(f"{path} is not a readable safetensors file ({_short(exc)})") from None
+            raise CheckpointError(f"{path} is not a readable safetensors file ({unreadable_reason(exc)}); "
+                                  f"accepted: {ACCEPTED_FORMATS}") from None
         if "leo_kind" in meta:
             try:
                 tensors, _, config = load_weights(path, expected_kind=KIND)
@@ -471,13 +476,15 @@ def read_checkpoint(path) -> tuple[dict, dict | None]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({_short(exc)})") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({unreadable_reason(exc)}); "
+                              f"accepted: {ACCEPTED_FORMATS}") from None
     if isinstance(obj, dict) and isinstance(obj.get("gen"), dict):
         obj = obj["gen"]
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} holds neither a LIA checkpoint ('gen' entry) nor a state_dict")
+        raise CheckpointError(f"{path} holds neither a LIA checkpoint ('gen' entry) nor a state_dict; "
+                              f"accepted: {ACCEPTED_FORMATS}")
     if all(k.startswith("module.") for k in obj):  # saved from a DistributedDataParallel wrapper
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj, None
@@ -520,7 +527,3 @@ def _no_autocast(device):
         return torch.autocast(kind, enabled=False)
     return contextlib.nullcontext()
 
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return (text[:200] + "...") if len(text) > 200 else (text or type(exc).__name__)

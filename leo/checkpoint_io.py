@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from typing import Any, Callable
 
@@ -68,13 +69,33 @@ def load_weights(path: str | os.PathLike, expected_kind: str | None = None):
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:
-        raise ValueError(f"{path} is not a readable safetensors file ({exc})") from None
+        raise ValueError(f"{path} is not a readable safetensors file ({unreadable_reason(exc)}); "
+                         "accepted: a .safetensors file written by leo") from None
     kind = meta.get("leo_kind")
     if kind is None:
         raise ValueError(f"{path} has no leo metadata (not written by leo)")
     if expected_kind is not None and kind != expected_kind:
         raise ValueError(f"{path} holds a {kind!r} model, expected {expected_kind!r}")
     return tensors, kind, json.loads(meta.get("leo_config", "{}"))
+
+
+def unreadable_reason(exc: BaseException, limit: int = 200) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` or safetensors refused a file.
+
+    PyTorch's weights-only error advises re-running ``torch.load`` with ``weights_only=False``.
+    That runs whatever code the pickle holds, so for a file of unknown origin it is never passed
+    on: the reason says what the file is not instead (callers add which formats are accepted).
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    if "weights_only" in text or "Weights only load failed" in text or "WeightsUnpickler" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if found:
+            return f"a pickle of Python objects ({found.group(1)}), not of tensors only"
+        return "not a PyTorch file of tensors only"
+    text = " ".join(text.split())
+    if not text:
+        return type(exc).__name__
+    return text[:limit] + "..." if len(text) > limit else text
 
 
 def is_leo_weights(path: str | os.PathLike) -> bool:

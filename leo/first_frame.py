@@ -215,8 +215,15 @@ class FirstFrameModel(nn.Module):
     @classmethod
     def from_checkpoint(cls, path, map_location="cpu") -> "FirstFrameModel":
         tensors, _, config = load_weights(path, expected_kind=KIND)
-        model = cls(**config)
-        model.load_state_dict(tensors, strict=True)
+        try:
+            model = cls(**config)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: bad first-frame model config ({exc})") from None
+        try:
+            model.load_state_dict(tensors, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"{path}: first-frame weights do not match its config "
+                             f"({str(exc).strip().splitlines()[-1].strip()})") from None
         return model.to(map_location)
 
     @torch.no_grad()

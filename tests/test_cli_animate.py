@@ -25,8 +25,8 @@ def _error_line(capsys):
 def test_animate_real_clip(lia_samples, ckpt, tmp_path, mode, ext, capsys):
     driving = lia_samples / "taichi" / "driving1.mp4"
     out = tmp_path / f"out.{ext}"
-    args = ["animate", "--checkpoint", str(ckpt), "--source", str(lia_samples / "taichi" / "subject1.png"),
-            "--driving", str(driving), "--out", str(out), "--mode", mode, "--batch", "4", "--max-frames", "6", "--quiet"]
+    args = ["animate", "--animator", str(ckpt), "--source", str(lia_samples / "taichi" / "subject1.png"),
+            "--driving", str(driving), "--out", str(out), "--mode", mode, "--batch", "4", "--max-frames", "6", "--no-progress"]
     assert main(args) == 0
     assert f"6 frames, 32x32" in capsys.readouterr().out
     src_fps = VideoReader(driving).fps
@@ -47,8 +47,8 @@ def test_animate_matches_api(ckpt, tmp_path):
     with VideoWriter(tmp_path / "drv.mkv", fps=7) as w:
         w.write(driving)
     save_image(tmp_path / "src.png", base[0].clamp(-1, 1))
-    assert main(["animate", "--checkpoint", str(ckpt), "--source", str(tmp_path / "src.png"), "--driving",
-                 str(tmp_path / "drv.mkv"), "--out", str(tmp_path / "o.mp4"), "--batch", "2", "--quiet"]) == 0
+    assert main(["animate", "--animator", str(ckpt), "--source", str(tmp_path / "src.png"), "--driving",
+                 str(tmp_path / "drv.mkv"), "--out", str(tmp_path / "o.mp4"), "--batch", "2", "--no-progress"]) == 0
     m = Animator.from_checkpoint(ckpt)
     with torch.no_grad():
         drv = VideoReader(tmp_path / "drv.mkv", 32).read_all()
@@ -64,13 +64,13 @@ def test_animate_matches_api(ckpt, tmp_path):
 def test_manipulate_sheet_and_video(lia_samples, ckpt, tmp_path, capsys):
     src = str(lia_samples / "taichi" / "subject2.png")
     sheet = tmp_path / "sheet.png"
-    assert main(["manipulate", "--checkpoint", str(ckpt), "--source", src, "--out", str(sheet),
-                 "--directions", "0,3", "--steps", "3", "--quiet"]) == 0
+    assert main(["manipulate", "--animator", str(ckpt), "--source", src, "--out", str(sheet),
+                 "--directions", "0,3", "--steps", "3", "--no-progress"]) == 0
     img = read_image(sheet)
     assert img.shape == (3, 2 * 34 + 2, 3 * 34 + 2)  # 2 rows x 3 columns of 32 px with 2 px padding
     video = tmp_path / "sweep.mp4"
-    assert main(["manipulate", "--checkpoint", str(ckpt), "--source", src, "--out", str(video),
-                 "--directions", "1", "--steps", "4", "--fps", "5", "--quiet"]) == 0
+    assert main(["manipulate", "--animator", str(ckpt), "--source", src, "--out", str(video),
+                 "--directions", "1", "--steps", "4", "--fps", "5", "--no-progress"]) == 0
     with VideoReader(video) as r:
         assert r.fps == pytest.approx(5) and r.read_all().shape == (4, 3, 32, 32)
     assert "1 directions x 4 values" in capsys.readouterr().out
@@ -86,7 +86,7 @@ def test_bad_inputs(ckpt, tmp_path, capsys):
     corrupt.write_bytes(b"\x00\x01junk" * 100)
     junk_ckpt = tmp_path / "junk.pt"
     junk_ckpt.write_bytes(b"not a checkpoint")
-    base = ["animate", "--checkpoint", str(ckpt), "--source", str(img), "--driving", str(vid), "--out", str(tmp_path / "o.mp4"), "--quiet"]
+    base = ["animate", "--animator", str(ckpt), "--source", str(img), "--driving", str(vid), "--out", str(tmp_path / "o.mp4"), "--no-progress"]
 
     def run(args, expect):
         assert main(args) == 2
@@ -103,8 +103,8 @@ def test_bad_inputs(ckpt, tmp_path, capsys):
                 args += [flag, v]
         return args
 
-    run(with_(checkpoint=str(tmp_path / "missing.pt")), "checkpoint not found")
-    run(with_(checkpoint=str(junk_ckpt)), "wrong checkpoint")
+    run(with_(animator=str(tmp_path / "missing.pt")), "checkpoint not found")
+    run(with_(animator=str(junk_ckpt)), "wrong checkpoint")
     run(with_(source=str(tmp_path / "nope.png")), "not found")
     run(with_(source=str(corrupt)), "cannot read image")
     run(with_(driving=str(corrupt)), "corrupt.mp4")
@@ -112,7 +112,7 @@ def test_bad_inputs(ckpt, tmp_path, capsys):
     run(with_(out=str(tmp_path / "o.txt")), "--out")
     run(with_(batch="0"), "--batch")
     run(with_(size="64"), "--size 64")
-    run(["manipulate", "--checkpoint", str(ckpt), "--source", str(img), "--out", str(tmp_path / "m.png"), "--directions", "25"], "--directions")
-    run(["manipulate", "--checkpoint", str(ckpt), "--source", str(img), "--out", str(tmp_path / "m.png"), "--range", "-1"], "--range")
+    run(["manipulate", "--animator", str(ckpt), "--source", str(img), "--out", str(tmp_path / "m.png"), "--directions", "25"], "--directions")
+    run(["manipulate", "--animator", str(ckpt), "--source", str(img), "--out", str(tmp_path / "m.png"), "--range", "-1"], "--range")
     run(["init-animator", "--out", str(tmp_path / "x.safetensors"), "--size", "48"], "power of two")
     assert not (tmp_path / "o.mp4").exists()

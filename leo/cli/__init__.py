@@ -1,22 +1,23 @@
-"""The `leo` command. Each subcommand lives in its own module of this package and
-exposes ``register(subparsers)``; user mistakes raise :class:`UserError` and are
-reported as one line with a non-zero exit, never a traceback."""
+"""The `leo` command. Each subcommand module of this package is named after the commands it
+holds and exposes ``register(subparsers)``; the flags they share (--device, --dtype,
+--no-progress, --animator) and the model loaders live in :mod:`leo.cli.common`. User mistakes
+raise :class:`UserError` and are reported as one line with a non-zero exit, never a traceback."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
 
-# Subcommand modules, in the order `leo --help` lists them. A module that is not
-# there yet is simply skipped.
+# Subcommand modules, in the order `leo --help` lists them.
 SUBCOMMAND_MODULES = (
-    "leo.cli.selfcheck",
-    "leo.cli.demo",
-    "leo.cli.animate",
-    "leo.cli.generate",
-    "leo.cli.train",
-    "leo.cli.train_motion",
-    "leo.cli.evaluate",
+    "leo.cli.selfcheck",         # selfcheck
+    "leo.cli.demo",              # demo
+    "leo.cli.animate",           # animate, manipulate, init-animator
+    "leo.cli.generate",          # generate, edit, init-lmdm
+    "leo.cli.train_animator",    # train-animator, make-synthetic
+    "leo.cli.train_lmdm",        # train-lmdm
+    "leo.cli.train_first_frame", # train-first-frame
+    "leo.cli.evaluate",          # evaluate reconstruction / generation
 )
 
 
@@ -24,22 +25,34 @@ class UserError(Exception):
     """A mistake in the user's input: reported as `leo: error: <message>` with exit code 2."""
 
 
+class _Version(argparse.Action):
+    """``leo --version``: computed only when asked (it imports leo_kernels)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from leo.cli.common import version_text
+
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leo", description="LEO human video generation")
+    parser.add_argument("--version", action=_Version,
+                        help="print the leo and torch versions and the leo_kernels backends built, then exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv=None) -> int:
+    from leo.cli.common import rewrite_deprecated
+
     parser = build_parser()
+    argv = rewrite_deprecated(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

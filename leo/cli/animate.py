@@ -8,20 +8,20 @@ init-animator: writes a randomly initialized (small) animator checkpoint for tes
 """
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
 
 from leo.cli import UserError
+from leo.cli.common import (add_animator, add_device, add_dtype, add_progress, load_animator, positive, precision,
+                            progress, resolve_device)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def register(sub):
     p = sub.add_parser("animate", help="animate a source image with a driving video (LIA stage 1)")
-    p.add_argument("--checkpoint", required=True, help="animator checkpoint (LIA .pt, state_dict, or ours)")
+    add_animator(p)
     p.add_argument("--source", required=True, help="source image (any format Pillow reads)")
     p.add_argument("--driving", required=True, help="driving video (mp4, mov, mkv, avi, webm, gif, ...)")
     p.add_argument("--out", required=True, help="output video: .mp4 (H.264), .mkv, .mov or .gif")
@@ -33,7 +33,7 @@ def register(sub):
     p.set_defaults(func=run_animate)
 
     p = sub.add_parser("manipulate", help="sweep each motion direction of a source image (video or contact sheet)")
-    p.add_argument("--checkpoint", required=True, help="animator checkpoint")
+    add_animator(p)
     p.add_argument("--source", required=True, help="source image")
     p.add_argument("--out", required=True, help="output: video (.mp4/.gif) or contact sheet (.png/.jpg)")
     p.add_argument("--range", type=float, default=3.0, help="sweep each direction over [-range, range] (default 3)")
@@ -55,49 +55,16 @@ def register(sub):
 
 def _common(p, batch):
     p.add_argument("--batch", type=int, default=batch, help=f"frames rendered per batch (default {batch})")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu or cuda (default cpu)")
-    p.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="compute dtype (autocast)")
+    add_device(p)
+    add_dtype(p)
     p.add_argument("--size", type=int, default=None, help="model image size (must match the checkpoint)")
     p.add_argument("--kernels", default="auto", choices=("auto", "reference"),
                    help="auto: fastest leo_kernels backends; reference: eager PyTorch ops")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-# --------------------------------------------------------------------------- shared helpers
-def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but no CUDA device is available")
-    return torch.device(name)
-
-
-def _autocast(device: torch.device, dtype_name: str):
-    dtype = DTYPES[dtype_name]
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def _positive(name: str, value, allow_none=False):
-    if value is None and allow_none:
-        return
-    if value is None or value < 1:
-        raise UserError(f"{name} must be a positive integer, got {value}")
+    add_progress(p)
 
 
 def _load_model(args, device):
-    from leo.animator import Animator, CheckpointError
-
-    try:
-        model = Animator.from_checkpoint(args.checkpoint, map_location=device, kernels=args.kernels)
-    except FileNotFoundError:
-        raise UserError(f"checkpoint not found: {args.checkpoint}") from None
-    except CheckpointError as exc:
-        raise UserError(f"wrong checkpoint: {exc}") from None
-    except OSError as exc:
-        raise UserError(f"cannot read checkpoint {args.checkpoint}: {exc}") from None
-    if args.size is not None and args.size != model.size:
-        raise UserError(f"--size {args.size} does not match the checkpoint's image size {model.size}")
-    return model
+    return load_animator(args.animator, device, kernels=args.kernels, size=args.size)
 
 
 def _read_source(path, size, device):
@@ -109,20 +76,14 @@ def _read_source(path, size, device):
         raise UserError(str(exc)) from None
 
 
-def _progress(total, quiet, desc):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="frame", desc=desc, disable=quiet, dynamic_ncols=True)
-
-
 # --------------------------------------------------------------------------- animate
 def run_animate(args) -> int:
     from leo.media import MediaError, VideoReader, VideoWriter
 
-    _positive("--batch", args.batch)
-    _positive("--max-frames", args.max_frames, allow_none=True)
-    _positive("--size", args.size, allow_none=True)
-    device = _device(args.device)
+    positive("--batch", args.batch)
+    positive("--max-frames", args.max_frames, allow_none=True)
+    positive("--size", args.size, allow_none=True)
+    device = resolve_device(args.device)
     if os.path.splitext(args.out)[1].lower() not in (".mp4", ".m4v", ".mov", ".mkv", ".gif"):
         raise UserError(f"--out must end in .mp4, .m4v, .mov, .mkv or .gif, got {args.out}")
     if not os.path.isfile(args.driving):
@@ -137,10 +98,10 @@ def run_animate(args) -> int:
     relative = args.mode == "relative"
     done = 0
     try:
-        with reader, VideoWriter(args.out, reader.fps) as writer, torch.inference_mode(), _autocast(device, args.dtype):
+        with reader, VideoWriter(args.out, reader.fps) as writer, torch.inference_mode(), precision(device, args.dtype):
             cache = model.encode(source)
             start_alpha = None
-            with _progress(total, args.quiet, "animate") as bar:
+            with progress(total, not args.no_progress, "animate") as bar:
                 for chunk in reader.chunks(args.batch):
                     if args.max_frames is not None:
                         chunk = chunk[: args.max_frames - done]
@@ -176,19 +137,19 @@ def _parse_directions(text, motion_dim):
 def run_manipulate(args) -> int:
     from leo.media import MediaError, VideoWriter, image_grid, save_image
 
-    _positive("--batch", args.batch)
-    _positive("--size", args.size, allow_none=True)
+    positive("--batch", args.batch)
+    positive("--size", args.size, allow_none=True)
     ext = os.path.splitext(args.out)[1].lower()
     sheet = ext in IMAGE_EXTENSIONS
     if not sheet and ext not in (".mp4", ".m4v", ".mov", ".mkv", ".gif"):
         raise UserError(f"--out must be a video (.mp4/.mkv/.mov/.gif) or an image (.png/.jpg), got {args.out}")
     steps = args.steps if args.steps is not None else (7 if sheet else 16)
-    _positive("--steps", steps)
+    positive("--steps", steps)
     if not args.range > 0 or args.range != args.range or args.range == float("inf"):
         raise UserError(f"--range must be a positive number, got {args.range}")
     if not args.fps > 0:
         raise UserError(f"--fps must be positive, got {args.fps}")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model = _load_model(args, device)
     dirs = _parse_directions(args.directions, model.motion_dim)
     source = _read_source(args.source, model.size, device)
@@ -200,11 +161,11 @@ def run_manipulate(args) -> int:
     codes = codes.reshape(-1, model.motion_dim).to(device)
     frames = []
     try:
-        with torch.inference_mode(), _autocast(device, args.dtype):
+        with torch.inference_mode(), precision(device, args.dtype):
             cache = model.encode(source)
             zero = torch.zeros(model.motion_dim, device=device)
             writer = None if sheet else VideoWriter(args.out, args.fps)
-            with _progress(codes.shape[0], args.quiet, "manipulate") as bar:
+            with progress(codes.shape[0], not args.no_progress, "manipulate") as bar:
                 for i in range(0, codes.shape[0], args.batch):
                     out = model.render(cache, codes[i : i + args.batch], start_alpha=zero).float().cpu()
                     if sheet:

@@ -2,16 +2,20 @@
 edited first frame) and `leo init-lmdm` (a random LMDM checkpoint for tests and demos)."""
 from __future__ import annotations
 
+import argparse
 import os
 
 import torch
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from leo.cli import UserError
+from leo.cli.common import (add_animator, add_device, add_dtype, add_progress, check_dims, first_line,
+                            load_animator, load_first_frame, load_lmdm, precision, resolve_device,
+                            run_outside_autocast)
 
 
 def register(sub):
     p = sub.add_parser("generate", help="generate a video from a first frame (or unconditionally) with the LMDM")
-    p.add_argument("--animator", required=True, help="animator checkpoint (LIA .pt or leo .safetensors)")
+    add_animator(p)
     p.add_argument("--lmdm", required=True, help="LMDM checkpoint (.safetensors, kind 'lmdm')")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", help="first frame image")
@@ -24,13 +28,13 @@ def register(sub):
     p.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="sampler (default: ddim)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default: 0, deterministic)")
-    p.add_argument("--cuda-graph", action=argparse_bool(), default=None,
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="capture the sampling loop as a CUDA graph (default: on for CUDA)")
     _common(p)
     p.set_defaults(func=run_generate)
 
     e = sub.add_parser("edit", help="re-render a video's motion on an edited first frame")
-    e.add_argument("--animator", required=True, help="animator checkpoint")
+    add_animator(e)
     e.add_argument("--video", required=True, help="input video")
     e.add_argument("--first-frame", required=True, help="the edited first frame (image)")
     e.add_argument("--out", required=True, help="output video (.mp4 or .gif)")
@@ -53,35 +57,31 @@ def register(sub):
     i.set_defaults(func=run_init)
 
 
-def argparse_bool():
-    import argparse
-
-    return argparse.BooleanOptionalAction
-
-
 def _common(p):
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="model dtype (default: float32)")
+    add_device(p)
+    add_dtype(p, note="; the animator renders in it, the LMDM's motion-code sampling stays float32")
     p.add_argument("--batch", type=int, default=16, help="frames rendered per animator call (default: 16)")
     p.add_argument("--kernels", default="auto", help="leo_kernels backend for the LMDM attention (default: auto)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress(p)
 
 
+# leo/cli/evaluate.py imports these four names from here: they are leo.cli.common's helpers.
 def _device(args):
-    from leo.cli import UserError
+    return resolve_device(args.device)
 
-    try:
-        dev = torch.device(args.device)
-    except RuntimeError:
-        raise UserError(f"--device: unknown device {args.device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but CUDA is not available")
-    return dev
+
+def _load_animator(path, device, dtype=torch.float32):
+    return load_animator(path, device).to(dtype=dtype)
+
+
+def _load_lmdm(path, device, dtype=torch.float32, kernels="auto"):
+    return load_lmdm(path, device, kernels=kernels).to(dtype=dtype)
+
+
+_check_dims = check_dims
 
 
 def _check_out(path):
-    from leo.cli import UserError
-
     if not path.lower().endswith((".mp4", ".gif")):
         raise UserError(f"--out must end in .mp4 or .gif, got {path!r}")
     folder = os.path.dirname(os.path.abspath(path))
@@ -89,53 +89,16 @@ def _check_out(path):
         raise UserError(f"--out: folder does not exist: {folder}")
 
 
-def _load_animator(path, device, dtype):
-    from leo.cli import UserError
-
-    if not os.path.isfile(path):
-        raise UserError(f"--animator: file not found: {path}")
-    try:
-        from leo.animator import Animator
-    except ImportError as exc:
-        raise UserError(f"the animator module is not available ({exc})") from None
-    try:
-        animator = Animator.from_checkpoint(path, map_location="cpu")
-    except (ValueError, KeyError, RuntimeError, OSError) as exc:
-        raise UserError(f"--animator: cannot load {path}: {str(exc).splitlines()[0]}") from None
-    return animator.to(device=device, dtype=dtype).eval()
-
-
-def _load_lmdm(path, device, dtype, kernels):
-    from leo.cli import UserError
-    from leo.lmdm import LMDM
-
-    try:
-        lmdm = LMDM.from_checkpoint(path, map_location="cpu", kernels=kernels)
-    except (FileNotFoundError, ValueError) as exc:
-        raise UserError(f"--lmdm: {str(exc).splitlines()[0]}") from None
-    return lmdm.to(device=device, dtype=dtype).eval()
-
-
-def _check_dims(animator, lmdm):
-    from leo.cli import UserError
-
-    a_dim = animator.config.get("motion_dim") if isinstance(getattr(animator, "config", None), dict) else None
-    if a_dim is not None and a_dim != lmdm.motion_dim:
-        raise UserError(f"--lmdm: motion_dim {lmdm.motion_dim} does not match the animator's {a_dim}")
-
-
 def _read_image(path, size, flag):
-    from leo.cli import UserError
     from leo.media import MediaError, read_image
 
     try:
         return read_image(path, size)
     except (MediaError, FileNotFoundError, OSError) as exc:
-        raise UserError(f"{flag}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"{flag}: {first_line(exc)}") from None
 
 
 def run_generate(args) -> int:
-    from leo.cli import UserError
     from leo.media import MediaError, VideoWriter
     from leo.pipeline import LEOPipeline
 
@@ -150,43 +113,34 @@ def run_generate(args) -> int:
     if args.first_frame_model and not args.unconditional:
         raise UserError("--first-frame-model is only used with --unconditional")
     _check_out(args.out)
-    device, dtype = _device(args), _DTYPES[args.dtype]
+    device = resolve_device(args.device)
     if args.cuda_graph and device.type != "cuda":
         raise UserError("--cuda-graph needs --device cuda")
-    animator = _load_animator(args.animator, device, dtype)
-    lmdm = _load_lmdm(args.lmdm, device, dtype, args.kernels)
-    _check_dims(animator, lmdm)
+    animator = load_animator(args.animator, device)
+    # The LMDM samples in float32 whatever --dtype: it is small, and its fused attention takes one dtype.
+    lmdm = run_outside_autocast(load_lmdm(args.lmdm, device, kernels=args.kernels))
+    check_dims(animator, lmdm)
     pipe = LEOPipeline(animator, lmdm, render_batch=args.batch)
     if args.steps > pipe.diffusion.num_steps:
         raise UserError(f"--steps must be <= {pipe.diffusion.num_steps} (the model's training steps)")
     if args.unconditional:
-        if not os.path.isfile(args.first_frame_model):
-            raise UserError(f"--first-frame-model: file not found: {args.first_frame_model}")
-        try:
-            from leo.first_frame import load_first_frame_generator
-        except ImportError as exc:
-            raise UserError(f"unconditional generation needs leo.first_frame ({exc})") from None
-        try:
-            gen = load_first_frame_generator(args.first_frame_model, device=device, size=pipe.size)
-        except (ValueError, FileNotFoundError, OSError) as exc:
-            raise UserError(f"--first-frame-model: {str(exc).splitlines()[0]}") from None
+        gen = load_first_frame(args.first_frame_model, device, size=pipe.size)
         first = gen(1, seed=args.seed)[0].float().clamp(-1, 1)
     else:
         first = _read_image(args.image, pipe.size, "--image")
     try:
-        with VideoWriter(args.out, args.fps) as writer:
+        with VideoWriter(args.out, args.fps) as writer, precision(device, args.dtype):
             pipe.generate(
                 first, args.frames, seed=args.seed, steps=args.steps, sampler=args.sampler,
                 cuda_graph=args.cuda_graph, writer=writer, eta=args.eta, progress=not args.no_progress,
             )
     except MediaError as exc:
-        raise UserError(f"--out: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"--out: {first_line(exc)}") from None
     print(f"wrote {args.frames} frames ({pipe.size}x{pipe.size}) to {args.out}")
     return 0
 
 
 def run_edit(args) -> int:
-    from leo.cli import UserError
     from leo.media import MediaError, VideoReader, VideoWriter
     from leo.pipeline import LEOPipeline
 
@@ -195,25 +149,24 @@ def run_edit(args) -> int:
     _check_out(args.out)
     if not os.path.isfile(args.video):
         raise UserError(f"--video: file not found: {args.video}")
-    device, dtype = _device(args), _DTYPES[args.dtype]
-    animator = _load_animator(args.animator, device, dtype)
+    device = resolve_device(args.device)
+    animator = load_animator(args.animator, device)
     pipe = LEOPipeline(animator, None, render_batch=args.batch)  # editing needs no LMDM
     edited = _read_image(args.first_frame, pipe.size, "--first-frame")
     try:
         with VideoReader(args.video, pipe.size) as reader:
             fps = args.fps or reader.fps or 25.0
-        with VideoWriter(args.out, fps) as writer:
+        with VideoWriter(args.out, fps) as writer, precision(device, args.dtype):
             n = pipe.edit(args.video, edited, writer=writer, progress=not args.no_progress)
     except MediaError as exc:
-        raise UserError(str(exc).splitlines()[0]) from None
+        raise UserError(first_line(exc)) from None
     except ValueError as exc:
-        raise UserError(f"--video: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"--video: {first_line(exc)}") from None
     print(f"wrote {n} frames ({pipe.size}x{pipe.size}) to {args.out}")
     return 0
 
 
 def run_init(args) -> int:
-    from leo.cli import UserError
     from leo.lmdm import LMDM
 
     try:

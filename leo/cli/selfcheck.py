@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from leo.cli.common import add_device, resolve_device
+
 
 def register(sub):
     p = sub.add_parser("selfcheck", help="check every kernel backend against the eager reference")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    add_device(p)
     p.set_defaults(func=run)
 
 
@@ -35,14 +37,11 @@ def _cases():
 
 
 def run(args) -> int:
-    from leo.cli import UserError
-
     import leo_kernels as K
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but CUDA is not available")
-    backends = K.available_backends(args.device)
-    print(f"leo_kernels backends on {args.device}: {backends}")
+    device = resolve_device(args.device)
+    backends = K.available_backends(device)
+    print(f"leo_kernels backends on {device}: {backends}")
     failures = 0
     seed = torch.seed() % 2**31
     for name, fn in _cases():
@@ -50,7 +49,7 @@ def run(args) -> int:
         row = []
         for b in reversed(backends):  # reference first
             try:
-                out = fn(b, _random_source(args.device, seed))
+                out = fn(b, _random_source(device, seed))
             except RuntimeError as exc:  # backend present in general but not for this op
                 row.append(f"{b}: n/a ({str(exc).splitlines()[0][:60]})")
                 continue

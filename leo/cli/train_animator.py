@@ -7,6 +7,9 @@ with gloo):
 """
 from __future__ import annotations
 
+from leo.cli import UserError
+from leo.cli.common import add_device, resolve_device
+
 
 def register(sub):
     p = sub.add_parser("train-animator", help="train the animator (stage 1) on videos or synthetic data")
@@ -36,7 +39,7 @@ def register(sub):
     p.add_argument("--max-frames", type=int, default=None, help="use at most this many frames of each clip")
     p.add_argument("--test-fraction", type=float, default=0.1, help="share of clips held out (default 0.1)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt when it exists")
-    p.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:N")
+    add_device(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
     p.add_argument("--threads", type=int, default=None,
@@ -56,7 +59,6 @@ def register(sub):
 
 
 def run_make_synthetic(args) -> int:
-    from leo.cli import UserError
     from leo.data.synthetic import write_dataset
 
     for name in ("videos", "frames", "size"):
@@ -73,11 +75,11 @@ def run_make_synthetic(args) -> int:
 def run_train(args) -> int:
     import os
 
-    from leo.cli import UserError
     from leo.data.videos import DataError
     from leo.train.common import CheckpointError
     from leo.train.stage1 import Stage1Config, train_stage1
 
+    resolve_device(args.device)  # a one-line error for an unknown or missing device
     if args.data is not None and not os.path.exists(args.data):
         raise UserError(f"--data {args.data}: no such folder")
     if args.synthetic is not None and args.synthetic < 2:
@@ -90,7 +92,7 @@ def run_train(args) -> int:
         steps=args.steps, batch=args.batch, accum=args.accum, lr=args.lr, adv_weight=args.adv_weight,
         vgg19=args.vgg19, r1=args.r1, r1_every=args.r1_every, save_every=args.save_every, sample_every=args.sample_every,
         eval_every=args.eval_every, log_every=args.log_every, max_frames=args.max_frames,
-        test_fraction=args.test_fraction, seed=args.seed, device=args.device, workers=args.workers,
+        test_fraction=args.test_fraction, seed=args.seed, device=args.device or "auto", workers=args.workers,
         threads=args.threads, amp=not args.no_amp, resume=args.resume,
     )
     try:

@@ -135,8 +135,10 @@ def load_training_checkpoint(path: str | os.PathLike, map_location: Any = "cpu")
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # zip errors, EOF, unpickling errors all mean the same to the user
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"training checkpoint {path} is corrupt or unreadable ({msg})") from None
+        from leo.checkpoint_io import unreadable_reason
+
+        raise CheckpointError(f"training checkpoint {path} is corrupt or unreadable ({unreadable_reason(exc)}); "
+                              "accepted: a checkpoint.pt written by a leo trainer") from None
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a leo training checkpoint")
     return blob["payload"]

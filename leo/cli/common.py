@@ -1,0 +1,249 @@
+"""What every `leo` command shares: one flag vocabulary and the helpers behind it.
+
+Flags (the same spelling and meaning in every command that has them):
+  --device   cpu, cuda or cuda:N; default: cuda when available, else cpu
+  --dtype    float32 | bfloat16 | float16: the compute dtype of inference, run under
+             torch.autocast (the weights stay float32; float32 = autocast off)
+  --no-progress  no progress bar
+  --animator the animator checkpoint (LIA .pt, a state_dict, or leo .safetensors)
+
+Old spellings still parse for one release, with a one-line notice on stderr (DEPRECATED).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+
+import torch
+
+from leo.cli import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# command -> {old flag: new flag}. Rewritten before parsing (see rewrite_deprecated).
+DEPRECATED = {
+    "animate": {"--checkpoint": "--animator", "--quiet": "--no-progress"},
+    "manipulate": {"--checkpoint": "--animator", "--quiet": "--no-progress"},
+}
+
+
+# --------------------------------------------------------------------------- flags
+def add_device(p):
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+
+
+def add_dtype(p, note: str = ""):
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                   help="compute dtype under torch.autocast; weights stay float32 (default: float32, autocast off)"
+                   + note)
+
+
+def add_progress(p):
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_animator(p, help="animator checkpoint (LIA .pt, a state_dict, or leo .safetensors)"):
+    p.add_argument("--animator", required=True, help=help)
+
+
+def rewrite_deprecated(argv: list[str]) -> list[str]:
+    """Replace the old spelling of a flag by the new one, with a notice on stderr per old flag."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    table = DEPRECATED.get(command)
+    if not table:
+        return argv
+    out, warned = [], set()
+    for a in argv:
+        name, eq, value = a.partition("=")
+        if name in table:
+            if name not in warned:
+                print(f"leo: warning: {command} {name} is deprecated, use {table[name]} "
+                      "(the old spelling goes in the next release)", file=sys.stderr)
+                warned.add(name)
+            a = table[name] + eq + value
+        out.append(a)
+    return out
+
+
+# --------------------------------------------------------------------------- device, dtype, progress
+def resolve_device(name: str | None, flag: str = "--device") -> torch.device:
+    """None/"auto" -> cuda when available, else cpu; anything else is checked as given."""
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"{flag}: unknown device {name!r} (cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{flag} {name} requested but CUDA is not available")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"{flag}: unsupported device {name!r} (cpu, cuda or cuda:N)")
+    return dev
+
+
+def precision(device: torch.device, dtype_name: str):
+    """The context every inference command runs in: autocast to ``dtype_name`` (off for float32).
+
+    The autocast weight-cast cache is off so that CUDA-graph capture (the LMDM sampler) stays valid.
+    """
+    dtype = DTYPES[dtype_name]
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
+
+
+def run_outside_autocast(module: torch.nn.Module) -> torch.nn.Module:
+    """Make ``module`` run in its own (float32) dtype inside a :func:`precision` block.
+
+    The LMDM's fused attention block takes one dtype for all its inputs, which autocast's mix
+    of float32 and low-precision activations breaks; it is small next to the animator, so it
+    samples in float32 while the animator renders in the requested dtype.
+    """
+    inner = module.forward
+
+    @functools.wraps(inner)
+    def forward(*args, **kwargs):
+        with contextlib.ExitStack() as stack:
+            for kind in ("cpu", "cuda"):
+                if torch.is_autocast_enabled(kind):
+                    stack.enter_context(torch.autocast(kind, enabled=False))
+            return inner(*args, **kwargs)
+
+    module.forward = forward
+    return module
+
+
+def progress(total, enabled: bool, desc: str, unit: str = "frame"):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, desc=desc, disable=not enabled, dynamic_ncols=True)
+
+
+def positive(name: str, value, allow_none: bool = False):
+    if value is None and allow_none:
+        return
+    if value is None or value < 1:
+        raise UserError(f"{name} must be a positive integer, got {value}")
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- model loading
+def load_animator(path, device, kernels: str = "auto", size: int | None = None, flag: str = "--animator"):
+    """The animator from any accepted checkpoint, on ``device``, in eval mode."""
+    from leo.animator import Animator
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"{flag}: checkpoint not found: {path}")
+    try:
+        model = Animator.from_checkpoint(path, map_location=device, kernels=kernels)
+    except (ValueError, KeyError, RuntimeError) as exc:  # CheckpointError is a ValueError
+        raise UserError(f"{flag}: wrong checkpoint: {first_line(exc)}") from None
+    except OSError as exc:
+        raise UserError(f"{flag}: cannot read checkpoint {path}: {first_line(exc)}") from None
+    if size is not None and size != model.size:
+        raise UserError(f"--size {size} does not match the checkpoint's image size {model.size}")
+    return model.eval()
+
+
+def load_lmdm(path, device, kernels: str = "auto", flag: str = "--lmdm"):
+    from leo.lmdm import LMDM
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"{flag}: checkpoint not found: {path}")
+    try:
+        lmdm = LMDM.from_checkpoint(path, map_location="cpu", kernels=kernels)
+    except (ValueError, OSError) as exc:
+        raise UserError(f"{flag}: {first_line(exc)}") from None
+    return lmdm.to(device).eval()
+
+
+def load_first_frame(path, device, size: int | None = None, flag: str = "--first-frame-model", **kwargs):
+    """A first-frame generator ``g(n, seed=None) -> (n, 3, size, size)`` from its checkpoint."""
+    from leo.first_frame import load_first_frame_generator
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"{flag}: checkpoint not found: {path}")
+    try:
+        return load_first_frame_generator(path, device=device, size=size, **kwargs)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise UserError(f"{flag}: {first_line(exc)}") from None
+
+
+def check_dims(animator, lmdm, flag: str = "--lmdm"):
+    a_dim = animator.config.get("motion_dim") if isinstance(getattr(animator, "config", None), dict) else None
+    if a_dim is not None and a_dim != lmdm.motion_dim:
+        raise UserError(f"{flag}: motion_dim {lmdm.motion_dim} does not match the animator's {a_dim}")
+
+
+# --------------------------------------------------------------------------- leo --version
+def version_text() -> str:
+    import leo
+    import leo_kernels
+    from leo_kernels import _backend
+
+    lines = [f"leo {leo.__version__}", f"torch {torch.__version__}"
+             + (f" (CUDA {torch.version.cuda})" if torch.version.cuda else " (CPU build)")]
+    if _backend.extension_loaded():
+        omp = _backend._C.with_openmp()
+        ext = f"built{', with CUDA kernels' if _backend.extension_has_cuda() else ', no CUDA kernels'}" \
+              f"{', OpenMP' if omp else ', no OpenMP'}"
+    else:
+        ext = f"not built ({first_line(_backend.extension_error())})"
+    lines.append(f"leo_kernels extension: {ext}")
+    for kind in ("cpu", "cuda"):
+        note = " (no CUDA device visible)" if kind == "cuda" and not torch.cuda.is_available() else ""
+        lines.append(f"leo_kernels backends for {kind} tensors: {', '.join(leo_kernels.available_backends(kind))}{note}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- diffusion trainers
+def int_list(text):
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_diffusion_training_args(p, default_steps):
+    """The flags `train-lmdm` and `train-first-frame` share."""
+    p.add_argument("--data", required=True, help="folder of videos (mp4/mov/avi/webm) or frame folders (png/jpg)")
+    p.add_argument("--out", required=True, help="output folder (weights, checkpoint.pt, metrics.csv)")
+    p.add_argument("--steps", type=int, default=default_steps, help=f"total training steps (default {default_steps})")
+    p.add_argument("--batch-size", type=int, default=16, help="batch size per process (default 16)")
+    p.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate (default 2e-4)")
+    p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the exported weights (default 0.999)")
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint interval in steps (default 500)")
+    p.add_argument("--log-every", type=int, default=10, help="metrics.csv interval in steps (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt when it exists")
+    add_device(p)
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    p.add_argument("--objective", choices=("eps", "v"), default=None,
+                   help="diffusion prediction target (default: eps for first-frame, v for LMDM)")
+
+
+def check_diffusion_training_args(args):
+    if not os.path.isdir(args.data):
+        raise UserError(f"--data: folder not found: {args.data}")
+    for name in ("steps", "batch_size", "save_every", "log_every"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    resolve_device(args.device)
+
+
+def report_weights(summary):
+    # Under torchrun only rank 0 writes the weights, so only it says so.
+    if os.environ.get("RANK", "0") == "0":
+        print(f"wrote {summary['weights']} (step {summary['step']})")

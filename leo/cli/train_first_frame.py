@@ -1,0 +1,43 @@
+"""`leo train-first-frame`: the image diffusion model that makes first frames for unconditional
+generation (`leo generate --unconditional --first-frame-model ...`).
+
+One process or torchrun with the same arguments:
+    torchrun --nproc_per_node 2 -m leo train-first-frame --data videos/ --out runs/ff
+"""
+from __future__ import annotations
+
+from leo.cli import UserError
+from leo.cli.common import add_diffusion_training_args, check_diffusion_training_args, int_list, report_weights
+
+
+def register(sub):
+    p = sub.add_parser("train-first-frame", help="train the first-frame image generator (unconditional generation)")
+    add_diffusion_training_args(p, 20000)
+    p.add_argument("--size", type=int, default=64, help="image size (default 64)")
+    p.add_argument("--channels", type=int, default=32, help="U-Net base width (default 32)")
+    p.add_argument("--channel-mults", type=int_list, default=(1, 2, 2, 4), help="per-level widths (default 1,2,2,4)")
+    p.add_argument("--attn-res", type=int_list, default=(8,), help="resolutions with self-attention (default 8)")
+    p.add_argument("--frame-stride", type=int, default=4, help="use every N-th frame (default 4)")
+    p.add_argument("--frames-per-video", type=int, default=64, help="at most this many frames per video (default 64)")
+    p.add_argument("--samples", type=int, default=16, help="images in OUT/samples.png at the end (default 16, 0: none)")
+    p.set_defaults(func=run_first_frame)
+
+
+def run_first_frame(args) -> int:
+    from leo.train.first_frame_train import FirstFrameTrainConfig, train_first_frame
+
+    check_diffusion_training_args(args)
+    cfg = FirstFrameTrainConfig(
+        data=args.data, out_dir=args.out, image_size=args.size, base_channels=args.channels,
+        channel_mults=args.channel_mults, attn_resolutions=args.attn_res, objective=args.objective or "eps",
+        frame_stride=args.frame_stride, frames_per_video=args.frames_per_video, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay, save_every=args.save_every,
+        log_every=args.log_every, seed=args.seed, resume=args.resume, device=args.device, amp=args.amp,
+        sample_count=max(0, args.samples),
+    )
+    try:
+        summary = train_first_frame(cfg)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+    report_weights(summary)
+    return 0

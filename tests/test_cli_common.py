@@ -1,0 +1,157 @@
+"""The flags every `leo` command shares, `leo --version`, deprecated spellings, and checkpoint
+errors that never pass on PyTorch's advice to load a pickle with weights_only=False."""
+import pickle
+
+import pytest
+import torch
+
+from leo.cli import build_parser, main
+from leo.cli.common import DTYPES, resolve_device
+
+
+def _err(capsys):
+    return capsys.readouterr().err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    import leo
+    import leo_kernels
+
+    assert f"leo {leo.__version__}" in out and f"torch {torch.__version__}" in out
+    for kind in ("cpu", "cuda"):
+        assert f"backends for {kind} tensors: {', '.join(leo_kernels.available_backends(kind))}" in out
+
+
+def _options(command):
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return {s: a for a in sub.choices[command]._actions for s in a.option_strings}
+
+
+@pytest.mark.parametrize("command", ["animate", "manipulate", "generate", "edit"])
+def test_one_vocabulary(command):
+    opts = _options(command)
+    assert "--animator" in opts and "--checkpoint" not in opts
+    assert "--no-progress" in opts and "--quiet" not in opts
+    assert opts["--device"].default is None and "cuda when available" in opts["--device"].help
+    assert tuple(opts["--dtype"].choices) == tuple(DTYPES) and "autocast" in opts["--dtype"].help
+
+
+@pytest.mark.parametrize("command", ["selfcheck", "train-animator", "train-lmdm", "train-first-frame"])
+def test_device_default_everywhere(command):
+    assert _options(command)["--device"].default is None
+
+
+def test_device_resolution():
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device(None).type == want and resolve_device("auto").type == want
+    assert resolve_device("cpu") == torch.device("cpu")
+    from leo.cli import UserError
+
+    with pytest.raises(UserError, match="--device"):
+        resolve_device("tpu7")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_deprecated_spellings_work_with_a_notice(tmp_path, capsys):
+    ckpt = tmp_path / "a.safetensors"
+    assert main(["init-animator", "--out", str(ckpt), "--size", "32", "--width", "0.125"]) == 0
+    src = tmp_path / "src.png"
+    from leo.media import read_image, save_image
+
+    save_image(src, torch.rand(3, 32, 32) * 2 - 1)
+    capsys.readouterr()
+    sheet = tmp_path / "sheet.png"
+    assert main(["manipulate", "--checkpoint", str(ckpt), "--source", str(src), "--out", str(sheet),
+                 "--directions", "0", "--steps", "2", "--quiet", "--device", "cpu"]) == 0
+    err = _err(capsys).splitlines()
+    notices = [line for line in err if line.startswith("leo: warning:")]
+    assert len(notices) == 2, err
+    assert "--checkpoint is deprecated, use --animator" in notices[0]
+    assert "--quiet is deprecated, use --no-progress" in notices[1]
+    assert read_image(sheet).shape[0] == 3
+    # The new spelling: no notice.
+    assert main(["manipulate", "--animator", str(ckpt), "--source", str(src), "--out", str(sheet),
+                 "--directions", "0", "--steps", "2", "--no-progress", "--device", "cpu"]) == 0
+    assert "warning" not in _err(capsys)
+
+
+class _Foreign:
+    """Any class: a pickle of it is not a tensors-only file."""
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"gen": {"w": torch.zeros(2)}, "obj": _Foreign()}, foreign)
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps({"obj": _Foreign()}, protocol=4))
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    zipped = tmp_path / "truncated.pt"
+    zipped.write_bytes(b"PK\x03\x04 truncated zip")
+    fake_st = tmp_path / "fake.safetensors"
+    fake_st.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken json!!!")
+    return [foreign, plain, junk, zipped, fake_st]
+
+
+def test_corrupt_checkpoint_errors_never_suggest_unsafe_loading(bad_files):
+    from leo.animator import Animator, CheckpointError
+    from leo.first_frame import FirstFrameModel
+    from leo.lmdm import LMDM
+    from leo.train.common import load_training_checkpoint
+
+    loaders = [Animator.from_checkpoint, LMDM.from_checkpoint, FirstFrameModel.from_checkpoint,
+               load_training_checkpoint]
+    for path in bad_files:
+        for load in loaders:
+            with pytest.raises(ValueError) as e:
+                load(path)
+            msg = str(e.value)
+            assert "weights_only=False" not in msg and "weights_only" not in msg, (load, path, msg)
+            assert "\n" not in msg and "accepted:" in msg, (load, path, msg)
+    with pytest.raises(CheckpointError, match="Python objects"):
+        Animator.from_checkpoint(bad_files[0])
+
+
+def test_corrupt_checkpoint_cli_line(bad_files, tmp_path, capsys):
+    src = tmp_path / "s.png"
+    from leo.media import save_image
+
+    save_image(src, torch.zeros(3, 32, 32))
+    for path in bad_files[:2]:
+        assert main(["manipulate", "--animator", str(path), "--source", str(src), "--out",
+                     str(tmp_path / "m.png"), "--no-progress", "--device", "cpu"]) == 2
+        err = _err(capsys).strip()
+        assert err.startswith("leo: error: --animator: wrong checkpoint") and "\n" not in err, err
+        assert "weights_only" not in err and "accepted: a leo .safetensors file" in err, err
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_dtype_means_autocast_in_generate_and_edit(tmp_path, capsys, dtype):
+    """--dtype is the autocast compute dtype in every command: generate/edit run with it (the
+    LMDM samples in float32), close to the float32 result."""
+    from leo.media import VideoReader, save_image
+
+    anim, lmdm = tmp_path / "a.safetensors", tmp_path / "m.safetensors"
+    assert main(["init-animator", "--out", str(anim), "--size", "32", "--width", "0.125", "--style-dim", "64"]) == 0
+    assert main(["init-lmdm", "--out", str(lmdm), "--width", "16", "--window", "4"]) == 0
+    img = tmp_path / "first.png"
+    save_image(img, torch.rand(3, 32, 32) * 2 - 1)
+    videos = {}
+    for dt in ("float32", dtype):
+        out = tmp_path / f"{dt}.mp4"
+        assert main(["generate", "--animator", str(anim), "--lmdm", str(lmdm), "--image", str(img), "--frames", "5",
+                     "--steps", "2", "--seed", "0", "--out", str(out), "--dtype", dt, "--no-progress"]) == 0
+        with VideoReader(out) as r:
+            videos[dt] = r.read_all()
+        edited = tmp_path / f"edit_{dt}.mp4"
+        assert main(["edit", "--animator", str(anim), "--video", str(out), "--first-frame", str(img),
+                     "--out", str(edited), "--dtype", dt, "--no-progress"]) == 0
+    assert videos[dtype].shape == videos["float32"].shape == (5, 3, 32, 32)
+    assert (videos[dtype] - videos["float32"]).abs().mean() < 0.1
