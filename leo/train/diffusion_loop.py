@@ -81,10 +81,6 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: f
         be.copy_(bm)
 
 
-def unwrap(model):
-    return model.module if hasattr(model, "module") else model
-
-
 def run(cfg: LoopConfig, task: DiffusionTask, ctx: common.DistributedContext | None = None,
         hooks: dict | None = None) -> dict:
     """Train ``task.model`` and return a summary dict (``step``, ``finished``, ``losses``,
