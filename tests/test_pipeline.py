@@ -152,9 +152,10 @@ def test_edit_and_motion_codes_toy():
 # ---------------------------------------------------------------------- with the real animator
 @pytest.fixture(scope="module")
 def animator():
-    animator_mod = pytest.importorskip("leo.animator", reason="leo.animator (animator issue) not landed yet")
+    from leo.animator import Animator
+
     torch.manual_seed(0)
-    return animator_mod.Animator(size=32, style_dim=64, motion_dim=D, width=0.25).eval()
+    return Animator(size=32, style_dim=64, motion_dim=D, width=0.25).eval()
 
 
 def test_edit_with_unedited_first_frame_reproduces_reconstruction(animator):
@@ -231,7 +232,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_cli_unconditional_with_first_frame_model(tmp_path, animator):
-    ff = pytest.importorskip("leo.first_frame", reason="leo.first_frame (stage2-demo) not landed yet")
+    from leo import first_frame as ff
     from leo.cli import main
     from leo.media import VideoReader
 
