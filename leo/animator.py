@@ -239,7 +239,7 @@ class Animator(nn.Module):
 
     # ----------------------------------------------------------------- initialization
     @torch.no_grad()
-    def init_copy_source(self, mask_logit: float = 5.0) -> "Animator":
+    def init_copy_source(self, mask_logit: float = 5.0, motion_gain: float = 1.0) -> "Animator":
         """Start from an animator that copies the source: training then begins at gain 0 over
         copying (not far below it) and only has to learn the motion.
 
@@ -250,8 +250,19 @@ class Animator(nn.Module):
         - Every flow head starts at zero (zero flow); the finest mask logit starts at
           ``mask_logit``, so the warped source passes, and the to-RGB divides the mask out.
         With ``align_corners=True`` the output then equals the source exactly. All other weights
-        keep their random initialization. Returns self.
+        keep their random initialization.
+
+        ``motion_gain`` scales the last motion layer: a random encoder's codes barely vary between
+        frames of a clip (std ~0.01), so nothing reaches the motion path; scaled up, they differ
+        by frame from the first step. Only with ``relative_latent``, where the appearance part of
+        the codes (amplified too) cancels. Returns self.
         """
+        if motion_gain != 1.0 and not self.relative_latent:
+            raise ValueError("motion_gain != 1 needs relative_latent=True (the absolute latent would carry the "
+                             "amplified appearance part of the codes)")
+        if not motion_gain > 0:
+            raise ValueError(f"motion_gain must be positive, got {motion_gain!r}")
+        self.enc.fc[-1].weight.mul_(motion_gain)
         slope = 0.2
         first = self.enc.net_app.convs[0]  # ConvLayer(3, C, 1): [EqualConv2d, BiasAct]
         conv, act = first[0], first[1]

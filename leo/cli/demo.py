@@ -7,6 +7,7 @@ unconditional video, a contact sheet of all of them and the loss curves.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -19,9 +20,9 @@ PRESETS = {
     # reconstruct better (600 x 4 held-out PSNR 23.6 vs 300 x 8: 20.1; lr 4e-3 did not help).
     "full": dict(videos=24, frames=48, size=64, width=0.125, style_dim=128, animator_steps=1400,
                  animator_batch=4, lmdm_steps=1500, ff_steps=800, ff_size=32, sample_steps=25, video_frames=32,
-                 window=16),
+                 window=16, heldout_clips=8),
     "quick": dict(videos=4, frames=20, size=32, width=1 / 32, style_dim=32, animator_steps=4, animator_batch=2,
-                  lmdm_steps=6, ff_steps=6, ff_size=16, sample_steps=4, video_frames=10, window=8),
+                  lmdm_steps=6, ff_steps=6, ff_size=16, sample_steps=4, video_frames=10, window=8, heldout_clips=2),
 }
 
 
@@ -109,6 +110,52 @@ def _loss_plot(csvs: dict, path) -> bool:
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return True
+
+
+def _measure(pipe, results, heldout, real, p, window, device) -> dict:
+    """The demo's report: the animator on held-out clips, the generated videos' motion and
+    jitter against real clips, seams of the long video, the edit, and the LMDM's residuals."""
+    import torch
+
+    from leo import metrics
+
+    report = {"animator_heldout": metrics.animator_report(pipe.animator, heldout, pairs_per_clip=8)}
+    n = min(v.shape[0] for v in heldout)
+    gen = {k: results[k] for k in ("conditional", "long", "edited", "unconditional")}
+    report["generated"] = metrics.generated_report(gen, [c[:n] for c in heldout])
+    chunk = window - 1  # each chained chunk after the first adds window - 1 frames
+    seams = list(range(window, results["long"].shape[0], chunk))
+    report["long_seams"] = {**metrics.seam_jitter(results["long"], seams), "seams": seams}
+    target = torch.stack([_recolor(f) for f in real])  # the real clip, recolored like the edit
+    still = target[:1].expand_as(target)
+    report["edit"] = {"l1_to_recolored_clip": (results["edited"] - target).abs().mean().item(),
+                      "still_l1_to_recolored_clip": (still - target).abs().mean().item()}
+    with torch.no_grad():
+        real_codes = torch.stack([pipe.motion_codes(c.to(device)).cpu() for c in heldout])
+        sampled = pipe.sample_codes(real_codes[:, 0].to(device), real_codes.shape[1], seed=0,
+                                    steps=p["sample_steps"]).cpu()
+    rs, ss = metrics.residual_stats(real_codes), metrics.residual_stats(sampled)
+    report["lmdm_residuals"] = {"real": rs, "sampled": ss,
+                                "std_ratio_mean": sum(b / a for a, b in zip(rs["std"], ss["std"]) if a > 0) / len(rs["std"])}
+    return report
+
+
+def _report_table(r: dict) -> str:
+    a = r["animator_heldout"]
+    lines = ["", "held-out clips, (frame 0, frame t) pairs:",
+             f"  animator L1 {a['l1']:.4f}   copying frame 0: {a['copy_l1']:.4f}   gain {a['gain']:+.3f}",
+             f"  PSNR {a['psnr']:.2f} dB (copy {a['copy_psnr']:.2f})   SSIM {a['ssim']:.3f} (copy {a['copy_ssim']:.3f})",
+             f"  motion ratio (own codes, relative mode) {a['motion_ratio']:.3f}   code std {a['code_std']:.4f}",
+             "generated videos, motion and jitter relative to the real clips (a still video: 0):"]
+    for name, g in r["generated"].items():
+        lines.append(f"  {name:<13} motion {g['motion_vs_real']:.2f}x   jitter {g['jitter_vs_real']:.2f}x")
+    s = r["long_seams"]
+    lines.append(f"long video: step at seams {s['seam']:.4f} vs inside chunks {s['within']:.4f} (ratio {s['ratio']:.2f})")
+    e = r["edit"]
+    lines.append(f"edit: L1 to the recolored clip {e['l1_to_recolored_clip']:.4f} "
+                 f"(a still of the edited frame: {e['still_l1_to_recolored_clip']:.4f})")
+    lines.append(f"LMDM: sampled residual std / real residual std, mean over dims {r['lmdm_residuals']['std_ratio_mean']:.2f}")
+    return "\n".join(lines)
 
 
 def _write_video(path, frames, fps):
@@ -214,6 +261,16 @@ def run(args) -> int:
     S, W, fps = pipe.size, lmdm.window, 15.0
     video = list_videos(data)[-1]
     real = torch.cat(list(iter_video_chunks(video, S)))
+    if args.data is None:  # unseen clips of the same generator (another seed)
+        from leo.data.synthetic import render_video
+
+        heldout = [render_video(args.seed + 1000, i, p["frames"], S) for i in range(p["heldout_clips"])]
+    else:  # the trainer's held-out split
+        from leo.data.videos import VideoFolder
+        from leo.train.stage1 import held_out_clips
+
+        folder = VideoFolder(data, size=S, test_fraction=0.1, split_seed=0, verbose=False)
+        heldout = held_out_clips(folder, p["heldout_clips"], "test" if folder.test else "train")
     kw = dict(steps=p["sample_steps"], progress=True)
     results = {}
     results["conditional"] = pipe.generate(real[0], p["video_frames"], seed=args.seed, **kw)
@@ -225,7 +282,15 @@ def run(args) -> int:
     results["unconditional"] = pipe.generate(first, p["video_frames"], seed=args.seed + 2, **kw)
     results["real"] = real
 
-    written = []
+    _step("measuring motion (leo.metrics; every number next to its trivial baseline)")
+    report = _measure(pipe, results, heldout, real, p, W, device)
+    report_path = os.path.join(out, "metrics.json")
+    from leo.checkpoint_io import atomic_write
+
+    atomic_write(report_path, lambda tmp: open(tmp, "w").write(json.dumps(report, indent=2)))
+    print(_report_table(report), flush=True)
+
+    written = [(report_path, "metrics: gain over copying, motion ratio, generated motion and jitter")]
     for name in ("conditional", "long", "edited", "unconditional"):
         path = os.path.join(out, f"{name}.mp4")
         _write_video(path, results[name], fps)

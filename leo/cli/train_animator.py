@@ -25,7 +25,18 @@ def register(sub):
     p.add_argument("--steps", type=int, default=2000, help="total optimizer steps (default 2000)")
     p.add_argument("--batch", type=int, default=8, help="batch per process and micro-batch (default 8)")
     p.add_argument("--accum", type=int, default=1, help="gradient-accumulation micro-batches per step (default 1)")
-    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate, both networks (default 2e-3)")
+    p.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate, both networks (default 5e-4)")
+    rec = p.add_argument_group("recipe (docs/MOTION.md; --init random --lia-grid --absolute-latent --pyramid 0 "
+                               "--lr 2e-3 is LIA's)")
+    rec.add_argument("--init", choices=("copy", "random"), default="copy",
+                     help="copy: start from an animator that reproduces the source exactly (default); random: LIA's")
+    rec.add_argument("--motion-gain", type=float, default=30.0,
+                     help="copy init: scale of the motion codes, so they differ by frame from step 0 (default 30)")
+    rec.add_argument("--lia-grid", action="store_true",
+                     help="LIA's sampling grid (not an identity at zero flow) instead of align_corners=True")
+    rec.add_argument("--absolute-latent", action="store_true",
+                     help="LIA's latent wa_s + Q alpha_t instead of wa_s + Q (alpha_t - alpha_s)")
+    rec.add_argument("--pyramid", type=int, default=3, help="extra L1 terms on 2x..2^N x pooled images (default 3)")
     p.add_argument("--adv-weight", type=float, default=0.05, help="adversarial loss weight, 0 = off (default 0.05)")
     p.add_argument("--vgg19", metavar="PATH",
                    help="local VGG19 weights in torchvision format; turns the perceptual loss on")
@@ -33,7 +44,7 @@ def register(sub):
     p.add_argument("--r1-every", type=int, default=16, help="lazy R1: apply every N steps (default 16)")
     p.add_argument("--save-every", type=int, default=500, help="checkpoint interval in steps (default 500)")
     p.add_argument("--sample-every", type=int, default=500, help="PNG sample-grid interval (default 500)")
-    p.add_argument("--eval-every", type=int, default=250, help="held-out L1/PSNR/SSIM interval (default 250)")
+    p.add_argument("--eval-every", type=int, default=250, help="held-out evaluation interval: L1/PSNR/SSIM, copy baseline, gain, motion ratio (default 250)")
     p.add_argument("--log-every", type=int, default=10, help="metrics.csv interval (default 10)")
     p.add_argument("--frames", type=int, default=48, help="frames per synthetic video (default 48)")
     p.add_argument("--max-frames", type=int, default=None, help="use at most this many frames of each clip")
@@ -93,7 +104,9 @@ def run_train(args) -> int:
         vgg19=args.vgg19, r1=args.r1, r1_every=args.r1_every, save_every=args.save_every, sample_every=args.sample_every,
         eval_every=args.eval_every, log_every=args.log_every, max_frames=args.max_frames,
         test_fraction=args.test_fraction, seed=args.seed, device=args.device or "auto", workers=args.workers,
-        threads=args.threads, amp=not args.no_amp, resume=args.resume,
+        threads=args.threads, amp=not args.no_amp, resume=args.resume, init=args.init,
+        motion_gain=args.motion_gain, align_corners=not args.lia_grid, relative_latent=not args.absolute_latent,
+        pyramid=args.pyramid,
     )
     try:
         cfg.validate()
@@ -103,8 +116,9 @@ def run_train(args) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         ev0, ev1 = summary.get("initial_eval") or {}, summary.get("final_eval") or {}
         if ev0 and ev1:
-            print(f"held-out L1 {ev0['l1']:.4f} -> {ev1['l1']:.4f}, PSNR {ev0['psnr']:.2f} -> {ev1['psnr']:.2f} dB, "
-                  f"SSIM {ev0['ssim']:.3f} -> {ev1['ssim']:.3f}")
+            print(f"held-out L1 {ev0['l1']:.4f} -> {ev1['l1']:.4f} (copying the source: {ev1['copy_l1']:.4f}), "
+                  f"gain over copying {ev0['gain']:+.3f} -> {ev1['gain']:+.3f}, motion ratio {ev1['motion_ratio']:.3f}, "
+                  f"PSNR {ev0['psnr']:.2f} -> {ev1['psnr']:.2f} dB (copy {ev1['copy_psnr']:.2f})")
         if summary.get("animator"):
             print(f"animator: {summary['animator']}")
         print(f"run folder: {args.out} (metrics.csv, loss.png, samples/, checkpoint.pt)")

@@ -65,7 +65,7 @@ class Stage1Config:
     steps: int = 1000
     batch: int = 8                       # per process, per micro-batch
     accum: int = 1                       # micro-batches per optimizer step
-    lr: float = 2e-3
+    lr: float = 5e-4                     # LIA: 2e-3 (too coarse for a copy-initialized animator)
     d_lr: float | None = None
     betas: tuple = (0.0, 0.99)
     # Recipe (docs/MOTION.md): start from an animator that copies the source exactly, take motion
@@ -73,6 +73,7 @@ class Stage1Config:
     # for the flows). LIA's own recipe: init="random", align_corners=False, relative_latent=False,
     # pyramid=0.
     init: str = "copy"                   # "copy" (Animator.init_copy_source) or "random"
+    motion_gain: float = 30.0            # copy init: scale of the motion codes (informative from step 0)
     align_corners: bool = True           # exact identity at zero flow (False: LIA's convention)
     relative_latent: bool = True         # latent wa_s + Q (alpha_t - alpha_s) (False: LIA's wa_s + Q alpha_t)
     pyramid: int = 3                     # extra L1 terms on 2x, 4x, 8x average-pooled images
@@ -265,7 +266,7 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
     G = Animator(size=cfg.size, style_dim=cfg.style_dim, motion_dim=cfg.motion_dim, width=cfg.width,
                  kernels=cfg.kernels, align_corners=cfg.align_corners, relative_latent=cfg.relative_latent)
     if cfg.init == "copy" and ckpt is None:
-        G.init_copy_source()
+        G.init_copy_source(motion_gain=cfg.motion_gain if cfg.relative_latent else 1.0)
     G = G.to(device)
     D = Discriminator(size=cfg.size, width=cfg.d_width or cfg.width).to(device)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))

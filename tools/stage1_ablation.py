@@ -1,0 +1,112 @@
+"""Stage-1 ablation harness: one training recipe change at a time, measured on the same held-out
+synthetic clips with leo.metrics (gain over copying frame 0, motion ratio). Its runs fill the table
+in docs/MOTION.md.
+
+It trains in memory (no video files, no discriminator unless --adv), so a run of a few hundred
+steps takes minutes on a 2-core CPU; `leo train-animator` is the real trainer and has the recipe's
+options (init, align_corners, relative_latent, pyramid).
+
+    python tools/stage1_ablation.py --name copy_rel --init copy --relative --align-corners --pyramid 3
+    python tools/stage1_ablation.py --name lia --init random --lr 2e-3          # LIA's recipe
+
+Data: 24 synthetic clips of seed 0 for training, 8 clips of seed 1000 held out (48 frames, 64x64).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from leo.animator import Animator
+from leo.data.synthetic import render_video
+from leo.metrics import animator_report
+from leo.train.stage1 import reconstruction_loss
+
+
+def affine_targets(src, rng, magnitude):
+    """Known random affine warps of ``src`` and their sampling grids (align_corners=True)."""
+    n, _, h, w = src.shape
+    ang = torch.from_numpy(rng.uniform(-1.5, 1.5, n)).float() * magnitude
+    sc = 1 + torch.from_numpy(rng.uniform(-1, 1, n)).float() * magnitude
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = sc * torch.cos(ang), -sc * torch.sin(ang)
+    theta[:, 1, 0], theta[:, 1, 1] = sc * torch.sin(ang), sc * torch.cos(ang)
+    theta[:, :, 2] = torch.from_numpy(rng.uniform(-magnitude, magnitude, (n, 2))).float()
+    grid = F.affine_grid(theta, (n, 3, h, w), align_corners=True)
+    return F.grid_sample(src, grid, align_corners=True), grid
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", required=True)
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--init", choices=("random", "copy", "copy_amp"), default="copy",
+                   help="copy_amp: copy, with the last motion fc layer scaled x30 (informative codes at step 0)")
+    p.add_argument("--relative", action="store_true", help="relative latent wa_s + Q (alpha_t - alpha_s)")
+    p.add_argument("--align-corners", action="store_true", help="exact identity at zero flow")
+    p.add_argument("--pyramid", type=int, default=0, help="extra L1 terms on average-pooled images")
+    p.add_argument("--code-floor", type=float, default=0.0, help="hinge on mean |alpha_t - alpha_s|")
+    p.add_argument("--equivariance", type=int, default=0,
+                   help="this many samples per batch are (frame, known affine warp of it) with a flow loss")
+    p.add_argument("--affine-magnitude", type=float, default=0.1)
+    p.add_argument("--eval-every", type=int, default=200)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None, help="JSON file for the log (default: ablation_NAME.json)")
+    a = p.parse_args(argv)
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    size = 64
+    train = torch.stack([render_video(0, i, 48, size) for i in range(24)])  # (V, T, 3, S, S)
+    heldout = [render_video(1000, i, 48, size) for i in range(8)]
+    G = Animator(size=size, style_dim=128, width=0.125, align_corners=a.align_corners, relative_latent=a.relative)
+    if a.init != "random":
+        G.init_copy_source(motion_gain=30.0 if a.init == "copy_amp" else 1.0)
+    opt = torch.optim.Adam(G.parameters(), lr=a.lr, betas=(0.0, 0.99))
+    rng = np.random.default_rng(0)
+    log, t0 = [], time.time()
+
+    def evaluate(step):
+        r = {k: round(v, 4) for k, v in animator_report(G, heldout, pairs_per_clip=8).items()}
+        r.update(step=step, seconds=round(time.time() - t0, 1))
+        print(json.dumps(r), flush=True)
+        log.append(r)
+
+    evaluate(0)
+    V, T = train.shape[:2]
+    for step in range(1, a.steps + 1):
+        vi, si, ti = rng.integers(V, size=a.batch), rng.integers(T, size=a.batch), rng.integers(T, size=a.batch)
+        src, tgt = train[vi, si], train[vi, ti].clone()
+        ne = a.equivariance
+        if ne:
+            tgt[:ne], egrid = affine_targets(src[:ne], rng, a.affine_magnitude)
+        wa_all, feats = G.enc.net_app(torch.cat([src, tgt]))
+        wa, wa_t = wa_all[:a.batch], wa_all[a.batch:]
+        alpha_s, alpha_t = G.enc.fc(wa), G.enc.fc(wa_t)
+        latent = G.latent(wa, alpha_t, alpha_s)
+        recon, flow = G.dec(latent, [f[:a.batch] for f in feats], return_flow=True)
+        loss = reconstruction_loss(recon, tgt, a.pyramid)
+        if a.code_floor > 0:
+            loss = loss + torch.relu(a.code_floor - (alpha_t - alpha_s).abs().mean())
+        if ne:
+            n = flow.shape[-1]
+            lin = torch.linspace(-1, 1, n)
+            grid = torch.stack([torch.tanh(flow[:ne, 0]) + lin.view(1, 1, n), torch.tanh(flow[:ne, 1]) + lin.view(1, n, 1)], -1)
+            loss = loss + (grid - egrid).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % a.eval_every == 0 or step == a.steps:
+            evaluate(step)
+    with open(a.out or f"ablation_{a.name}.json", "w") as f:
+        json.dump({"args": vars(a), "log": log}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
