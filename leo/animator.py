@@ -30,10 +30,11 @@ from leo.layers import (
     Direction,
     EqualConv2d,
     EqualLinear,
+    FlowWarpLevel,
     ResBlock,
     StyledConv,
-    ToFlow,
     ToRGB,
+    channel_table,
     full,
     set_backend,
 )
@@ -46,22 +47,6 @@ MIN_SIZE, MAX_SIZE = 32, 512
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the animator (message says why)."""
-
-
-def channel_table(size: int, channel_multiplier: int = 1, width: float = 1.0) -> dict[int, int]:
-    """Channels per resolution 4..size (LIA's table, scaled by ``width``).
-
-    LIA's decoder multiplies resolutions >= 64 by ``channel_multiplier`` and its encoder
-    does not, so only channel_multiplier=1 runs in LIA; here both use it (identical at 1).
-    """
-    base = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32}
-    out = {}
-    for res, ch in base.items():
-        if res > size:
-            break
-        ch = ch * (channel_multiplier if res >= 64 else 1)
-        out[res] = max(1, int(round(ch * width)))
-    return out
 
 
 @dataclass
@@ -141,7 +126,7 @@ class Synthesis(nn.Module):
             self.convs.append(StyledConv(in_ch, out_ch, 3, style_dim, upsample=True))
             self.convs.append(StyledConv(out_ch, out_ch, 3, style_dim))
             self.to_rgbs.append(ToRGB(out_ch))
-            self.to_flows.append(ToFlow(out_ch, style_dim))
+            self.to_flows.append(FlowWarpLevel(out_ch, style_dim))
             in_ch = out_ch
 
     def forward(self, latent: torch.Tensor, feats: list, return_flow: bool = False):

@@ -8,106 +8,73 @@ differentiable, so the R1 penalty works on every backend).
 """
 from __future__ import annotations
 
-import math
+import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-import leo_kernels as K
+from leo.layers import EqualConvAct, EqualLinear, KernelUser, ResBlock, channel_table as _channel_table
 
-_BLUR = (1.0, 3.0, 3.0, 1.0)
-
-
-def _kernel() -> torch.Tensor:
-    k = torch.tensor(_BLUR)
-    k = k[:, None] * k[None, :]
-    return k / k.sum()
+_UNSET = object()
 
 
 def channel_table(size: int, width: float = 1.0) -> dict[int, int]:
-    """Channels per resolution (StyleGAN2's table scaled by ``width``; at least 8)."""
-    base = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
-    return {r: max(8, int(round(c * width))) for r, c in base.items() if r <= size}
-
-
-class _Conv(nn.Module):
-    """[blur] -> equalized conv -> [bias + leaky ReLU * sqrt(2)]."""
-
-    def __init__(self, cin, cout, k, down=False, act=True, bias=True, backend=None):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(cout, cin, k, k))
-        self.bias = nn.Parameter(torch.zeros(cout)) if bias else None
-        self.scale = 1.0 / math.sqrt(cin * k * k)
-        self.down, self.act, self.k, self.backend = down, act, k, backend
-        if down:
-            self.register_buffer("kernel", _kernel(), persistent=False)
-            p = (len(_BLUR) - 2) + (k - 1)  # output exactly half the input after the stride-2 conv
-            self.pad = ((p + 1) // 2, p // 2)
-
-    def forward(self, x):
-        if self.down:
-            x = K.upfirdn2d(x, self.kernel.to(x.dtype), pad=self.pad, backend=self.backend)
-            x = F.conv2d(x, (self.weight * self.scale).to(x.dtype), stride=2)
-        else:
-            x = F.conv2d(x, (self.weight * self.scale).to(x.dtype), padding=self.k // 2)
-        if self.act:
-            b = None if self.bias is None else self.bias.to(x.dtype)
-            return K.bias_act(x, b, backend=self.backend)
-        if self.bias is not None:
-            x = x + self.bias.to(x.dtype).view(1, -1, 1, 1)
-        return x
-
-
-class _ResBlock(nn.Module):
-    def __init__(self, cin, cout, backend=None):
-        super().__init__()
-        self.conv1 = _Conv(cin, cin, 3, backend=backend)
-        self.conv2 = _Conv(cin, cout, 3, down=True, backend=backend)
-        self.skip = _Conv(cin, cout, 1, down=True, act=False, bias=False, backend=backend)
-
-    def forward(self, x):
-        return (self.conv2(self.conv1(x)) + self.skip(x)) * (1.0 / math.sqrt(2.0))
-
-
-class _Linear(nn.Module):
-    def __init__(self, cin, cout, act=True, backend=None):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(cout, cin))
-        self.bias = nn.Parameter(torch.zeros(cout))
-        self.scale, self.act, self.backend = 1.0 / math.sqrt(cin), act, backend
-
-    def forward(self, x):
-        x = F.linear(x, (self.weight * self.scale).to(x.dtype))
-        if self.act:
-            return K.bias_act(x, self.bias.to(x.dtype), backend=self.backend)
-        return x + self.bias.to(x.dtype)
+    """Channels per resolution (StyleGAN2's table scaled by ``width``; at least 8):
+    ``leo.layers.channel_table(size, width=width, min_channels=8)``."""
+    return _channel_table(size, width=width, min_channels=8)
 
 
 class Discriminator(nn.Module):
     """Real/fake logits (B,) for images (B, 3, size, size) in [-1, 1].
 
     size: power of two >= 8; width scales the channel table; mbstd_group: minibatch-stddev
-    group size (the batch is split in groups of at most this many samples).
+    group size (the batch is split in groups of at most this many samples). ``kernels``:
+    "auto" (fastest leo_kernels backend) or a backend name ("reference", "cpu", "triton",
+    "cuda"), as for Animator and LMDM; ``backend=`` is its deprecated alias (None = "auto").
+    Built from leo.layers: EqualConvAct (keys ``weight``/``bias``), ResBlock, EqualLinear.
     """
 
-    def __init__(self, size: int = 256, width: float = 1.0, mbstd_group: int = 4, backend: str | None = None):
+    def __init__(self, size: int = 256, width: float = 1.0, mbstd_group: int = 4, kernels: str = "auto",
+                 backend=_UNSET):
         super().__init__()
+        if backend is not _UNSET:
+            warnings.warn("Discriminator(backend=) is deprecated; use kernels= ('auto' for None)",
+                          DeprecationWarning, stacklevel=2)
+            kernels = "auto" if backend is None else backend
+        if kernels not in ("auto", "reference", "triton", "cuda", "cpu"):
+            raise ValueError(f"kernels must be 'auto' or a leo_kernels backend name, got {kernels!r}")
         if isinstance(size, bool) or not isinstance(size, int) or size < 8 or size & (size - 1):
             raise ValueError(f"size must be a power of two >= 8, got {size!r}")
         if not (isinstance(width, (int, float)) and 0 < width <= 16):
             raise ValueError(f"width must be a number in (0, 16], got {width!r}")
         self.size, self.width, self.mbstd_group = size, float(width), int(mbstd_group)
         ch = channel_table(size, width)
-        self.from_rgb = _Conv(3, ch[size], 1, backend=backend)
+        self.from_rgb = EqualConvAct(3, ch[size], 1)
         blocks, res = [], size
         while res > 4:
-            blocks.append(_ResBlock(ch[res], ch[res // 2], backend=backend))
+            blocks.append(ResBlock(ch[res], ch[res // 2], conv=EqualConvAct))
             res //= 2
         self.blocks = nn.Sequential(*blocks)
-        self.final_conv = _Conv(ch[4] + 1, ch[4], 3, backend=backend)
-        self.fc = _Linear(ch[4] * 16, ch[4], backend=backend)
-        self.out = _Linear(ch[4], 1, act=False, backend=backend)
+        self.final_conv = EqualConvAct(ch[4] + 1, ch[4], 3)
+        self.fc = EqualLinear(ch[4] * 16, ch[4], activate=True)
+        self.out = EqualLinear(ch[4], 1)
+        self.kernels = kernels
+
+    @property
+    def kernels(self) -> str:
+        return self._kernels
+
+    @kernels.setter
+    def kernels(self, value: str) -> None:
+        self._kernels = value
+        for m in self.modules():
+            if isinstance(m, KernelUser):
+                m.backend = None if value == "auto" else value
+
+    @property
+    def backend(self) -> str | None:
+        """Deprecated alias of ``kernels`` (None for "auto")."""
+        return None if self._kernels == "auto" else self._kernels
 
     @property
     def config(self) -> dict:

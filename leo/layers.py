@@ -31,6 +31,27 @@ def make_kernel(taps=BLUR_KERNEL, gain: float = 1.0) -> torch.Tensor:
     return k / k.sum() * gain
 
 
+# StyleGAN2 base channels per resolution (before width / channel_multiplier).
+_BASE_CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
+
+
+def channel_table(size: int, channel_multiplier: int = 1, width: float = 1.0, min_channels: int = 1) -> dict[int, int]:
+    """Channels per resolution 4..size: StyleGAN2's table, resolutions >= 64 times
+    ``channel_multiplier``, all scaled by ``width``, at least ``min_channels``.
+
+    LIA's decoder multiplies resolutions >= 64 by ``channel_multiplier`` and its encoder
+    does not, so only channel_multiplier=1 runs in LIA; the animator uses it for both
+    (identical at 1). The discriminator uses ``min_channels=8``.
+    """
+    out = {}
+    for res, ch in _BASE_CHANNELS.items():
+        if res > size:
+            break
+        ch = ch * (channel_multiplier if res >= 64 else 1)
+        out[res] = max(min_channels, int(round(ch * width)))
+    return out
+
+
 class KernelUser(nn.Module):
     """A module whose ops take ``backend=`` (None: fastest available; "reference": eager)."""
 
@@ -72,20 +93,30 @@ class EqualConv2d(nn.Module):
         return f"{i}, {o}, kernel_size={k}, stride={self.stride}, padding={self.padding}, bias={self.bias is not None}"
 
 
-class EqualLinear(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int, bias: bool = True, bias_init: float = 0.0, lr_mul: float = 1.0):
+class EqualLinear(KernelUser):
+    """Equalized linear layer; ``activate``: bias + leaky ReLU * sqrt(2) through ``bias_act``."""
+
+    def __init__(self, in_dim: int, out_dim: int, bias: bool = True, bias_init: float = 0.0, lr_mul: float = 1.0,
+                 activate: bool = False):
         super().__init__()
+        if activate and not bias:
+            raise ValueError("EqualLinear: activate needs a bias")
         self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
         self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init))) if bias else None
         self.scale = lr_mul / math.sqrt(in_dim)
         self.lr_mul = lr_mul
+        self.activate = activate
 
     def forward(self, x):
         bias = self.bias * self.lr_mul if self.bias is not None else None
+        if self.activate:
+            x = F.linear(x, _as(self.weight * self.scale, x))
+            return K.bias_act(x, _as(bias, x), 0.2, math.sqrt(2.0), backend=self.backend)
         return F.linear(x, self.weight * self.scale, bias)
 
     def extra_repr(self):
-        return f"{self.weight.shape[1]}, {self.weight.shape[0]}, lr_mul={self.lr_mul}"
+        act = ", activate=True" if self.activate else ""
+        return f"{self.weight.shape[1]}, {self.weight.shape[0]}, lr_mul={self.lr_mul}{act}"
 
 
 class BiasAct(KernelUser):
@@ -99,20 +130,41 @@ class BiasAct(KernelUser):
         return K.bias_act(x, _as(self.bias.view(-1), x), 0.2, math.sqrt(2.0), backend=self.backend)
 
 
+# --------------------------------------------------------------------------- FIR wrappers
+# The pad arithmetic of StyleGAN2's FIR resampling lives in these classes and nowhere else.
 class Blur(KernelUser):
-    """FIR filter with the normalized [1,3,3,1] kernel (times up**2 after zero insertion)."""
+    """FIR filter with the normalized [1,3,3,1] kernel (times up**2 after zero insertion).
 
-    def __init__(self, pad: tuple[int, int], upsample_factor: int = 1):
+    Build it with :meth:`before_downsample` (in front of a stride-``factor`` conv) or
+    :meth:`after_upsample` (behind a stride-``factor`` transposed conv), which own the pads.
+    ``persistent=False`` keeps the kernel out of the state_dict."""
+
+    def __init__(self, pad: tuple[int, int], upsample_factor: int = 1, persistent: bool = True):
         super().__init__()
-        self.register_buffer("kernel", make_kernel(gain=upsample_factor**2))
+        self.register_buffer("kernel", make_kernel(gain=upsample_factor**2), persistent=persistent)
         self.pad = tuple(pad)
 
-    def forward(self, x):
-        return K.upfirdn2d(x, _as(self.kernel, x), up=1, down=1, pad=self.pad, backend=self.backend)
+    @classmethod
+    def before_downsample(cls, conv_kernel: int, factor: int = 2, persistent: bool = True) -> "Blur":
+        """Blur whose output, convolved by a ``conv_kernel`` conv of stride ``factor`` without
+        padding, is exactly 1/factor of the input size."""
+        p = (len(BLUR_KERNEL) - factor) + (conv_kernel - 1)
+        return cls(((p + 1) // 2, p // 2), persistent=persistent)
+
+    @classmethod
+    def after_upsample(cls, conv_kernel: int, factor: int = 2) -> "Blur":
+        """Blur (gain factor**2) behind a ``conv_kernel`` transposed conv of stride ``factor``,
+        so the pair upsamples exactly by ``factor``."""
+        p = (len(BLUR_KERNEL) - factor) - (conv_kernel - 1)
+        return cls(((p + 1) // 2 + 1, p // 2 + 1), upsample_factor=factor)
+
+    def forward(self, x, down: int = 1):
+        """``down``: keep every down-th output sample (a blur followed by subsampling)."""
+        return K.upfirdn2d(x, _as(self.kernel, x), up=1, down=down, pad=self.pad, backend=self.backend)
 
 
 class Upsample(KernelUser):
-    """2x FIR upsampling (zero insertion, [1,3,3,1] kernel x4, pad (2, 1))."""
+    """FIR upsampling by ``factor`` (zero insertion, [1,3,3,1] kernel x factor**2, pad (2, 1) at 2)."""
 
     def __init__(self, factor: int = 2):
         super().__init__()
@@ -122,6 +174,19 @@ class Upsample(KernelUser):
 
     def forward(self, x):
         return K.upfirdn2d(x, _as(self.kernel, x), up=self.factor, down=1, pad=self.pad, backend=self.backend)
+
+
+class Downsample(KernelUser):
+    """FIR downsampling by ``factor`` ([1,3,3,1] kernel, pad (1, 1) at 2)."""
+
+    def __init__(self, factor: int = 2):
+        super().__init__()
+        self.register_buffer("kernel", make_kernel())
+        p = self.kernel.shape[0] - factor
+        self.factor, self.pad = factor, ((p + 1) // 2, p // 2)
+
+    def forward(self, x):
+        return K.upfirdn2d(x, _as(self.kernel, x), up=1, down=self.factor, pad=self.pad, backend=self.backend)
 
 
 class ConvLayer(nn.Sequential):
@@ -134,8 +199,7 @@ class ConvLayer(nn.Sequential):
     def __init__(self, in_ch, out_ch, kernel_size, downsample=False, bias=True, activate=True):
         layers = []
         if downsample:
-            p = (len(BLUR_KERNEL) - 2) + (kernel_size - 1)
-            layers.append(Blur(((p + 1) // 2, p // 2)))
+            layers.append(Blur.before_downsample(kernel_size))
             stride, padding = 2, 0
         else:
             stride, padding = 1, kernel_size // 2
@@ -152,20 +216,52 @@ class ConvLayer(nn.Sequential):
             # A 1x1 stride-2 conv reads every other blurred pixel: let the FIR op compute only
             # those (down=2), then a stride-1 1x1 conv. Same values, a quarter of the blur work.
             blur, conv = self[0], self[1]
-            x = K.upfirdn2d(x, _as(blur.kernel, x), up=1, down=2, pad=blur.pad, backend=blur.backend)
+            x = blur(x, down=2)
             x = F.conv2d(x, conv.weight * conv.scale, conv.bias)
             return self[2](x) if len(self) > 2 else x
         return super().forward(x)
 
 
-class ResBlock(nn.Module):
-    """Residual downsampling block of the appearance encoder: (conv1 -> conv2 + skip) / sqrt(2)."""
+class EqualConvAct(KernelUser):
+    """ConvLayer as one module (keys ``weight``, ``bias`` (C,); the blur kernel is not saved):
+    [Blur] -> equalized conv -> [bias + leaky ReLU * sqrt(2)] (or + bias without activation).
+    Weights are cast to the input's dtype. Used by the discriminator."""
 
-    def __init__(self, in_ch: int, out_ch: int):
+    def __init__(self, in_ch, out_ch, kernel_size, downsample=False, bias=True, activate=True):
         super().__init__()
-        self.conv1 = ConvLayer(in_ch, in_ch, 3)
-        self.conv2 = ConvLayer(in_ch, out_ch, 3, downsample=True)
-        self.skip = ConvLayer(in_ch, out_ch, 1, downsample=True, bias=False, activate=False)
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
+        self.scale = 1.0 / math.sqrt(in_ch * kernel_size**2)
+        self.downsample, self.activate, self.kernel_size = downsample, activate, kernel_size
+        if downsample:
+            self.blur = Blur.before_downsample(kernel_size, persistent=False)
+
+    def extra_repr(self):
+        o, i, k, _ = self.weight.shape
+        return f"{i}, {o}, kernel_size={k}, downsample={self.downsample}, activate={self.activate}"
+
+    def forward(self, x):
+        w = _as(self.weight * self.scale, x)
+        if self.downsample:
+            x = F.conv2d(self.blur(x), w, stride=2)
+        else:
+            x = F.conv2d(x, w, padding=self.kernel_size // 2)
+        b = None if self.bias is None else _as(self.bias, x)
+        if self.activate:
+            return K.bias_act(x, b, 0.2, math.sqrt(2.0), backend=self.backend)
+        return x if b is None else x + b.view(1, -1, 1, 1)
+
+
+class ResBlock(nn.Module):
+    """Residual downsampling block: (conv1 -> conv2 + skip) / sqrt(2). ``conv``: the conv layer
+    class (ConvLayer: the animator's encoder, LIA's keys; EqualConvAct: the discriminator)."""
+
+    def __init__(self, in_ch: int, out_ch: int, conv=None):
+        super().__init__()
+        conv = conv or ConvLayer
+        self.conv1 = conv(in_ch, in_ch, 3)
+        self.conv2 = conv(in_ch, out_ch, 3, downsample=True)
+        self.skip = conv(in_ch, out_ch, 1, downsample=True, bias=False, activate=False)
 
     def forward(self, x):
         out = self.conv2(self.conv1(x))
@@ -187,8 +283,7 @@ class ModulatedConv2d(KernelUser):
         self.in_ch, self.out_ch, self.kernel_size = in_ch, out_ch, kernel_size
         self.demodulate, self.upsample = demodulate, upsample
         if upsample:  # registered first: keeps the released state_dict's key order
-            p = (len(BLUR_KERNEL) - 2) - (kernel_size - 1)
-            self.blur = Blur(((p + 1) // 2 + 1, p // 2 + 1), upsample_factor=2)
+            self.blur = Blur.after_upsample(kernel_size)
         self.weight = nn.Parameter(torch.randn(1, out_ch, in_ch, kernel_size, kernel_size))
         self.modulation = EqualLinear(style_dim, in_ch, bias_init=1.0)
         self.scale = 1.0 / math.sqrt(in_ch * kernel_size**2)
@@ -323,9 +418,13 @@ class ToRGB(nn.Module):
         return out
 
 
-class ToFlow(KernelUser):
-    """Flow head + one warp_inpaint level: modulated 1x1 conv (no demodulation) + bias gives
-    the logits (2 flow channels, 1 mask channel), composed with the previous level's."""
+class FlowWarpLevel(KernelUser):
+    """One decoder level of flow warping (LIA's ``ToFlow``): predicts flow and mask, then warps
+    and inpaints. A modulated 1x1 conv (no demodulation) + bias gives the logits (2 flow
+    channels, 1 mask channel), composed with the previous level's; ``leo_kernels.warp_inpaint``
+    warps the encoder feature with them and blends it into the decoder feature.
+    Returns (warped, blended, composed logits). Attribute names (``upsample``, ``conv``, ``bias``)
+    are LIA's ``to_flows.<i>`` keys."""
 
     def __init__(self, in_ch: int, style_dim: int):
         super().__init__()
@@ -340,6 +439,9 @@ class ToFlow(KernelUser):
         feat = _as(feat, x)
         skip = _as(skip, x) if skip is not None else None
         return K.warp_inpaint(feat, x, _as(logits, x), skip, align_corners=self.align_corners, backend=self.backend)
+
+
+ToFlow = FlowWarpLevel  # LIA's name, kept importable
 
 
 class Direction(nn.Module):
