@@ -42,6 +42,17 @@ def linear_alphas_cumprod(num_steps: int) -> torch.Tensor:
     return torch.cumprod(1 - betas, dim=0)
 
 
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps t (B,) -> (B, dim):
+    [cos(t f_i), sin(t f_i)] with geometric frequencies f_i, zero-padded to an odd ``dim``.
+    The one embedding of every denoiser (LMDM, first-frame model)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    ang = t.float()[:, None] * freqs[None]
+    emb = torch.cat((ang.cos(), ang.sin()), dim=1)
+    return torch.nn.functional.pad(emb, (0, dim % 2))
+
+
 def _check_choice(name, value, choices):
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")

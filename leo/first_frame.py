@@ -11,7 +11,6 @@ callable with that signature (a GAN, an image bank, ...) and checks its output.
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Callable
 
@@ -20,17 +19,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from leo.checkpoint_io import load_weights, save_weights
+from leo.diffusion import timestep_embedding  # noqa: F401  (one embedding for every denoiser; kept importable here)
 
 KIND = "first_frame"
-
-
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps t (B,) -> (B, dim)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
-    return F.pad(emb, (0, dim % 2))
 
 
 def _groups(ch: int) -> int:

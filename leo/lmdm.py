@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from leo.checkpoint_io import load_weights, save_weights
+from leo.diffusion import timestep_embedding  # noqa: F401  (one embedding for every denoiser; kept importable here)
 
 _DEFAULTS = dict(
     motion_dim=20,
@@ -37,15 +38,6 @@ _DEFAULTS = dict(
     schedule="cosine",
     objective="v",
 )
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding (B,) -> (B, dim): [cos(t f_i), sin(t f_i)], f_i geometric."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    ang = t.float()[:, None] * freqs[None]
-    emb = torch.cat((ang.cos(), ang.sin()), dim=1)
-    return F.pad(emb, (0, dim % 2))
 
 
 class ResBlock1d(nn.Module):
