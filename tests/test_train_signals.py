@@ -142,7 +142,7 @@ def test_torchrun_signal_to_one_rank_stops_every_rank(data_root, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(pathlib.Path(__file__).resolve()), "--worker", str(data_root), str(tmp_path)]
-    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-4000:]
     for kind in KINDS:
         per_rank = [json.loads((tmp_path / kind / f"rank{r}.json").read_text()) for r in range(2)]
@@ -156,10 +156,14 @@ DDP_PLAN = [(1, signal.SIGTERM, 1), (2, signal.SIGINT, 0)]
 
 
 def _worker(root: str, out: str) -> None:
+    import datetime
+
     import torch.distributed as dist
 
     rank = int(os.environ["RANK"])
-    dist.init_process_group("gloo")  # one group for all the runs (each trainer's context reuses it)
+    # one group for all the runs (each trainer's context reuses it); mismatched collectives (ranks
+    # disagreeing about a stop) fail after 60 s instead of hanging
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     try:
         for kind in KINDS:
             results = run_chain(kind, pathlib.Path(root), pathlib.Path(out) / kind, DDP_PLAN, rank=rank)

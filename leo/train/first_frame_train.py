@@ -102,7 +102,8 @@ def _save_weights(model, path) -> None:
 def _train(cfg: FirstFrameTrainConfig, frames_u8, ctx: common.DistributedContext, hooks) -> dict:
     data_key = None
     if frames_u8 is None:
-        frames_u8, data_key = collect_frames(cfg.data, cfg.image_size, cfg.frame_stride, cfg.frames_per_video)
+        frames_u8, data_key = collect_frames(cfg.data, cfg.image_size, cfg.frame_stride, cfg.frames_per_video,
+                                             progress=ctx.is_main)
     if frames_u8.dtype != torch.uint8 or frames_u8.dim() != 4 or tuple(frames_u8.shape[1:]) != (3, cfg.image_size, cfg.image_size):
         raise ValueError(f"frames must be uint8 (N, 3, {cfg.image_size}, {cfg.image_size}), got {frames_u8.dtype} {tuple(frames_u8.shape)}")
     common.seed_everything(cfg.seed)  # the initial weights depend on the seed alone
