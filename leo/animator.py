@@ -14,16 +14,23 @@ every op to its eager reference (and modulated convs to the per-sample grouped f
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
-import re
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+# LIA checkpoint parsing lives with the checkpoint I/O; these names stay importable from here.
+from leo.checkpoint_io import (  # noqa: F401
+    ACCEPTED_FORMATS,
+    ANIMATOR_KIND,
+    ANIMATOR_SIZES,
+    CheckpointError,
+    infer_animator_config as infer_config,
+    read_animator_checkpoint as read_checkpoint,
+)
 from leo.layers import (
     ConstantInput,
     ConvLayer,
@@ -41,12 +48,8 @@ from leo.layers import (
 
 __all__ = ["Animator", "SourceCache", "CheckpointError", "channel_table", "infer_config"]
 
-KIND = "animator"
-MIN_SIZE, MAX_SIZE = 32, 512
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the animator (message says why)."""
+KIND = ANIMATOR_KIND
+MIN_SIZE, MAX_SIZE = ANIMATOR_SIZES
 
 
 @dataclass
@@ -435,80 +438,6 @@ class Animator(nn.Module):
             raise CheckpointError(f"{os.fspath(path)}: bad animator config {config}: {exc}") from None
         model.load_weights_strict(state_dict, source=os.fspath(path))
         return model.to(map_location).eval()
-
-
-# --------------------------------------------------------------------------- checkpoint helpers
-ACCEPTED_FORMATS = ("a leo .safetensors file, a released LIA .pt checkpoint, "
-                    "or a torch.save'd state_dict of tensors")
-
-
-def read_checkpoint(path) -> tuple[dict, dict | None]:
-    """-> (state_dict, config or None). Raises FileNotFoundError / CheckpointError."""
-    from leo.checkpoint_io import is_leo_weights, load_weights, unreadable_reason
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if is_leo_weights(path):
-        try:
-            from safetensors import safe_open
-
-            with safe_open(path, framework="pt") as f:
-                meta = f.metadata() or {}
-        except Exception as exc:
-            raise CheckpointError(f"{path} is not a readable safetensors file ({unreadable_reason(exc)}); "
-                                  f"accepted: {ACCEPTED_FORMATS}") from None
-        if "leo_kind" in meta:
-            try:
-                tensors, _, config = load_weights(path, expected_kind=KIND)
-            except ValueError as exc:
-                raise CheckpointError(str(exc)) from None
-            return tensors, config
-        from safetensors.torch import load_file
-
-        return load_file(path), None
-    try:
-        # Released LIA files also pickle the training argparse.Namespace: allow only that.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({unreadable_reason(exc)}); "
-                              f"accepted: {ACCEPTED_FORMATS}") from None
-    if isinstance(obj, dict) and isinstance(obj.get("gen"), dict):
-        obj = obj["gen"]
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} holds neither a LIA checkpoint ('gen' entry) nor a state_dict; "
-                              f"accepted: {ACCEPTED_FORMATS}")
-    if all(k.startswith("module.") for k in obj):  # saved from a DistributedDataParallel wrapper
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj, None
-
-
-def infer_config(state_dict: dict, source: str = "state_dict") -> dict:
-    """Architecture hyperparameters (size, style_dim, motion_dim, channel_multiplier, width)
-    from the tensors of a generator state_dict."""
-    try:
-        blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"enc\.net_app\.convs\.(\d+)\.conv1\.", k))}
-        n_blocks = len(blocks)
-        size = 2 ** (n_blocks + 2)
-        last = state_dict[f"enc.net_app.convs.{n_blocks + 1}.weight"]  # (style_dim, C4, 4, 4)
-        style_dim, c4 = int(last.shape[0]), int(last.shape[1])
-        motion_dim = int(state_dict["dec.direction.weight"].shape[1])
-        width = c4 / 512.0
-        c_size = int(state_dict["enc.net_app.convs.0.0.weight"].shape[0])
-        cm = 1
-        if size >= 64:
-            base = {64: 256, 128: 128, 256: 64, 512: 32}[size]
-            cm = max(1, int(round(c_size / (base * width))))
-    except (KeyError, IndexError, AttributeError, ValueError) as exc:
-        raise CheckpointError(f"{source} is not an animator (LIA generator) state_dict: cannot find {exc}") from None
-    if n_blocks == 0 or not MIN_SIZE <= size <= MAX_SIZE:
-        raise CheckpointError(f"{source}: unsupported generator size {size} (from {n_blocks} encoder blocks)")
-    if float(width).is_integer():
-        width = float(width)
-    return {"size": size, "style_dim": style_dim, "motion_dim": motion_dim, "channel_multiplier": cm, "width": width}
 
 
 # --------------------------------------------------------------------------- small helpers

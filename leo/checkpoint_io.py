@@ -1,12 +1,18 @@
-"""Atomic file writes and leo's own weight format.
+"""Checkpoint I/O: atomic file writes, leo's own weight format, and reading LIA checkpoints.
 
 Our format is one ``.safetensors`` file: the tensors, plus the model's JSON config
 (architecture hyperparameters) and its kind in the file's metadata. Every write goes
 to a temporary file in the same folder, is fsynced, then renamed over the target,
 so a crash mid-write never leaves a corrupt file behind.
+
+:func:`read_animator_checkpoint` / :func:`infer_animator_config` read the animator's inputs:
+our files, released LIA checkpoints and bare state_dicts. Every checkpoint that cannot be
+read raises :class:`CheckpointError` (a ValueError; also importable from leo.animator and
+leo.train.common).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -16,6 +22,12 @@ from typing import Any, Callable
 import torch
 
 FORMAT_VERSION = "1"
+ANIMATOR_KIND = "animator"
+ANIMATOR_SIZES = (32, 512)  # smallest and largest animator size (powers of two)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, is not ours, or does not fit the model (message says why)."""
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
@@ -56,8 +68,8 @@ def save_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], kind
 def load_weights(path: str | os.PathLike, expected_kind: str | None = None):
     """Return ``(tensors, kind, config)`` from a file written by :func:`save_weights`.
 
-    Raises FileNotFoundError for a missing file and ValueError for one that is not a
-    leo weights file (or of another kind than ``expected_kind``).
+    Raises FileNotFoundError for a missing file and CheckpointError (a ValueError) for one that
+    is not a leo weights file (or of another kind than ``expected_kind``).
     """
     from safetensors import safe_open
 
@@ -69,13 +81,13 @@ def load_weights(path: str | os.PathLike, expected_kind: str | None = None):
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:
-        raise ValueError(f"{path} is not a readable safetensors file ({unreadable_reason(exc)}); "
-                         "accepted: a .safetensors file written by leo") from None
+        raise CheckpointError(f"{path} is not a readable safetensors file ({unreadable_reason(exc)}); "
+                              "accepted: a .safetensors file written by leo") from None
     kind = meta.get("leo_kind")
     if kind is None:
-        raise ValueError(f"{path} has no leo metadata (not written by leo)")
+        raise CheckpointError(f"{path} has no leo metadata (not written by leo)")
     if expected_kind is not None and kind != expected_kind:
-        raise ValueError(f"{path} holds a {kind!r} model, expected {expected_kind!r}")
+        raise CheckpointError(f"{path} holds a {kind!r} model, expected {expected_kind!r}")
     return tensors, kind, json.loads(meta.get("leo_config", "{}"))
 
 
@@ -106,3 +118,75 @@ def is_leo_weights(path: str | os.PathLike) -> bool:
         return len(head) == 9 and head[8:9] == b"{"
     except OSError:
         return False
+
+
+# --------------------------------------------------------------------------- animator (LIA) checkpoints
+ACCEPTED_FORMATS = ("a leo .safetensors file, a released LIA .pt checkpoint, "
+                    "or a torch.save'd state_dict of tensors")
+
+
+def read_animator_checkpoint(path) -> tuple[dict, dict | None]:
+    """-> (state_dict, config or None). Raises FileNotFoundError / CheckpointError."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if is_leo_weights(path):
+        try:
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception as exc:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({unreadable_reason(exc)}); "
+                                  f"accepted: {ACCEPTED_FORMATS}") from None
+        if "leo_kind" in meta:
+            try:
+                tensors, _, config = load_weights(path, expected_kind=ANIMATOR_KIND)
+            except ValueError as exc:
+                raise CheckpointError(str(exc)) from None
+            return tensors, config
+        from safetensors.torch import load_file
+
+        return load_file(path), None
+    try:
+        # Released LIA files also pickle the training argparse.Namespace: allow only that.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({unreadable_reason(exc)}); "
+                              f"accepted: {ACCEPTED_FORMATS}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("gen"), dict):
+        obj = obj["gen"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} holds neither a LIA checkpoint ('gen' entry) nor a state_dict; "
+                              f"accepted: {ACCEPTED_FORMATS}")
+    if all(k.startswith("module.") for k in obj):  # saved from a DistributedDataParallel wrapper
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj, None
+
+
+def infer_animator_config(state_dict: dict, source: str = "state_dict") -> dict:
+    """Architecture hyperparameters (size, style_dim, motion_dim, channel_multiplier, width)
+    from the tensors of a generator state_dict."""
+    try:
+        blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"enc\.net_app\.convs\.(\d+)\.conv1\.", k))}
+        n_blocks = len(blocks)
+        size = 2 ** (n_blocks + 2)
+        last = state_dict[f"enc.net_app.convs.{n_blocks + 1}.weight"]  # (style_dim, C4, 4, 4)
+        style_dim, c4 = int(last.shape[0]), int(last.shape[1])
+        motion_dim = int(state_dict["dec.direction.weight"].shape[1])
+        width = c4 / 512.0
+        c_size = int(state_dict["enc.net_app.convs.0.0.weight"].shape[0])
+        cm = 1
+        if size >= 64:
+            base = {64: 256, 128: 128, 256: 64, 512: 32}[size]
+            cm = max(1, int(round(c_size / (base * width))))
+    except (KeyError, IndexError, AttributeError, ValueError) as exc:
+        raise CheckpointError(f"{source} is not an animator (LIA generator) state_dict: cannot find {exc}") from None
+    if n_blocks == 0 or not ANIMATOR_SIZES[0] <= size <= ANIMATOR_SIZES[1]:
+        raise CheckpointError(f"{source}: unsupported generator size {size} (from {n_blocks} encoder blocks)")
+    if float(width).is_integer():
+        width = float(width)
+    return {"size": size, "style_dim": style_dim, "motion_dim": motion_dim, "channel_multiplier": cm, "width": width}

@@ -39,8 +39,7 @@ from leo.checkpoint_io import atomic_write
 CHECKPOINT_FORMAT = "leo-training-checkpoint-1"
 
 
-class CheckpointError(ValueError):
-    """A training checkpoint that cannot be read (corrupt, truncated, or not ours)."""
+from leo.checkpoint_io import CheckpointError  # noqa: E402,F401  (the one class; importable from here)
 
 
 # --------------------------------------------------------------------------- seeding / RNG
