@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from leo.checkpoint_io import load_weights, save_weights
+from leo.checkpoint_io import CheckpointError, load_weights, save_weights
 from leo.diffusion import timestep_embedding  # noqa: F401  (one embedding for every denoiser; kept importable here)
 
 KIND = "first_frame"
@@ -209,11 +209,11 @@ class FirstFrameModel(nn.Module):
         try:
             model = cls(**config)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: bad first-frame model config ({exc})") from None
+            raise CheckpointError(f"{path}: bad first-frame model config ({exc})") from None
         try:
             model.load_state_dict(tensors, strict=True)
         except RuntimeError as exc:
-            raise ValueError(f"{path}: first-frame weights do not match its config "
+            raise CheckpointError(f"{path}: first-frame weights do not match its config "
                              f"({str(exc).strip().splitlines()[-1].strip()})") from None
         return model.to(map_location)
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from leo.checkpoint_io import load_weights, save_weights
+from leo.checkpoint_io import CheckpointError, load_weights, save_weights
 from leo.diffusion import timestep_embedding  # noqa: F401  (one embedding for every denoiser; kept importable here)
 
 _DEFAULTS = dict(
@@ -309,21 +309,21 @@ class LMDM(nn.Module):
         tensors, _, config = load_weights(path, expected_kind="lmdm")
         unknown = set(config) - set(_DEFAULTS)
         if unknown:
-            raise ValueError(f"{path}: unknown LMDM config keys {sorted(unknown)}")
+            raise CheckpointError(f"{path}: unknown LMDM config keys {sorted(unknown)}")
         try:
             model = cls(**config, kernels=kernels)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: bad LMDM config ({exc})") from None
+            raise CheckpointError(f"{path}: bad LMDM config ({exc})") from None
         missing, unexpected = model.state_dict().keys() - tensors.keys(), tensors.keys() - model.state_dict().keys()
         if missing or unexpected:
-            raise ValueError(
+            raise CheckpointError(
                 f"{path}: LMDM weights do not match its config (missing {sorted(missing)[:5]}, "
                 f"unexpected {sorted(unexpected)[:5]})"
             )
         try:
             model.load_state_dict(tensors, strict=True)
         except RuntimeError as exc:
-            raise ValueError(f"{path}: LMDM weights do not match its config ({str(exc).splitlines()[-1].strip()})") from None
+            raise CheckpointError(f"{path}: LMDM weights do not match its config ({str(exc).splitlines()[-1].strip()})") from None
         return model.to(map_location)
 
 
