@@ -1,5 +1,14 @@
 """Gaussian diffusion: noise schedules, training loss and the DDPM / DDIM samplers.
 
+Three parts, one class each:
+- :class:`NoiseSchedule`: abar(t), the forward process q(x_t | x0) and the respaced timesteps;
+- samplers (:class:`DDIMSampler`, :class:`DDPMSampler`) with a ``step()`` interface as
+  diffusers' schedulers have: ``sampler.step(i, x_t, x0, eps, noise) -> x_prev``, their
+  per-step coefficients named in :class:`StepCoefficients`;
+- :class:`SamplingGraphs`: capture of the whole sampling loop as one CUDA graph, cached per
+  shape/settings, and its replay.
+:class:`GaussianDiffusion` ties them together (objective, training loss, guidance, ``sample``).
+
 Model-agnostic: a denoiser is any callable ``model(x_t, t, cond) -> prediction`` where
 ``x_t`` has the sample's shape, ``t`` is a (B,) int64 tensor of training timesteps in
 [0, num_steps) and ``cond`` is whatever the caller passes (``None`` = the null condition).
@@ -15,7 +24,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -58,6 +67,182 @@ def _check_choice(name, value, choices):
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
+class NoiseSchedule:
+    """Discrete-time noise schedule with ``num_steps`` training steps.
+
+    ``alphas_cumprod[t]`` is abar for timestep t (0-based, float64 on CPU);
+    x_t = sqrt(abar) x0 + sqrt(1 - abar) eps.
+    """
+
+    def __init__(self, num_steps: int = 1000, schedule: str = "cosine"):
+        if not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+        _check_choice("schedule", schedule, SCHEDULES)
+        self.num_steps, self.name = num_steps, schedule
+        abar = cosine_alphas_cumprod(num_steps) if schedule == "cosine" else linear_alphas_cumprod(num_steps)
+        self.alphas_cumprod = abar
+        self.betas = 1 - abar / torch.cat((abar.new_ones(1), abar[:-1]))
+
+    def abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """abar[t] shaped (B, 1, 1, ...) to broadcast against ``like``."""
+        a = self.alphas_cumprod.to(like.device)[t.to(like.device)].to(like.dtype)
+        return a.view(-1, *([1] * (like.dim() - 1)))
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        a = self.abar(t, x0)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def timesteps(self, steps: int) -> list[int]:
+        """The descending training timesteps a sampler with ``steps`` steps visits (evenly spaced,
+        always starting at the last one, num_steps - 1)."""
+        if not isinstance(steps, int) or not 1 <= steps <= self.num_steps:
+            raise ValueError(f"steps must be an int in [1, {self.num_steps}], got {steps!r}")
+        ts = torch.linspace(self.num_steps - 1, 0, steps, dtype=torch.float64).round().long()
+        return sorted(set(ts.tolist()), reverse=True)
+
+
+class StepCoefficients(NamedTuple):
+    """One sampler step: x_prev = c_x0 * x0 + c_eps * eps + c_xt * x_t + sigma * z, at training
+    timestep ``t`` whose cumulative alpha is ``abar``. Python floats: CUDA-graph capture bakes them in."""
+
+    t: int
+    c_x0: float
+    c_eps: float
+    c_xt: float
+    sigma: float
+    abar: float
+
+
+class Sampler:
+    """A sampler over the respaced chain through ``schedule.timesteps(steps)`` (abar_prev = 1
+    after the last step). ``plan[i]`` holds step i's :class:`StepCoefficients`; :meth:`step`
+    advances x_t to x_prev from the model's (x0, eps) estimates."""
+
+    name = ""
+
+    def __init__(self, schedule: NoiseSchedule, steps: int, eta: float = 0.0):
+        if not 0.0 <= eta:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        self.schedule, self.eta = schedule, float(eta)
+        self.timesteps = schedule.timesteps(steps)
+        abar, ts = schedule.alphas_cumprod, self.timesteps
+        self.plan = [
+            self.coefficients(t, abar[t].item(), abar[ts[i + 1]].item() if i + 1 < len(ts) else 1.0)
+            for i, t in enumerate(ts)
+        ]
+
+    def coefficients(self, t: int, a: float, ap: float) -> StepCoefficients:
+        raise NotImplementedError
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether any step adds noise (then one noise tensor per step is drawn up front)."""
+        return any(c.sigma > 0 for c in self.plan)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def step(self, i: int, x_t, x0, eps, noise=None):
+        """x_prev of step ``i`` (``noise``: that step's standard normal draw, used when sigma > 0)."""
+        return apply_step(self.plan[i], x_t, x0, eps, noise)
+
+
+def apply_step(c: StepCoefficients, x_t, x0, eps, noise=None):
+    """x_prev = c_x0 x0 (+ c_eps eps) (+ c_xt x_t) (+ sigma noise): zero terms are skipped."""
+    nxt = c.c_x0 * x0
+    if c.c_eps:
+        nxt = nxt + c.c_eps * eps
+    if c.c_xt:
+        nxt = nxt + c.c_xt * x_t
+    if c.sigma > 0:
+        nxt = nxt + c.sigma * noise
+    return nxt
+
+
+class DDIMSampler(Sampler):
+    """DDIM: x_prev = sqrt(ap) x0 + sqrt(1 - ap - sigma^2) eps + sigma z,
+    sigma = eta sqrt((1 - ap) / (1 - a)) sqrt(1 - a / ap) (eta 0: deterministic)."""
+
+    name = "ddim"
+
+    def coefficients(self, t, a, ap):
+        sigma = self.eta * math.sqrt(max((1 - ap) / (1 - a) * (1 - a / ap), 0.0))
+        c_eps = math.sqrt(max(1 - ap - sigma**2, 0.0))
+        return StepCoefficients(t, math.sqrt(ap), c_eps, 0.0, sigma, a)
+
+
+class DDPMSampler(Sampler):
+    """Ancestral DDPM: the posterior q(x_prev | x_t, x0) mean and variance of the respaced chain
+    (``eta`` is ignored)."""
+
+    name = "ddpm"
+
+    def coefficients(self, t, a, ap):
+        beta = 1 - a / ap
+        c_x0 = math.sqrt(ap) * beta / (1 - a)
+        c_xt = math.sqrt(1 - beta) * (1 - ap) / (1 - a)
+        sigma = math.sqrt(max(beta * (1 - ap) / (1 - a), 0.0))
+        return StepCoefficients(t, c_x0, 0.0, c_xt, sigma, a)
+
+
+SAMPLER_CLASSES = {"ddim": DDIMSampler, "ddpm": DDPMSampler}
+
+
+def make_sampler(name: str, schedule: NoiseSchedule, steps: int, eta: float = 0.0) -> Sampler:
+    _check_choice("sampler", name, SAMPLERS)
+    return SAMPLER_CLASSES[name](schedule, steps, eta)
+
+
+class SamplingGraphs:
+    """CUDA-graph capture of a whole sampling loop, cached per key (model, shape, dtype, device,
+    sampler settings, condition shape...). ``loop(model, x_T, noise, plan=..., cond=..., t_vecs=...,
+    **ctx)`` is the eager loop; captured once per key on static buffers, then replayed after
+    ``draw(x_T, noise)`` refills the noise and the condition is copied in."""
+
+    def __init__(self, loop: Callable):
+        self.loop = loop
+        self.entries: dict[tuple, Any] = {}
+
+    def run(self, key, model, shape, dtype, device, n_noise, draw, ctx):
+        entry = self.entries.get(key)
+        if entry is None:
+            entry = self.capture(model, shape, dtype, device, n_noise, ctx)
+            self.entries[key] = entry
+        draw(entry.x_T, entry.noise)
+        if ctx["cond"] is not None:
+            entry.cond.copy_(ctx["cond"])
+        entry.graph.replay()
+        # The output buffer is overwritten by the next replay: hand back a copy.
+        return entry.out.clone()
+
+    def capture(self, model, shape, dtype, device, n_noise, ctx):
+        cond = ctx["cond"]
+        B = shape[0]
+        x_T = torch.zeros(shape, device=device, dtype=dtype)
+        noise = torch.zeros((n_noise,) + shape, device=device, dtype=dtype)
+        static_cond = None if cond is None else cond.detach().clone()
+        t_vecs = [torch.full((B,), p[0], device=device, dtype=torch.long) for p in ctx["plan"]]
+        loop_kw = dict(ctx, cond=static_cond, t_vecs=t_vecs)
+        # Warm up on a side stream (lazy init, autotuning, cuDNN plans) before capturing.
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side), torch.no_grad():
+            warm_plan = ctx["plan"][:2]
+            for _ in range(2):
+                self.loop(model, x_T.clone(), noise, **dict(loop_kw, plan=warm_plan))
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(graph):
+            out = self.loop(model, x_T, noise, **loop_kw)
+        return _GraphEntry(graph, x_T, noise, static_cond, out, t_vecs, model)
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
 class GaussianDiffusion:
     """Discrete-time Gaussian diffusion with ``num_steps`` training steps.
 
@@ -69,14 +254,19 @@ class GaussianDiffusion:
             raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
         _check_choice("schedule", schedule, SCHEDULES)
         _check_choice("objective", objective, OBJECTIVES)
+        self.noise_schedule = NoiseSchedule(num_steps, schedule)
         self.num_steps = num_steps
         self.schedule = schedule
         self.objective = objective
-        abar = cosine_alphas_cumprod(num_steps) if schedule == "cosine" else linear_alphas_cumprod(num_steps)
-        self.alphas_cumprod = abar  # float64, CPU
-        self.betas = 1 - abar / torch.cat((abar.new_ones(1), abar[:-1]))
-        # Captured sampling graphs: key -> _GraphEntry (see _sample_graphed).
-        self._graphs: dict[tuple, Any] = {}
+        self.alphas_cumprod = self.noise_schedule.alphas_cumprod  # float64, CPU
+        self.betas = self.noise_schedule.betas
+        # Captured sampling graphs (see _sample_graphed).
+        self.graphs = SamplingGraphs(self._loop)
+
+    @property
+    def _graphs(self) -> dict:
+        """key -> captured loop (the cache of :attr:`graphs`)."""
+        return self.graphs.entries
 
     @property
     def config(self) -> dict:
@@ -87,13 +277,10 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ forward process
     def _abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """abar[t] shaped (B, 1, 1, ...) to broadcast against ``like``."""
-        a = self.alphas_cumprod.to(like.device)[t.to(like.device)].to(like.dtype)
-        return a.view(-1, *([1] * (like.dim() - 1)))
+        return self.noise_schedule.abar(t, like)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        a = self._abar(t, x0)
-        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+        return self.noise_schedule.q_sample(x0, t, noise)
 
     def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """What the model must predict for (x0, t, noise) under this objective."""
@@ -152,38 +339,17 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ sampling plan
     def timesteps(self, steps: int) -> list[int]:
-        """The descending training timesteps a sampler with ``steps`` steps visits (evenly spaced,
-        always starting at the last one, num_steps - 1)."""
-        if not isinstance(steps, int) or not 1 <= steps <= self.num_steps:
-            raise ValueError(f"steps must be an int in [1, {self.num_steps}], got {steps!r}")
-        ts = torch.linspace(self.num_steps - 1, 0, steps, dtype=torch.float64).round().long()
-        return sorted(set(ts.tolist()), reverse=True)
+        """The descending training timesteps a sampler with ``steps`` steps visits (see
+        :meth:`NoiseSchedule.timesteps`)."""
+        return self.noise_schedule.timesteps(steps)
 
-    def _plan(self, sampler: str, steps: int, eta: float):
-        """Per step: (t, x0 coefficient, eps coefficient, x_t coefficient, sigma, abar_t).
+    def make_sampler(self, sampler: str = "ddim", steps: int | None = 50, eta: float = 0.0) -> Sampler:
+        """The :class:`Sampler` ("ddim" or "ddpm") over ``steps`` respaced steps (None: all)."""
+        return make_sampler(sampler, self.noise_schedule, self.num_steps if steps is None else steps, eta)
 
-        Both samplers use the respaced chain through the visited timesteps (abar_prev = 1 after
-        the last). DDIM: x_prev = sqrt(ap) x0 + sqrt(1 - ap - sigma^2) eps + sigma z,
-        sigma = eta sqrt((1 - ap) / (1 - a)) sqrt(1 - a / ap). Ancestral DDPM: the posterior
-        q(x_prev | x_t, x0) mean and variance of the respaced chain.
-        """
-        abar = self.alphas_cumprod
-        ts = self.timesteps(steps)
-        plan = []
-        for i, t in enumerate(ts):
-            a = abar[t].item()
-            ap = abar[ts[i + 1]].item() if i + 1 < len(ts) else 1.0
-            if sampler == "ddim":
-                sigma = eta * math.sqrt(max((1 - ap) / (1 - a) * (1 - a / ap), 0.0))
-                c_eps = math.sqrt(max(1 - ap - sigma**2, 0.0))
-                plan.append((t, math.sqrt(ap), c_eps, 0.0, sigma, a))
-            else:
-                beta = 1 - a / ap
-                c_x0 = math.sqrt(ap) * beta / (1 - a)
-                c_xt = math.sqrt(1 - beta) * (1 - ap) / (1 - a)
-                sigma = math.sqrt(max(beta * (1 - ap) / (1 - a), 0.0))
-                plan.append((t, c_x0, 0.0, c_xt, sigma, a))
-        return plan
+    def _plan(self, sampler: str, steps: int, eta: float) -> list[StepCoefficients]:
+        """Per step: :class:`StepCoefficients` (t, c_x0, c_eps, c_xt, sigma, abar) of the sampler."""
+        return make_sampler(sampler, self.noise_schedule, steps, eta).plan
 
     # ------------------------------------------------------------------ sampling
     def sample(
@@ -226,8 +392,8 @@ class GaussianDiffusion:
         device = torch.device(device)
         if torch.is_tensor(cond):
             cond = cond.to(device)
-        plan = self._plan(sampler, steps, eta)
-        stochastic = any(p[4] > 0 for p in plan)
+        chain = make_sampler(sampler, self.noise_schedule, steps, eta)
+        plan, stochastic = chain.plan, chain.stochastic
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
         if cuda_graph is None:
@@ -270,22 +436,15 @@ class GaussianDiffusion:
 
             steps = tqdm(steps, desc="sampling", leave=False)
         for i in steps:
-            t, c_x0, c_eps, c_xt, sigma, a = plan[i]
-            t_vec = t_vecs[i] if t_vecs is not None else torch.full((B,), t, device=x.device, dtype=torch.long)
+            c = StepCoefficients(*plan[i])
+            t_vec = t_vecs[i] if t_vecs is not None else torch.full((B,), c.t, device=x.device, dtype=torch.long)
             pred = self._predict(model, x, t_vec, cond, guidance_scale)
-            x0, eps = self.predict_x0_eps(x, a, pred)
+            x0, eps = self.predict_x0_eps(x, c.abar, pred)
             if clip_x0 is not None:
                 x0 = x0.clamp(-clip_x0, clip_x0)
-                if c_eps:  # keep eps consistent with the clipped x0 (DDIM)
-                    eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
-            nxt = c_x0 * x0
-            if c_eps:
-                nxt = nxt + c_eps * eps
-            if c_xt:
-                nxt = nxt + c_xt * x
-            if sigma > 0:
-                nxt = nxt + sigma * noise[i]
-            x = nxt
+                if c.c_eps:  # keep eps consistent with the clipped x0 (DDIM)
+                    eps = (x - math.sqrt(c.abar) * x0) / math.sqrt(1 - c.abar)
+            x = apply_step(c, x, x0, eps, noise[i] if c.sigma > 0 else None)
         return x
 
     # ------------------------------------------------------------------ CUDA graphs
@@ -296,41 +455,14 @@ class GaussianDiffusion:
             _model_key(model), shape, dtype, str(device), sampler, steps, float(eta), cond_key,
             float(ctx["guidance_scale"]), ctx["clip_x0"],
         )
-        entry = self._graphs.get(key)
-        if entry is None:
-            entry = self._capture(model, shape, dtype, device, n_noise, ctx)
-            self._graphs[key] = entry
-        draw(entry.x_T, entry.noise)
-        if cond is not None:
-            entry.cond.copy_(cond)
-        entry.graph.replay()
-        # The output buffer is overwritten by the next replay: hand back a copy.
-        return entry.out.clone()
+        return self.graphs.run(key, model, shape, dtype, device, n_noise, draw, ctx)
 
     def _capture(self, model, shape, dtype, device, n_noise, ctx):
-        cond = ctx["cond"]
-        B = shape[0]
-        x_T = torch.zeros(shape, device=device, dtype=dtype)
-        noise = torch.zeros((n_noise,) + shape, device=device, dtype=dtype)
-        static_cond = None if cond is None else cond.detach().clone()
-        t_vecs = [torch.full((B,), p[0], device=device, dtype=torch.long) for p in ctx["plan"]]
-        loop_kw = dict(ctx, cond=static_cond, t_vecs=t_vecs)
-        # Warm up on a side stream (lazy init, autotuning, cuDNN plans) before capturing.
-        side = torch.cuda.Stream(device=device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side), torch.no_grad():
-            warm_plan = ctx["plan"][:2]
-            for _ in range(2):
-                self._loop(model, x_T.clone(), noise, **dict(loop_kw, plan=warm_plan))
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph):
-            out = self._loop(model, x_T, noise, **loop_kw)
-        return _GraphEntry(graph, x_T, noise, static_cond, out, t_vecs, model)
+        return self.graphs.capture(model, shape, dtype, device, n_noise, ctx)
 
     def clear_graphs(self) -> None:
         """Drop every captured sampling graph (frees their memory pools)."""
-        self._graphs.clear()
+        self.graphs.clear()
 
 
 def _model_key(model):
