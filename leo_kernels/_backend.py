@@ -1,7 +1,9 @@
 """Backend discovery and selection shared by every leo_kernels op.
 
 Backends, fastest first: "cuda" (compiled extension), "triton", "cpu" (compiled
-C++/OpenMP), "reference" (eager PyTorch, the executable definition of each op).
+C++/OpenMP for the warp and StyleGAN ops; for the attention ops, which have no C++ kernel,
+an ATen composite inside the same custom op), "reference" (eager PyTorch, the executable
+definition of each op). The op template built on this module: leo_kernels/_op.py.
 A call picks one per device; a user can force one with the op's ``backend=``
 argument or the ``LEO_KERNELS_BACKEND`` environment variable, and ask which one
 ran with :func:`last_backend`.
