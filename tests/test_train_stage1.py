@@ -297,7 +297,8 @@ def test_trainer_reduces_loss_and_writes_outputs(tmp_path, synth_data):
 
     # LIA's recipe (random init): the loss must fall from a random network's
     cfg = _cfg(tmp_path / "run", synth_data, steps=12, batch=4, eval_every=6, sample_every=6, save_every=6,
-               r1=1.0, r1_every=4, workers=1, init="random", align_corners=False, relative_latent=False, pyramid=0)
+               r1=1.0, r1_every=4, workers=1, init="random", align_corners=False, relative_latent=False, pyramid=0,
+               lr=2e-3)
     s = train_stage1(cfg)
     assert s["finished"] and s["step"] == 12
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
@@ -414,7 +415,7 @@ def test_stage1_on_real_taichi_clips_lowers_heldout_l1(tmp_path, lia_samples):
     cfg = Stage1Config(out=str(tmp_path / "run"), data=str(data), size=64, width=0.0625, style_dim=64, steps=30,
                        batch=4, adv_weight=0.0, max_frames=200, eval_pairs=16, eval_every=30, sample_every=30,
                        save_every=30, log_every=5, workers=1, threads=1, quiet=True, seed=0,
-                       init="random", align_corners=False, relative_latent=False, pyramid=0)
+                       init="random", align_corners=False, relative_latent=False, pyramid=0, lr=2e-3)
     s = train_stage1(cfg)
     assert s["finished"] and s["skipped_clips"] == 0 and "1 train, 1 test" in s["data"]
     before, after = s["initial_eval"], s["final_eval"]

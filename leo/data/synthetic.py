@@ -43,24 +43,34 @@ def _figure(rng: np.random.Generator) -> _Figure:
                    drift, angles, harm)
 
 
-def _background(rng: np.random.Generator, size: int) -> torch.Tensor:
-    """(3, S, S) in [0, 1]: colour gradient + oriented gratings + soft blobs (resolution-independent)."""
-    ys, xs = torch.meshgrid(torch.linspace(0, 1, size, dtype=torch.float64),
-                            torch.linspace(0, 1, size, dtype=torch.float64), indexing="ij")
+def _background(rng: np.random.Generator):
+    """Draw a background: colour gradient + oriented gratings + soft blobs. Returns a function
+    ``paint(size, offset)`` -> (3, S, S) in [0, 1], the scene seen through a camera moved by
+    ``offset`` (x, y) in frame units (resolution-independent)."""
     c0, c1 = torch.from_numpy(rng.uniform(0.1, 0.9, size=(2, 3, 1, 1)))
     d = rng.uniform(0, 2 * math.pi)
-    t = (xs * math.cos(d) + ys * math.sin(d) + 1.5) / 3.0
-    img = c0 * (1 - t) + c1 * t
+    gratings = []
     for _ in range(3):
         th, f, ph = rng.uniform(0, math.pi), rng.uniform(3, 14), rng.uniform(0, 2 * math.pi)
-        amp = torch.from_numpy(rng.uniform(-0.12, 0.12, size=(3, 1, 1)))
-        img = img + amp * torch.sin(2 * math.pi * f * (xs * math.cos(th) + ys * math.sin(th)) + ph)
+        gratings.append((th, f, ph, torch.from_numpy(rng.uniform(-0.12, 0.12, size=(3, 1, 1)))))
+    blobs = []
     for _ in range(int(rng.integers(3, 7))):
         cx, cy, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.04, 0.15)
-        col = torch.from_numpy(rng.uniform(0, 1, size=(3, 1, 1)))
-        w = torch.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * r * r))
-        img = img * (1 - 0.6 * w) + col * 0.6 * w
-    return img.clamp(0, 1).float()
+        blobs.append((cx, cy, r, torch.from_numpy(rng.uniform(0, 1, size=(3, 1, 1)))))
+
+    def paint(size: int, offset=(0.0, 0.0)) -> torch.Tensor:
+        ys, xs = torch.meshgrid(torch.linspace(0, 1, size, dtype=torch.float64) + offset[1],
+                                torch.linspace(0, 1, size, dtype=torch.float64) + offset[0], indexing="ij")
+        t = (xs * math.cos(d) + ys * math.sin(d) + 1.5) / 3.0
+        img = c0 * (1 - t) + c1 * t
+        for th, f, ph, amp in gratings:
+            img = img + amp * torch.sin(2 * math.pi * f * (xs * math.cos(th) + ys * math.sin(th)) + ph)
+        for cx, cy, r, col in blobs:
+            w = torch.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * r * r))
+            img = img * (1 - 0.6 * w) + col * 0.6 * w
+        return img.clamp(0, 1).float()
+
+    return paint
 
 
 def _joint_angles(fig: _Figure, t: np.ndarray) -> np.ndarray:
@@ -108,25 +118,38 @@ def _segments(fig: _Figure, t: np.ndarray):
     return segs
 
 
-def render_video(seed: int, index: int = 0, num_frames: int = 32, size: int = 64, fps: float = 25.0) -> torch.Tensor:
-    """Render synthetic video ``index`` of ``seed``: (T, 3, size, size) float32 in [-1, 1]."""
+def render_video(seed: int, index: int = 0, num_frames: int = 32, size: int = 64, fps: float = 25.0,
+                 camera: float = 0.0) -> torch.Tensor:
+    """Render synthetic video ``index`` of ``seed``: (T, 3, size, size) float32 in [-1, 1].
+
+    ``camera``: amplitude (in frame units) of a smooth hand-held camera motion that moves the
+    whole scene, background included (0: a static camera, the figure alone moves).
+    """
     for name, v in (("num_frames", num_frames), ("size", size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps!r}")
+    if not 0 <= camera <= 0.5:
+        raise ValueError(f"camera must be in [0, 0.5] (frame units), got {camera!r}")
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index)])
     fig = _figure(rng)
-    bg = _background(rng, size)
-    pan = rng.uniform(-0.03, 0.03, size=2)  # slow camera drift of the whole scene, in frame units
+    paint = _background(rng)
+    pan = rng.uniform(-0.03, 0.03, size=2)  # slow drift of the figure, in frame units
+    cam_freq, cam_phase = rng.uniform(0.2, 0.6, size=2), rng.uniform(0, 2 * math.pi, size=2)
     t = np.arange(num_frames, dtype=np.float64) * (25.0 / fps) / 25.0
     segs = _segments(fig, t)
+    # camera offset per frame (0 at t = 0): the scene moves by -offset in the image
+    cam = camera * (np.sin(2 * math.pi * cam_freq[None] * t[:, None] + cam_phase) - np.sin(cam_phase))
 
     coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size
     py, px = torch.meshgrid(coords, coords, indexing="ij")
     p = torch.stack([px, py], -1)[None]  # (1, S, S, 2)
-    shift = torch.from_numpy(pan[None] * t[:, None]).float()[:, None, None, :]  # (T,1,1,2)
-    out = bg[None].expand(num_frames, -1, -1, -1).clone()
+    shift = torch.from_numpy(pan[None] * t[:, None] - cam).float()[:, None, None, :]  # (T,1,1,2)
+    if camera > 0:
+        out = torch.stack([paint(size, tuple(c)) for c in cam])
+    else:
+        out = paint(size)[None].expand(num_frames, -1, -1, -1).clone()
     colors = torch.from_numpy(fig.colors).float()
     soft = 0.6 / size  # about one pixel of anti-aliasing
     for a, b, r, ci in segs:
@@ -142,14 +165,15 @@ def render_video(seed: int, index: int = 0, num_frames: int = 32, size: int = 64
     return out.mul_(2).sub_(1).contiguous()
 
 
-def iter_videos(num_videos: int, num_frames: int = 32, size: int = 64, seed: int = 0) -> Iterator[torch.Tensor]:
+def iter_videos(num_videos: int, num_frames: int = 32, size: int = 64, seed: int = 0,
+                camera: float = 0.0) -> Iterator[torch.Tensor]:
     """Yield ``num_videos`` synthetic videos (T, 3, S, S) in [-1, 1]."""
     for i in range(num_videos):
-        yield render_video(seed, i, num_frames, size)
+        yield render_video(seed, i, num_frames, size, camera=camera)
 
 
 def write_dataset(out_dir: str | os.PathLike, num_videos: int = 16, num_frames: int = 48, size: int = 64,
-                  seed: int = 0, fmt: str = "mp4", fps: float = 25.0) -> list[str]:
+                  seed: int = 0, fmt: str = "mp4", fps: float = 25.0, camera: float = 0.0) -> list[str]:
     """Write synthetic videos into ``out_dir`` as mp4 files (``fmt="mp4"``) or PNG frame folders
     (``fmt="frames"``); returns the written paths. Existing identical names are overwritten."""
     from leo.media import VideoWriter, save_image
@@ -161,7 +185,7 @@ def write_dataset(out_dir: str | os.PathLike, num_videos: int = 16, num_frames: 
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for i in range(num_videos):
-        frames = render_video(seed, i, num_frames, size, fps)
+        frames = render_video(seed, i, num_frames, size, fps, camera=camera)
         name = os.path.join(os.fspath(out_dir), f"synthetic_{i:04d}")
         if fmt == "mp4":
             path = name + ".mp4"
