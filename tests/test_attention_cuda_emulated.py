@@ -13,6 +13,7 @@ import torch
 
 from leo_kernels import reference as R
 from leo_kernels.attention import HEAD_DIMS
+from tests import _cases
 from tests._util import REL_TOL, assert_close, non_contiguous
 from tests.cuda_emu import emulated_ops, poisoned_outputs  # noqa: F401 (autouse fixture)
 
@@ -35,8 +36,7 @@ def _tol(dtype, grad=False):
     return REL_TOL[dtype]
 
 
-def _rand(*shape, dtype, scale=1.0):
-    return (torch.randn(*shape, dtype=torch.float64) * scale).to(dtype)
+_rand = _cases.randn
 
 
 def _check(ops, q, k, v, rope, what):
