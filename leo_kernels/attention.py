@@ -19,7 +19,6 @@ from __future__ import annotations
 import torch
 
 from leo_kernels import reference
-from leo_kernels._backend import resolve_backend
 from leo_kernels._checks import check_bool, check_same, check_tensor
 from leo_kernels._op import call, compute_dtype, kernel, register_compiled_fakes
 
@@ -40,10 +39,6 @@ def _check_backend_dtype(op, dtype, backend):
 
 # On CPU tensors the eager reference is the default: it measured faster than the composite.
 _DEFAULTS = {"cpu": ("reference",)}
-
-
-def _resolve(op, t, backend):
-    return resolve_backend(op, t.device, backend, _supported(t), _DEFAULTS)
 
 
 def _supported(t):

@@ -23,7 +23,6 @@ from leo_kernels._op import (
     call,
     compute_dtype as _compute_dtype,
     dense as _dense,
-    is_channels_last as _channels_last,
     kernel as _op_kernel,
     output_format,
     register_compiled_fakes,
