@@ -27,6 +27,7 @@ __all__ = [
     "output_format",
     "dense",
     "empty",
+    "empty_out",
     "has_compiled",
     "register_compiled_fakes",
     "kernel",
@@ -59,6 +60,12 @@ def dense(t: torch.Tensor) -> torch.Tensor:
 def empty(shape, like: torch.Tensor, fmt: torch.memory_format = torch.contiguous_format, dtype=None) -> torch.Tensor:
     """An uninitialized output on ``like``'s device (``like``'s dtype unless ``dtype``)."""
     return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
+
+
+def empty_out(x: torch.Tensor, shape) -> torch.Tensor:
+    """An uninitialized output of ``shape`` with ``x``'s dtype and device, laid out by the layout
+    rule for input ``x``."""
+    return empty(shape, x, output_format(x))
 
 
 # --------------------------------------------------------------------------- compiled ops

@@ -23,8 +23,8 @@ from leo_kernels._op import (
     call,
     compute_dtype as _compute_dtype,
     dense as _dense,
+    empty_out as _empty_out,
     kernel as _op_kernel,
-    output_format,
     register_compiled_fakes,
 )
 
@@ -62,11 +62,6 @@ def _pad4(op: str, pad) -> tuple[int, int, int, int]:
     if len(vals) == 4:
         return vals
     raise ValueError(f"{op}: pad must have 1, 2 or 4 entries (x0, x1, y0, y1), got {len(vals)}: {pad!r}")
-
-
-def _empty_out(x: torch.Tensor, shape) -> torch.Tensor:
-    """An output shaped ``shape`` laid out by the layout rule of leo_kernels/_op.py."""
-    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=output_format(x))
 
 
 def _out_size(in_size, up, down, p0, p1, k):

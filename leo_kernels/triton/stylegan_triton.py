@@ -11,11 +11,7 @@ import triton
 import triton.language as tl
 
 # The layout rule shared with the compiled kernels (leo_kernels/_op.py).
-from leo_kernels._op import dense as _dense, is_channels_last as _channels_last, output_format
-
-
-def _empty_out(x, shape):
-    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=output_format(x))
+from leo_kernels._op import dense as _dense, empty_out as _empty_out, is_channels_last as _channels_last, output_format
 
 _BLOCK = 256
 
