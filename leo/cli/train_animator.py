@@ -25,7 +25,7 @@ def register(sub):
     p.add_argument("--steps", type=int, default=2000, help="total optimizer steps (default 2000)")
     p.add_argument("--batch", type=int, default=8, help="batch per process and micro-batch (default 8)")
     p.add_argument("--accum", type=int, default=1, help="gradient-accumulation micro-batches per step (default 1)")
-    p.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate, both networks (default 5e-4)")
+    p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate, both networks (default 2e-4)")
     rec = p.add_argument_group("recipe (docs/MOTION.md; --init random --lia-grid --absolute-latent --pyramid 0 "
                                "--lr 2e-3 is LIA's)")
     rec.add_argument("--init", choices=("copy", "random"), default="copy",

@@ -65,7 +65,7 @@ class Stage1Config:
     steps: int = 1000
     batch: int = 8                       # per process, per micro-batch
     accum: int = 1                       # micro-batches per optimizer step
-    lr: float = 5e-4                     # LIA: 2e-3 (too coarse for a copy-initialized animator)
+    lr: float = 2e-4                     # LIA: 2e-3 (drifts off the copy init; docs/MOTION.md)
     d_lr: float | None = None
     betas: tuple = (0.0, 0.99)
     # Recipe (docs/MOTION.md): start from an animator that copies the source exactly, take motion
