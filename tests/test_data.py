@@ -272,3 +272,14 @@ def test_iter_clips_and_cache_budget(tmp_path):
     assert [n for _, n, _ in got] == ["synthetic_0000", "synthetic_0001", "synthetic_0002"]
     assert len(vf._cache) == 1  # the budget holds one clip
     assert all(f.shape == (4, 3, 16, 16) for _, _, f in got)
+
+
+def test_images_beside_videos_are_stills_not_a_clip(tmp_path):
+    """A folder like lia_samples/taichi: driving videos plus source portraits."""
+    write_dataset(tmp_path, num_videos=2, num_frames=4, size=16, seed=1)
+    for j in range(3):
+        save_image(tmp_path / f"subject{j}.png", render_video(2, j, 1, 16)[0])
+    assert [c.name for c in find_clips(tmp_path)] == ["synthetic_0000.mp4", "synthetic_0001.mp4"]
+    (tmp_path / "frames").mkdir()  # a folder of images alone is still a clip
+    save_image(tmp_path / "frames" / "0.png", render_video(2, 0, 1, 16)[0])
+    assert "frames" in [c.name for c in find_clips(tmp_path)]

@@ -68,7 +68,8 @@ _frame_files = frame_files
 
 def find_clips(root: str | os.PathLike) -> list[Clip]:
     """Every video file and frame folder under ``root`` (recursively, hidden entries skipped),
-    sorted by name; ``root`` may also be one video file. Every trainer finds its clips here."""
+    sorted by name; ``root`` may also be one video file. A folder of images is a clip unless it also
+    holds videos (then its images are stills). Every trainer finds its clips here."""
     root = os.fspath(root)
     if os.path.isfile(root):
         if root.lower().endswith(VIDEO_EXTENSIONS):
@@ -83,7 +84,9 @@ def find_clips(root: str | os.PathLike) -> list[Clip]:
             if f.lower().endswith(VIDEO_EXTENSIONS) and not f.startswith("."):
                 p = os.path.join(folder, f)
                 clips.append(Clip(p, "video", os.path.relpath(p, root)))
-        if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
+        has_video = any(f.lower().endswith(VIDEO_EXTENSIONS) for f in files)
+        # Images next to videos are stills (e.g. source portraits beside driving clips), not a clip.
+        if not has_video and any(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
             clips.append(Clip(folder, "frames", os.path.relpath(folder, root)))
     return sorted(clips, key=lambda c: _natural_key(c.name))
 
