@@ -31,6 +31,7 @@ from leo.checkpoint_io import (  # noqa: F401
     infer_animator_config as infer_config,
     read_animator_checkpoint as read_checkpoint,
 )
+from leo_kernels._op import is_channels_last
 from leo.layers import (
     ConstantInput,
     ConvLayer,
@@ -138,7 +139,7 @@ class Synthesis(nn.Module):
         (the sampling grid is tanh(flow) + the linspace grid) and the mask logit."""
         b = latent.shape[0]
         out = self.input(b)
-        if feats and not feats[0].is_contiguous() and feats[0].is_contiguous(memory_format=torch.channels_last):
+        if feats and is_channels_last(feats[0]):
             out = out.contiguous(memory_format=torch.channels_last)  # run the decoder NHWC too
         out = self.conv1(out, latent)
         rgb = flow = None
@@ -307,12 +308,12 @@ class Animator(nn.Module):
         with _no_autocast(self.dec.direction.weight.device):
             return self.dec.direction.basis()
 
-    def latent(self, wa, alpha, alpha_source=None, alpha_start=None, q=None) -> torch.Tensor:
+    def latent(self, wa, alpha, alpha_source=None, start_alpha=None, q=None) -> torch.Tensor:
         """The decoder's latent, in float32.
 
-        LIA (``relative_latent=False``): absolute wa + Q alpha; relative (``alpha_start`` given)
-        wa + (Q alpha - Q alpha_start) + Q alpha_source, in that order as the released code.
-        ``relative_latent=True``: wa + Q (alpha - alpha_start), with alpha_start defaulting to the
+        LIA (``relative_latent=False``): absolute wa + Q alpha; relative (``start_alpha`` given)
+        wa + (Q alpha - Q start_alpha) + Q alpha_source, in that order as the released code.
+        ``relative_latent=True``: wa + Q (alpha - start_alpha), with start_alpha defaulting to the
         source's own code ``alpha_source`` (required then).
         """
         with _no_autocast(wa.device):
@@ -320,13 +321,13 @@ class Animator(nn.Module):
             d = self.dec.direction
             wa = full(wa)
             if self.relative_latent:
-                ref = alpha_start if alpha_start is not None else alpha_source
+                ref = start_alpha if start_alpha is not None else alpha_source
                 if ref is None:
                     raise ValueError("relative_latent: the source's motion code (alpha_source) is required")
                 return wa + d(full(alpha) - full(ref), q)
-            if alpha_start is None:
+            if start_alpha is None:
                 return wa + d(alpha, q)
-            return wa + (d(alpha, q) - d(alpha_start, q)) + d(alpha_source, q)
+            return wa + (d(alpha, q) - d(start_alpha, q)) + d(alpha_source, q)
 
     def _motion_codes(self, wa):
         with _no_autocast(wa.device):
