@@ -15,7 +15,7 @@ import time
 # name: (videos, frames, size, animator width, animator steps, lmdm steps, first-frame steps,
 #        first-frame size, sampling steps)
 PRESETS = {
-    # ~7-8 min on a quiet 2-core CPU (the animator takes ~60% of it): leaves margin below 10 min.
+    # ~9 min on a quiet 2-core CPU (measured 9 min 3 s; the animator 329 s of it): below the 10-min budget.
     # Animator batch 4: a step costs half a batch-8 step, and at equal compute twice the updates
     # reconstruct better (600 x 4 held-out PSNR 23.6 vs 300 x 8: 20.1; lr 4e-3 did not help).
     "full": dict(videos=24, frames=48, size=64, width=0.125, style_dim=128, animator_steps=1400,
