@@ -134,6 +134,14 @@ def _measure(pipe, results, heldout, real, p, window, device) -> dict:
         real_codes = torch.stack([pipe.motion_codes(c.to(device)).cpu() for c in heldout])
         sampled = pipe.sample_codes(real_codes[:, 0].to(device), real_codes.shape[1], seed=0,
                                     steps=p["sample_steps"]).cpu()
+    # FMD (leo.evaluate): Frechet distance of motion-code windows, generated vs held-out real
+    from leo.evaluate import generation_metrics, windows
+
+    frames = min(16, p["video_frames"])
+    gm = generation_metrics(list(windows(heldout, frames)),
+                            list(windows([gen["conditional"], gen["long"], gen["unconditional"]], frames)),
+                            pipe.animator, frames=frames)
+    report["fmd"] = {k: v for k, v in gm.items() if k.startswith("fmd") or k in ("clips_real", "clips_fake", "frames")}
     rs, ss = metrics.residual_stats(real_codes), metrics.residual_stats(sampled)
     report["lmdm_residuals"] = {"real": rs, "sampled": ss,
                                 "std_ratio_mean": sum(b / a for a, b in zip(rs["std"], ss["std"]) if a > 0) / len(rs["std"])}
@@ -155,6 +163,9 @@ def _report_table(r: dict) -> str:
     lines.append(f"edit: L1 to the recolored clip {e['l1_to_recolored_clip']:.4f} "
                  f"(a still of the edited frame: {e['still_l1_to_recolored_clip']:.4f})")
     lines.append(f"LMDM: sampled residual std / real residual std, mean over dims {r['lmdm_residuals']['std_ratio_mean']:.2f}")
+    f = r["fmd"]
+    extra = ", ".join(f"{k} {v:.4f}" for k, v in f.items() if k.startswith("fmd_") and isinstance(v, float))
+    lines.append(f"FMD (motion-code windows of {f['frames']} frames, generated vs real): {f['fmd']:.4f} ({extra})")
     return "\n".join(lines)
 
 
