@@ -243,7 +243,17 @@ def check_diffusion_training_args(args):
     resolve_device(args.device)
 
 
-def report_weights(summary):
+def run_diffusion_trainer(train, cfg) -> int:
+    """Run a diffusion trainer (train-lmdm, train-first-frame): bad input becomes a one-line error;
+    returns 0 when training finished, 130 when a signal stopped it (the checkpoint is saved)."""
+    try:
+        summary = train(cfg)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
     # Under torchrun only rank 0 writes the weights, so only it says so.
     if os.environ.get("RANK", "0") == "0":
-        print(f"wrote {summary['weights']} (step {summary['step']})")
+        if summary.get("finished", True):
+            print(f"wrote {summary['weights']} (step {summary['step']})")
+        else:
+            print(f"stopped at step {summary['step']}; continue with --resume")
+    return 0 if summary.get("finished", True) else 130

@@ -6,8 +6,7 @@ One process or torchrun with the same arguments:
 """
 from __future__ import annotations
 
-from leo.cli import UserError
-from leo.cli.common import add_diffusion_training_args, check_diffusion_training_args, int_list, report_weights
+from leo.cli.common import add_diffusion_training_args, check_diffusion_training_args, int_list, run_diffusion_trainer
 
 
 def register(sub):
@@ -35,9 +34,4 @@ def run_first_frame(args) -> int:
         log_every=args.log_every, seed=args.seed, resume=args.resume, device=args.device, amp=args.amp,
         sample_count=max(0, args.samples),
     )
-    try:
-        summary = train_first_frame(cfg)
-    except (ValueError, FileNotFoundError) as exc:
-        raise UserError(str(exc)) from None
-    report_weights(summary)
-    return 0
+    return run_diffusion_trainer(train_first_frame, cfg)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from leo.cli import UserError
-from leo.cli.common import add_diffusion_training_args, check_diffusion_training_args, int_list, report_weights
+from leo.cli.common import add_diffusion_training_args, check_diffusion_training_args, int_list, run_diffusion_trainer
 
 
 def register(sub):
@@ -45,9 +45,4 @@ def run_lmdm(args) -> int:
         save_every=args.save_every, log_every=args.log_every, seed=args.seed, resume=args.resume,
         device=args.device, amp=args.amp,
     )
-    try:
-        summary = train_lmdm(cfg)
-    except (ValueError, FileNotFoundError) as exc:
-        raise UserError(str(exc)) from None
-    report_weights(summary)
-    return 0
+    return run_diffusion_trainer(train_lmdm, cfg)
