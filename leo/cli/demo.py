@@ -73,8 +73,7 @@ def _loss_plot(csvs: dict, path) -> bool:
     if plt is None:  # matplotlib missing: a notice was printed, no plot
         return False
 
-    # Losses and held-out eval metrics (PSNR in dB, L1, SSIM) have different scales: the
-    # eval metrics get their own panel, PSNR on a second y axis.
+    # Losses and held-out eval metrics have different scales: the eval metrics get their own panel.
     panels = []
     for name, csv in csvs.items():
         if not os.path.exists(csv):
@@ -82,30 +81,21 @@ def _loss_plot(csvs: dict, path) -> bool:
         series = {k: v for k, v in read_metrics(csv).items() if v}
         keys = [k for k in series if not k.endswith("_per_s") and k not in ("grad_norm", "lr")]
         losses = {k: series[k] for k in keys if not k.startswith("eval_")}
-        evals = {k: series[k] for k in keys if k.startswith("eval_")}
+        # the held-out numbers that tell whether stage 1 learned motion (gain over copying, motion ratio)
+        evals = {k: series[k] for k in ("eval_gain", "eval_motion_ratio", "eval_l1", "eval_copy_l1") if k in series}
         if losses:
             panels.append((name, losses))
         if evals:
             panels.append((f"{name}: held-out eval", evals))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.2), squeeze=False)
     for ax, (name, series) in zip(axes[0], panels):
-        twin = None
         for i, (k, pts) in enumerate(series.items()):
             steps, vals = zip(*pts)
-            target = ax
-            if k == "eval_psnr" and len(series) > 1:
-                twin = target = ax.twinx()
-                target.set_ylabel("PSNR (dB)", fontsize=8)
-                target.tick_params(labelsize=7)
-            target.plot(steps, vals, lw=1.2, label=k, color=f"C{i}", marker="o" if len(vals) < 5 else None)
+            ax.plot(steps, vals, lw=1.2, label=k, color=f"C{i}", marker="o" if len(vals) < 5 else None)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
-        handles, labels = ax.get_legend_handles_labels()
-        if twin is not None:
-            h2, l2 = twin.get_legend_handles_labels()
-            handles, labels = handles + h2, labels + l2
-        ax.legend(handles, labels, fontsize=6)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
@@ -226,7 +216,7 @@ def run(args) -> int:
     s1 = train_stage1(Stage1Config(
         out=os.path.join(out, "animator"), data=data, size=p["size"], width=p["width"], style_dim=p["style_dim"],
         steps=p["animator_steps"], batch=p["animator_batch"], save_every=max(50, p["animator_steps"]),
-        sample_every=p["animator_steps"], eval_every=p["animator_steps"], log_every=max(1, min(10, p["animator_steps"] // 4)),
+        sample_every=p["animator_steps"], eval_every=max(1, p["animator_steps"] // 4), log_every=max(1, min(10, p["animator_steps"] // 4)),
         eval_pairs=8 if not args.quick else 2, seed=args.seed, device=str(device), workers=0,
         resume=os.path.exists(os.path.join(out, "animator", "checkpoint.pt")),
     ))
