@@ -49,15 +49,7 @@ SMEM_LIMIT = {90: 227 * 1024, 80: 163 * 1024}
 GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # float64 is CPU-only for every op
 # Failures found by this tool and not fixed yet: printed as KNOWN and not counted (a known failure
 # that starts to pass is printed too, to be removed here). Key: start of the variant's line.
-KNOWN_FAILURES = {
-    "sm_80 _attn_bwd_dkdv_kernel [float32] D=64 BLOCK_M=128 BLOCK_N=128":
-        "float32 attention backward at d=64, 65 <= L <= 128: the 128x128 dK/dV tiles need 164-192 KB of "
-        "shared memory, an A100 block has 163 KB (fits sm_90); attention_triton._blocks needs smaller "
-        "backward tiles there",
-    "sm_80 _attn_bwd_single_kernel [float32] D=128 BLOCK=64 ROPE=True DOT=0":
-        "float32 attention backward with TF32 allowed, d=128, 33 <= L <= 64, rope: the one-program backward "
-        "needs 192 KB of shared memory on sm_80 (224 KB of 227 KB on sm_90)",
-}
+KNOWN_FAILURES: dict[str, str] = {}
 # constexprs that set a kernel's tile shape (the rest select code paths)
 SHAPE_CONSTEXPRS = {"D", "KH", "KW"}
 

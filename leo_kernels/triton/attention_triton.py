@@ -430,6 +430,10 @@ def attention_bwd(grad_out, q, k, v, out, lse, rope: bool):
     lse = lse.contiguous()
     cos, sin = rope_tables(L, d, q.device) if rope else (_dummy(q), _dummy(q))
     bm, bn, nw = _blocks(L, d)
+    if q.dtype == torch.float32 and bm * d > 64 * 64 and BLOCK_OVERRIDE is None:
+        # float32 backward tiles this large need more shared memory than an A100 block has (164-192 KB
+        # of 163 KB; tools/compile_triton.py): take the tiled backward's 64-row tiles instead.
+        bm, bn, nw = 64, (64 if d <= 64 else 32), 4
     strides = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
     scale = d ** -0.5
     mode = _dot_mode(q.dtype)
