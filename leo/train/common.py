@@ -17,6 +17,7 @@ Every trainer (stage 1, LMDM, first-frame) is built from these; see docs/INTERNA
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import math
@@ -332,6 +333,17 @@ class StopRequest:
         flag = torch.tensor([1.0 if self.requested else 0.0], device=ctx.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
+
+
+@contextlib.contextmanager
+def distributed_context(ctx: "DistributedContext | None", device) -> Iterator["DistributedContext"]:
+    """``ctx`` itself, or a new :class:`DistributedContext` on ``device`` that is closed on exit
+    (trainers accept a caller's context and otherwise own one)."""
+    if ctx is not None:
+        yield ctx
+    else:
+        with DistributedContext(device=device) as own:
+            yield own
 
 
 class StreamSampler(torch.utils.data.Sampler):

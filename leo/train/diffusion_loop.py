@@ -89,13 +89,8 @@ def run(cfg: LoopConfig, task: DiffusionTask, ctx: common.DistributedContext | N
     ``hooks`` (tests): ``{"after_step": fn(step, info)}`` called on every rank after each step.
     """
     hooks = hooks or {}
-    own_ctx = ctx is None
-    ctx = ctx or common.DistributedContext(device=cfg.device)
-    try:
+    with common.distributed_context(ctx, cfg.device) as ctx:
         return _run(cfg, task, ctx, hooks)
-    finally:
-        if own_ctx:
-            ctx.close()
 
 
 def _run(cfg: LoopConfig, task: DiffusionTask, ctx: common.DistributedContext, hooks: dict) -> dict:

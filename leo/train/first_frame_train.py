@@ -86,13 +86,8 @@ def train_first_frame(cfg: FirstFrameTrainConfig, frames_u8: torch.Tensor | None
     """Train and return a summary (``weights`` path, ``losses``, ``step``, ``finished``...).
 
     Resume, SIGINT/SIGTERM and logging: :func:`leo.train.diffusion_loop.run` (``hooks`` too)."""
-    own_ctx = ctx is None
-    ctx = ctx or common.DistributedContext(device=cfg.device)
-    try:
+    with common.distributed_context(ctx, cfg.device) as ctx:
         return _train(cfg, frames_u8, ctx, hooks)
-    finally:
-        if own_ctx:
-            ctx.close()
 
 
 def _save_weights(model, path) -> None:
