@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import sys
 import time
 
@@ -288,7 +289,8 @@ def run(args) -> int:
     report_path = os.path.join(out, "metrics.json")
     from leo.checkpoint_io import atomic_write
 
-    atomic_write(report_path, lambda tmp: open(tmp, "w").write(json.dumps(report, indent=2)))
+    text = json.dumps(report, indent=2)
+    atomic_write(report_path, lambda tmp: pathlib.Path(tmp).write_text(text))
     print(_report_table(report), flush=True)
 
     written = [(report_path, "metrics: gain over copying, motion ratio, generated motion and jitter")]
