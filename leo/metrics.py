@@ -16,6 +16,7 @@ Pairs are (frame 0, frame t) of the same clip; callers pass held-out clips.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Iterable
 
 import torch
@@ -95,7 +96,7 @@ def _batches(n: int, batch: int):
 
 
 @torch.no_grad()
-def reconstruction_report(animator, pairs: dict, batch: int = 16, autocast=None) -> dict[str, float]:
+def reconstruction_report(animator, pairs: dict, batch: int = 16, autocast=contextlib.nullcontext) -> dict[str, float]:
     """L1, PSNR, SSIM of ``animator(source, target)`` on (source, target) pairs, next to the
     copy-source baseline, and the gain over it."""
     from leo.train.losses import psnr, ssim
@@ -108,8 +109,7 @@ def reconstruction_report(animator, pairs: dict, batch: int = 16, autocast=None)
     try:
         for sl in _batches(n, batch):
             s, t = pairs["source"][sl].float(), pairs["target"][sl].float()
-            ctx = autocast() if autocast is not None else _null()
-            with ctx:
+            with autocast():
                 pred = animator(s.to(device), t.to(device))
             pred = pred.float().cpu().clamp(-1, 1)
             sums["l1"] += (pred - t).abs().flatten(1).mean(1).sum().item()
@@ -127,7 +127,7 @@ def reconstruction_report(animator, pairs: dict, batch: int = 16, autocast=None)
 
 
 @torch.no_grad()
-def motion_report(animator, clips: Iterable[torch.Tensor], batch: int = 16, autocast=None) -> dict[str, float]:
+def motion_report(animator, clips: Iterable[torch.Tensor], batch: int = 16, autocast=contextlib.nullcontext) -> dict[str, float]:
     """Drive frame 0 of each clip with the clip's own motion codes (relative mode) and compare
     the rendered motion with the clip's: ``motion_ratio`` (render over real) and the code spread."""
     device = next(animator.parameters()).device
@@ -137,8 +137,7 @@ def motion_report(animator, clips: Iterable[torch.Tensor], batch: int = 16, auto
     try:
         for clip in clips:
             clip = _check_video(clip, "clip")
-            ctx = autocast() if autocast is not None else _null()
-            with ctx:
+            with autocast():
                 cache = animator.encode(clip[:1].to(device))
                 alphas = torch.cat([animator.encode_motion(clip[sl].to(device)) for sl in _batches(clip.shape[0], batch)])
                 frames = torch.cat([animator.render(cache, alphas[sl], start_alpha=alphas[:1]).float().cpu()
@@ -156,7 +155,7 @@ def motion_report(animator, clips: Iterable[torch.Tensor], batch: int = 16, auto
 
 
 def animator_report(animator, clips: list[torch.Tensor], pairs_per_clip: int | None = 8, batch: int = 16,
-                    autocast=None) -> dict[str, float]:
+                    autocast=contextlib.nullcontext) -> dict[str, float]:
     """Reconstruction (with copy baseline and gain) and motion ratio on held-out ``clips``."""
     out = reconstruction_report(animator, pair_frames(clips, pairs_per_clip), batch=batch, autocast=autocast)
     out.update(motion_report(animator, clips, batch=batch, autocast=autocast))
@@ -188,9 +187,3 @@ def residual_stats(codes: torch.Tensor) -> dict[str, list[float]]:
         raise ValueError(f"codes must have shape (N, T>=2, D), got {tuple(codes.shape)}")
     res = (codes[:, 1:] - codes[:, :1]).float().flatten(0, 1)
     return {"mean": res.mean(0).tolist(), "std": res.std(0).tolist()}
-
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()

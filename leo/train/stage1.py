@@ -77,7 +77,6 @@ class Stage1Config:
     align_corners: bool = True           # exact identity at zero flow (False: LIA's convention)
     relative_latent: bool = True         # latent wa_s + Q (alpha_t - alpha_s) (False: LIA's wa_s + Q alpha_t)
     pyramid: int = 3                     # extra L1 terms on 2x, 4x, 8x average-pooled images
-    code_floor: float = 0.0              # hinge keeping mean |alpha_t - alpha_s| above this (0: off)
     l1_weight: float = 1.0
     vgg_weight: float = 1.0
     adv_weight: float = 0.05
@@ -124,8 +123,6 @@ class Stage1Config:
             raise ValueError(f"init must be 'copy' or 'random', got {self.init!r}")
         if isinstance(self.pyramid, bool) or not isinstance(self.pyramid, int) or not 0 <= self.pyramid <= 5:
             raise ValueError(f"pyramid must be an int in [0, 5], got {self.pyramid!r}")
-        if self.code_floor < 0:
-            raise ValueError(f"code_floor must be >= 0, got {self.code_floor!r}")
         for name in ("steps", "batch", "accum", "save_every", "sample_every", "eval_every", "log_every",
                      "r1_every", "eval_pairs", "eval_clips"):
             v = getattr(self, name)
@@ -187,8 +184,7 @@ def evaluate(model, clips: list, device, pairs: int = 16, amp: bool = True) -> d
     from leo.metrics import animator_report
 
     per_clip = max(1, -(-pairs // len(clips)))
-    autocast = (lambda: _autocast(device, amp)) if amp and device.type == "cuda" else None
-    return animator_report(model, clips, pairs_per_clip=per_clip, autocast=autocast)
+    return animator_report(model, clips, pairs_per_clip=per_clip, autocast=lambda: _autocast(device, amp))
 
 
 def _eval_line(ev: dict) -> str:
