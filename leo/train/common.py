@@ -10,7 +10,8 @@
 - :class:`StreamSampler`: an infinite, resumable stream of sample ids, split across ranks;
 - :class:`TrainLogger`: tqdm progress bar with losses and throughput plus ``metrics.csv``
   (main rank only; :meth:`DistributedContext.print` for plain messages);
-- :func:`plot_losses`: a PNG of the curves in a ``metrics.csv``.
+- :func:`plot_losses`: a PNG of the curves in a ``metrics.csv``;
+- :class:`TrainConfig`: the loop settings every trainer's config shares.
 
 Every trainer (stage 1, LMDM, first-frame) is built from these; see docs/INTERNALS.md,
 "Training loop structure".
@@ -28,7 +29,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
@@ -41,6 +42,29 @@ CHECKPOINT_FORMAT = "leo-training-checkpoint-1"
 
 
 from leo.checkpoint_io import CheckpointError  # noqa: E402,F401  (the one class; importable from here)
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """The loop settings every trainer's config shares (Stage1Config, the diffusion trainers').
+
+    Keyword-only, so a trainer's own required fields (``data``, ``out_dir``...) stay its first
+    positional ones. A trainer that wants another default re-declares the field with
+    ``field(default=..., kw_only=True)``.
+    """
+
+    steps: int = 1000
+    lr: float = 2e-4
+    save_every: int = 500                # checkpoint interval in steps
+    log_every: int = 10                  # metrics.csv interval in steps
+    seed: int = 0
+    resume: bool = False                 # continue out/checkpoint.pt when it exists (open_run)
+    device: str | None = None            # None or "auto": cuda when available (resolve_device)
+    amp: bool = False                    # bf16 autocast (CUDA only)
+    extra: dict = field(default_factory=dict)  # stored in the checkpoint's config
 
 
 # --------------------------------------------------------------------------- seeding / RNG

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from typing import Callable
 
 import torch
@@ -26,22 +26,26 @@ from leo.train import common
 CHECKPOINT_NAME = common.CHECKPOINT_NAME
 
 
-@dataclass
-class LoopConfig:
-    out_dir: str
-    steps: int = 1000
+@dataclass(kw_only=True)
+class DiffusionTrainConfig(common.TrainConfig):
+    """The loop settings of a diffusion trainer's config (Stage2Config, FirstFrameTrainConfig)."""
+
     batch_size: int = 16
-    lr: float = 2e-4
-    weight_decay: float = 0.0
     ema_decay: float = 0.999
+
+
+@dataclass
+class LoopConfig(DiffusionTrainConfig):
+    out_dir: str
+    weight_decay: float = 0.0
     grad_clip: float = 1.0
-    save_every: int = 500
-    log_every: int = 10
-    seed: int = 0
-    resume: bool = False
-    device: str | None = None
-    amp: bool = False  # bf16 autocast (CUDA only)
-    extra: dict = field(default_factory=dict)  # stored in the checkpoint's config
+
+    @classmethod
+    def of(cls, cfg: DiffusionTrainConfig, out_dir: str, **extra) -> "LoopConfig":
+        """The loop settings of a trainer's config; ``extra`` (then ``cfg.extra``) goes to the checkpoint."""
+        shared = {f.name: getattr(cfg, f.name) for f in fields(DiffusionTrainConfig)}
+        shared["extra"] = {**extra, **cfg.extra}
+        return cls(out_dir=out_dir, **shared)
 
 
 @dataclass

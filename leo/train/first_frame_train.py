@@ -21,7 +21,9 @@ WEIGHTS_NAME = "first_frame.safetensors"
 
 
 @dataclass
-class FirstFrameTrainConfig:
+class FirstFrameTrainConfig(diffusion_loop.DiffusionTrainConfig):
+    """First-frame settings; the loop's (lr, batch_size, save_every, ...) are DiffusionTrainConfig's."""
+
     data: str
     out_dir: str
     image_size: int = 64
@@ -32,19 +34,9 @@ class FirstFrameTrainConfig:
     objective: str = "eps"
     frame_stride: int = 4
     frames_per_video: int = 64
-    steps: int = 2000
-    batch_size: int = 16
-    lr: float = 2e-4
-    ema_decay: float = 0.999
-    save_every: int = 500
-    log_every: int = 10
-    seed: int = 0
-    resume: bool = False
-    device: str | None = None
-    amp: bool = False
     sample_count: int = 16
     sample_steps: int = 50
-    extra: dict = field(default_factory=dict)
+    steps: int = field(default=2000, kw_only=True)
 
 
 def collect_frames(data: str, size: int, frame_stride: int, frames_per_video: int, progress: bool = True):
@@ -106,11 +98,8 @@ def _train(cfg: FirstFrameTrainConfig, frames_u8, ctx: common.DistributedContext
                             channel_mults=cfg.channel_mults, num_res_blocks=cfg.num_res_blocks,
                             attn_resolutions=cfg.attn_resolutions, objective=cfg.objective)
     diffusion = model.make_diffusion()
-    loop = diffusion_loop.LoopConfig(
-        out_dir=cfg.out_dir, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, ema_decay=cfg.ema_decay,
-        save_every=cfg.save_every, log_every=cfg.log_every, seed=cfg.seed, resume=cfg.resume, device=cfg.device,
-        amp=cfg.amp, extra={"desc": "first-frame", "model": model.config, "frames": int(frames_u8.shape[0]), **cfg.extra},
-    )
+    loop = diffusion_loop.LoopConfig.of(cfg, cfg.out_dir, desc="first-frame", model=model.config,
+                                        frames=int(frames_u8.shape[0]))
     ctx.print(f"first-frame model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
               f"{frames_u8.shape[0]} training frames at {cfg.image_size}x{cfg.image_size}", file=sys.stdout)
     task = diffusion_loop.DiffusionTask(model, diffusion, make_sampler(frames_u8), export=_save_weights,

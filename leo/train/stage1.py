@@ -35,14 +35,15 @@ from leo.train.common import (
     RunDir,
     StopRequest,
     StreamSampler,
+    TrainConfig,
     TrainLogger,
+    gather_rng,
     open_run,
     plot_losses,
+    restore_rng,
     save_training_checkpoint,
     seed_everything,
-    set_rng_state,
 )
-from leo.train.common import gather_rng as _gather_rng
 
 CHECKPOINT_NAME = "checkpoint.pt"
 EXPORT_NAME = "animator.safetensors"
@@ -52,7 +53,9 @@ RUNTIME_KEYS = ("steps", "device", "workers", "threads", "save_every", "sample_e
 
 
 @dataclass
-class Stage1Config:
+class Stage1Config(TrainConfig):
+    """Stage-1 settings; the loop's (steps, save_every, log_every, seed, resume, ...) are TrainConfig's."""
+
     out: str = "runs/animator"
     data: str | None = None              # folder of videos / frame folders
     synthetic: int = 0                   # >0: generate this many synthetic videos into out/data
@@ -62,10 +65,9 @@ class Stage1Config:
     style_dim: int = 512
     motion_dim: int = 20
     d_width: float | None = None         # discriminator width (default: the animator's)
-    steps: int = 1000
     batch: int = 8                       # per process, per micro-batch
     accum: int = 1                       # micro-batches per optimizer step
-    lr: float = 2e-4                     # LIA: 2e-3 (drifts off the copy init; docs/MOTION.md)
+    lr: float = field(default=2e-4, kw_only=True)  # LIA: 2e-3 (drifts off the copy init; docs/MOTION.md)
     d_lr: float | None = None
     betas: tuple = (0.0, 0.99)
     # Recipe (docs/MOTION.md): start from an animator that copies the source exactly, take motion
@@ -83,23 +85,18 @@ class Stage1Config:
     vgg19: str | None = None             # local torchvision VGG19 weights (perceptual loss on)
     r1: float = 0.0                      # R1 gamma (0: off)
     r1_every: int = 16                   # lazy R1: every N steps, scaled by N
-    save_every: int = 500
     sample_every: int = 500
     eval_every: int = 250
-    log_every: int = 10
     eval_pairs: int = 16                 # held-out (frame 0, frame t) pairs per eval (spread over eval_clips)
     eval_clips: int = 8                  # held-out clips for the motion ratio
     test_fraction: float = 0.1
     max_frames: int | None = None        # use at most this many frames per clip
-    seed: int = 0
-    device: str = "auto"
+    device: str = field(default="auto", kw_only=True)
     workers: int = 2
     threads: int | None = None           # CPU threads for torch (None: torch's default)
-    amp: bool = True                     # bf16 autocast on CUDA (CPU always runs fp32)
+    amp: bool = field(default=True, kw_only=True)  # bf16 autocast on CUDA (CPU always runs fp32)
     kernels: str = "auto"
-    resume: bool = False
     quiet: bool = False
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -300,8 +297,7 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
 
     # RNG last, so nothing above (model init, data indexing) shifts it
     if ckpt is not None:
-        states = ckpt["rng"]
-        set_rng_state(states[ctx.rank] if ctx.rank < len(states) else states[0])
+        restore_rng(ckpt["rng"], ctx)
 
     initial_eval = None
     if ctx.is_main and start_step == 0:
@@ -311,7 +307,7 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
     summary = {"initial_eval": initial_eval if initial_eval is not None else (ckpt or {}).get("initial_eval")}
 
     def save(step):
-        rng = _gather_rng(ctx)
+        rng = gather_rng(ctx)
         if ctx.is_main:
             save_training_checkpoint(ckpt_path, {
                 "step": step, "config": cfg.to_dict(), "G": G.state_dict(), "D": D.state_dict(),

@@ -28,7 +28,9 @@ CODE_CACHE_VERSION = 1
 
 
 @dataclass
-class Stage2Config:
+class Stage2Config(diffusion_loop.DiffusionTrainConfig):
+    """Stage-2 settings; the loop's (lr, batch_size, save_every, ...) are DiffusionTrainConfig's."""
+
     data: str
     animator: str
     out_dir: str
@@ -40,18 +42,8 @@ class Stage2Config:
     channel_mult: tuple | None = None
     head_dim: int | None = None
     objective: str = "v"
-    steps: int = 20000
-    batch_size: int = 16
-    lr: float = 2e-4
-    ema_decay: float = 0.999
-    save_every: int = 500
-    log_every: int = 10
-    seed: int = 0
-    resume: bool = False
-    device: str | None = None
-    amp: bool = False
     progress: bool = True
-    extra: dict = field(default_factory=dict)
+    steps: int = field(default=20000, kw_only=True)
 
 
 # --------------------------------------------------------------------------- motion codes
@@ -193,12 +185,8 @@ def train_lmdm(cfg: Stage2Config, hooks: dict | None = None) -> dict:
         lmdm.fit_code_stats(all_windows(codes, cfg.window))
         diffusion = _WithLossKwargs(lmdm.make_diffusion(), cfg.p_uncond)
         sampler = make_sampler(codes, cfg.window, lmdm.res_mean, lmdm.res_std)
-        loop = diffusion_loop.LoopConfig(
-            out_dir=cfg.out_dir, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, ema_decay=cfg.ema_decay,
-            save_every=cfg.save_every, log_every=cfg.log_every, seed=cfg.seed, resume=cfg.resume,
-            device=cfg.device, amp=cfg.amp,
-            extra={"desc": "lmdm", "model": lmdm.config, "p_uncond": cfg.p_uncond, "videos": len(codes), **cfg.extra},
-        )
+        loop = diffusion_loop.LoopConfig.of(cfg, cfg.out_dir, desc="lmdm", model=lmdm.config, p_uncond=cfg.p_uncond,
+                                            videos=len(codes))
         ctx.print(f"LMDM: {sum(p.numel() for p in lmdm.parameters()) / 1e6:.2f}M parameters, "
                   f"{len(codes)} videos, {sum(lengths)} frames, window {cfg.window}, p_uncond {cfg.p_uncond}")
         task = diffusion_loop.DiffusionTask(lmdm, diffusion, sampler, export=_save_weights, export_name=WEIGHTS_NAME,
