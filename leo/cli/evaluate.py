@@ -7,7 +7,7 @@ import json
 import math
 import os
 
-import torch
+from leo.cli.common import add_device, add_progress
 
 
 def register(sub):
@@ -56,9 +56,9 @@ def _need_sub(p):
 
 def _common(p):
     p.add_argument("--out", default="./eval_out", help="output folder for metrics.json (default: ./eval_out)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    add_device(p)
     p.add_argument("--batch", type=int, default=8, help="clips (or frames) per batch (default: 8)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress(p)
 
 
 def _positive(args, *names):
@@ -102,7 +102,7 @@ def _fmt(v, spec=".4f"):
 # ------------------------------------------------------------------------------ reconstruction
 def run_reconstruction(args) -> int:
     from leo.cli import UserError
-    from leo.cli.generate import _device, _load_animator
+    from leo.cli.common import load_animator, resolve_device
     from leo.data.videos import DataError, VideoFolder
     from leo.metrics import animator_report
 
@@ -110,8 +110,8 @@ def run_reconstruction(args) -> int:
     if not os.path.exists(args.data):
         raise UserError(f"--data: not found: {args.data}")
     out_json = _prepare_out(args.out)
-    device = _device(args)
-    animator = _load_animator(args.animator, device, torch.float32)
+    device = resolve_device(args.device)
+    animator = load_animator(args.animator, device)
     size = int(animator.config["size"])
     try:
         folder = VideoFolder(args.data, size=size, test_fraction=0.1, split_seed=0, min_frames=2,
@@ -179,7 +179,7 @@ def _named(items, flag):
 
 def run_generation(args) -> int:
     from leo.cli import UserError
-    from leo.cli.generate import _check_dims, _device, _load_animator, _load_lmdm
+    from leo.cli.common import check_dims, load_animator, load_lmdm, resolve_device
     from leo.data.videos import DataError
     from leo.evaluate.clips import ClipSource, generated_clips
     from leo.evaluate.generation import generation_metrics
@@ -196,7 +196,7 @@ def run_generation(args) -> int:
         if path and not os.path.exists(path):
             raise UserError(f"--{flag}: not found: {path}")
     out_json = _prepare_out(args.out)
-    device = _device(args)
+    device = resolve_device(args.device)
 
     detector = None
     if args.i3d:
@@ -209,10 +209,10 @@ def run_generation(args) -> int:
         print(f"--i3d: {detector.kind}")
     animator = lmdm = None
     if args.animator:
-        animator = _load_animator(args.animator, device, torch.float32)
+        animator = load_animator(args.animator, device)
     if args.lmdm:
-        lmdm = _load_lmdm(args.lmdm, device, torch.float32, "auto")
-        _check_dims(animator, lmdm)
+        lmdm = load_lmdm(args.lmdm, device)
+        check_dims(animator, lmdm)
     size = args.size or (int(animator.config["size"]) if animator is not None else 256)
     if animator is not None and size != int(animator.config["size"]):
         raise UserError(f"--size {size} differs from the animator's {animator.config['size']}")

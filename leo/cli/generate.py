@@ -65,22 +65,6 @@ def _common(p):
     add_progress(p)
 
 
-# leo/cli/evaluate.py imports these four names from here: they are leo.cli.common's helpers.
-def _device(args):
-    return resolve_device(args.device)
-
-
-def _load_animator(path, device, dtype=torch.float32):
-    return load_animator(path, device).to(dtype=dtype)
-
-
-def _load_lmdm(path, device, dtype=torch.float32, kernels="auto"):
-    return load_lmdm(path, device, kernels=kernels).to(dtype=dtype)
-
-
-_check_dims = check_dims
-
-
 def _check_out(path):
     if not path.lower().endswith((".mp4", ".gif")):
         raise UserError(f"--out must end in .mp4 or .gif, got {path!r}")
