@@ -66,43 +66,6 @@ def _contact_sheet(videos: dict, path, per_row: int = 8):
     save_image(path, image_grid(torch.cat(rows), nrow=per_row))
 
 
-def _loss_plot(csvs: dict, path) -> bool:
-    from leo.checkpoint_io import atomic_write
-    from leo.train.common import pyplot, read_metrics
-
-    plt = pyplot()
-    if plt is None:  # matplotlib missing: a notice was printed, no plot
-        return False
-
-    # Losses and held-out eval metrics have different scales: the eval metrics get their own panel.
-    panels = []
-    for name, csv in csvs.items():
-        if not os.path.exists(csv):
-            continue
-        series = {k: v for k, v in read_metrics(csv).items() if v}
-        keys = [k for k in series if not k.endswith("_per_s") and k not in ("grad_norm", "lr")]
-        losses = {k: series[k] for k in keys if not k.startswith("eval_")}
-        # the held-out numbers that tell whether stage 1 learned motion (gain over copying, motion ratio)
-        evals = {k: series[k] for k in ("eval_gain", "eval_motion_ratio", "eval_l1", "eval_copy_l1") if k in series}
-        if losses:
-            panels.append((name, losses))
-        if evals:
-            panels.append((f"{name}: held-out eval", evals))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.2), squeeze=False)
-    for ax, (name, series) in zip(axes[0], panels):
-        for i, (k, pts) in enumerate(series.items()):
-            steps, vals = zip(*pts)
-            ax.plot(steps, vals, lw=1.2, label=k, color=f"C{i}", marker="o" if len(vals) < 5 else None)
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
-    return True
-
-
 def _measure(pipe, results, heldout, real, p, window, device) -> dict:
     """The demo's report: the animator on held-out clips, the generated videos' motion and
     jitter against real clips, seams of the long video, the edit, and the LMDM's residuals."""
@@ -302,9 +265,11 @@ def run(args) -> int:
     _contact_sheet({k: results[k] for k in ("real", "conditional", "long", "edited", "unconditional")}, sheet)
     written.append((sheet, "rows: real, conditional, long, edited, unconditional"))
     curves = os.path.join(out, "loss_curves.png")
-    if _loss_plot({"animator (stage 1)": os.path.join(out, "animator", "metrics.csv"),
-                   "LMDM (stage 2)": os.path.join(lmdm_out, "metrics.csv"),
-                   "first-frame": os.path.join(ff_out, "metrics.csv")}, curves):
+    from leo.train.common import plot_losses
+
+    if plot_losses({"animator (stage 1)": os.path.join(out, "animator", "metrics.csv"),
+                    "LMDM (stage 2)": os.path.join(lmdm_out, "metrics.csv"),
+                    "first-frame": os.path.join(ff_out, "metrics.csv")}, curves):
         written.append((curves, "training losses"))
     written += [(animator_path, "animator"), (s2["weights"], "LMDM"), (s3["weights"], "first-frame model")]
 

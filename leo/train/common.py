@@ -536,35 +536,77 @@ def pyplot():
     return plt
 
 
-def plot_losses(csv_path: str | os.PathLike, png_path: str | os.PathLike, keys: list[str] | None = None,
-                title: str | None = None) -> bool:
-    """Plot the loss columns of ``csv_path`` (all but throughput by default) into ``png_path``.
-    Returns False (nothing written) when matplotlib is missing."""
+# held-out numbers that tell whether stage 1 learned motion (gain over copying, motion ratio)
+HELD_OUT_KEYS = ("eval_gain", "eval_motion_ratio", "eval_l1", "eval_copy_l1")
+
+
+def _default_panels(series: dict, several: bool) -> list:
+    curves = [k for k in series if not k.endswith("_per_s") and k != "lr"]
+    if not several:  # one run: a panel per column
+        return curves
+    # several runs: per run, its losses in one panel and its held-out evaluation in another
+    losses = tuple(k for k in curves if not k.startswith("eval_") and k != "grad_norm")
+    return [p for p in (losses, tuple(k for k in HELD_OUT_KEYS if k in series)) if p]
+
+
+def _panel_title(run: str | None, panel) -> str:
+    if isinstance(panel, str):
+        what = panel
+    elif panel[0].startswith("eval_"):
+        what = "held-out eval"
+    else:
+        what = None if run is not None else ", ".join(panel)  # a run's losses panel is named after the run
+    return what if run is None else run if what is None else f"{run}: {what}"
+
+
+def plot_losses(csv_path, png_path: str | os.PathLike, keys: list | None = None, title: str | None = None) -> bool:
+    """Plot the curves of a ``metrics.csv`` into ``png_path``; the one loss-plot function.
+
+    ``csv_path``: one run's ``metrics.csv``, or ``{run name: metrics.csv}`` for several runs in one
+    figure (runs whose file does not exist are left out). ``keys``: the panels, each a column name
+    or a tuple of names drawn together with a legend. Default: one run, a panel per column but
+    throughput and lr; several runs, per run a panel of its losses and one of its held-out
+    evaluation (:data:`HELD_OUT_KEYS`). Returns False (nothing written) when matplotlib is missing;
+    raises ValueError when there is nothing to plot.
+    """
     plt = pyplot()
     if plt is None:
         return False
-    series = read_metrics(csv_path)
-    if keys is None:
-        keys = [k for k in series if not k.endswith("_per_s") and k != "lr"]
-    keys = [k for k in keys if k in series]
-    if not keys:
+    several = isinstance(csv_path, dict)
+    runs = {name: path for name, path in csv_path.items() if os.path.exists(path)} if several else {None: csv_path}
+    panels = []  # (title, {label: [(step, value), ...]})
+    for name, path in runs.items():
+        series = {k: v for k, v in read_metrics(path).items() if v}
+        for panel in (keys if keys is not None else _default_panels(series, several)):
+            group = (panel,) if isinstance(panel, str) else tuple(panel)
+            curves = {k: series[k] for k in group if k in series}
+            if not curves:
+                continue
+            panels.append((_panel_title(name, panel), curves))
+    if not panels:
         raise ValueError(f"{csv_path} has no numeric columns to plot")
-    n = len(keys)
+    n = len(panels)
     cols = min(3, n)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
-    for ax, k in zip(axes.flat, keys):
-        steps, vals = zip(*series[k])
-        ax.plot(steps, vals, lw=1.0)
-        if len(vals) >= 20:  # a moving average makes noisy losses readable
-            w = max(2, len(vals) // 20)
-            sm = np.convolve(vals, np.ones(w) / w, mode="valid")
-            ax.plot(steps[w - 1:], sm, lw=1.5)
-        ax.set_title(k, fontsize=9)
+    for ax, (name, curves) in zip(axes.flat, panels):
+        low = high = None
+        for i, (k, pts) in enumerate(curves.items()):
+            steps, vals = zip(*pts)
+            ax.plot(steps, vals, lw=1.0, label=k, color=f"C{i}", marker="o" if len(vals) < 5 else None)
+            if len(curves) == 1 and len(vals) >= 20:  # a moving average makes noisy losses readable
+                w = max(2, len(vals) // 20)
+                sm = np.convolve(vals, np.ones(w) / w, mode="valid")
+                ax.plot(steps[w - 1:], sm, lw=1.5, color="C1")
+            low = min(vals) if low is None else min(low, min(vals))
+            high = max(vals) if high is None else max(high, max(vals))
+        ax.set_title(name, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
-        if min(vals) > 0 and max(vals) / max(min(vals), 1e-12) > 20:
+        if low > 0 and high / max(low, 1e-12) > 20:
             ax.set_yscale("log")
+        if len(curves) > 1:
+            ax.legend(fontsize=6)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     if title:
