@@ -7,6 +7,7 @@ A new op adds its generator and its cases to :data:`SAMPLES` (docs/INTERNALS.md,
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -65,6 +66,51 @@ def fir(k=(1.0, 3.0, 3.0, 1.0), scale=1.0, dtype=torch.float32):
     k = torch.tensor(k, dtype=dtype)
     k = torch.outer(k, k)
     return k / k.sum() * scale
+
+
+# The animator's (LIA / StyleGAN2) upfirdn2d uses: name -> (kernel scale, up, down, pad)
+LIA_CASES = {
+    "blur_before_stride2_conv3x3": (1, 1, 1, (2, 2)),
+    "blur_before_stride2_conv1x1": (1, 1, 1, (1, 1)),
+    "blur_after_transposed_conv": (4, 1, 1, (1, 1)),
+    "rgb_skip_upsample": (4, 2, 1, (2, 1)),
+    "downsample": (1, 1, 2, (1, 1)),
+}
+
+# Random general upfirdn2d cases: x shape, kernel shape, up (x, y), down (x, y), pad (x0, x1, y0, y1)
+GENERAL_CASES = [
+    ((1, 3, 7, 5), (4, 4), (1, 1), (1, 1), (2, 1, 2, 1)),
+    ((2, 3, 5, 6), (3, 4), (2, 3), (1, 1), (1, 2, 0, 3)),
+    ((2, 2, 9, 7), (4, 3), (1, 1), (2, 3), (1, 1, 2, 0)),
+    ((1, 4, 6, 8), (5, 5), (3, 2), (2, 2), (-1, 3, 2, -2)),
+    ((3, 1, 4, 5), (1, 3), (2, 1), (1, 2), (0, 2, 0, 0)),
+    ((1, 5, 8, 6), (2, 2), (1, 2), (3, 1), (-2, -1, 0, 1)),
+]
+
+# bias_act: x shapes (2-d to 5-d, one channel) and activations (negative_slope, gain): LIA's
+# leaky ReLU, a plain ReLU, a negative slope
+BIAS_SHAPES = [(3, 5), (1, 4, 7), (2, 3, 5, 6), (1, 2, 3, 4, 5), (2, 1, 3, 3)]
+BIAS_ACTIVATIONS = ((0.2, math.sqrt(2.0)), (0.0, 1.0), (-0.5, 3.0))
+
+
+def bias_act_inputs(shape, g):
+    """(x, bias) in float64: x with out-of-range magnitudes and exact zeros on the kink."""
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 100
+    x.view(-1)[::7] = 0.0
+    return x, torch.randn(shape[1], generator=g, dtype=torch.float64)
+
+
+def bias_act_variants(dim, bias):
+    """Every ``(layout name, layout, bias, negative_slope, gain)`` checked for an x of ``dim``
+    dimensions: contiguous and strided storage (and channels_last for 4-d), with ``bias`` and
+    without, each of :data:`BIAS_ACTIVATIONS`."""
+    layouts = [("contiguous", lambda t: t), ("strided", non_contiguous)]
+    if dim == 4:
+        layouts.append(("channels_last", channels_last))
+    for name, fn in layouts:
+        for b in (bias, None):
+            for slope, gain in BIAS_ACTIVATIONS:
+                yield name, fn, b, slope, gain
 
 
 # --------------------------------------------------------------------------- attention family

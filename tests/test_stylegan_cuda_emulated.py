@@ -1,20 +1,20 @@
 """The CUDA StyleGAN2 kernels (csrc/cuda/stylegan_cuda.cu: upfirdn2d, bias_act) compiled as host C++
 and run on CPU tensors (tests/cuda_emu/leo_cuda_emulate.h), vs the eager reference.
 
-Same fuzzed cases as the other backends (tests/test_stylegan_ops.py), every dtype and layout; the
+Same fuzzed cases as the other backends (tests/_cases.py), every dtype and layout; the
 LIA shapes span several 256-thread blocks with a partial last one. (upfirdn2d's backward is this
 forward kernel with other arguments, covered by the general cases.) Outputs start as NaN
 (poisoned CPU allocations), so an element a kernel does not write fails.
 """
-import math
 
 import pytest
 import torch
 
 from leo_kernels import reference
+from tests._cases import BIAS_SHAPES, GENERAL_CASES, LIA_CASES, bias_act_inputs, bias_act_variants
+from tests._cases import fir as _fir
 from tests._util import assert_close, channels_last, non_contiguous
 from tests.cuda_emu import emulated_ops, poisoned_outputs  # noqa: F401 (autouse fixture)
-from tests.test_stylegan_ops import BIAS_SHAPES, GENERAL_CASES, LIA_CASES, _fir
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 LAYOUTS = (("contiguous", lambda t: t), ("channels_last", channels_last), ("strided", non_contiguous))
@@ -65,23 +65,17 @@ def test_bias_act(ops, dtype):
     g = torch.Generator().manual_seed(3)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     for shape in BIAS_SHAPES + [(3, 40, 9, 8)]:  # the last spans 11 blocks, the final one partial
-        x64 = torch.randn(shape, generator=g, dtype=torch.float64) * 100  # out-of-range magnitudes
-        x64.view(-1)[::7] = 0.0  # exact zeros sit on the kink
-        x, b = x64.to(dtype), torch.randn(shape[1], generator=g, dtype=torch.float64).to(acc)
+        x64, b64 = bias_act_inputs(shape, g)
+        x, b = x64.to(dtype), b64.to(acc)
         go = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
-        layouts = [("contiguous", lambda t: t), ("strided", non_contiguous)]
-        if len(shape) == 4:
-            layouts.append(("channels_last", channels_last))
-        for name, layout in layouts:
-            for bias in (b, None):
-                for slope, gain in ((0.2, math.sqrt(2.0)), (0.0, 1.0), (-0.5, 3.0)):
-                    what = f"{shape} {dtype} {name} bias={bias is not None} slope={slope}"
-                    out = ops.bias_act_fwd(layout(x), bias, slope, gain)
-                    assert_close(out, reference.bias_act(x, bias, slope, gain), name=what)
-                    # backward: grad * d/dx[leaky_relu(x + b) * gain], computed in the accumulation type
-                    v = x.to(acc) + (0 if bias is None else bias.view(1, -1, *([1] * (x.dim() - 2))))
-                    want = (go.to(acc) * torch.full_like(v, gain).where(v > 0, gain * slope)).to(dtype)
-                    assert_close(ops.bias_act_bwd(layout(go), layout(x), bias, slope, gain), want, name="grad " + what)
+        for name, layout, bias, slope, gain in bias_act_variants(len(shape), b):
+            what = f"{shape} {dtype} {name} bias={bias is not None} slope={slope}"
+            out = ops.bias_act_fwd(layout(x), bias, slope, gain)
+            assert_close(out, reference.bias_act(x, bias, slope, gain), name=what)
+            # backward: grad * d/dx[leaky_relu(x + b) * gain], computed in the accumulation type
+            v = x.to(acc) + (0 if bias is None else bias.view(1, -1, *([1] * (x.dim() - 2))))
+            want = (go.to(acc) * torch.full_like(v, gain).where(v > 0, gain * slope)).to(dtype)
+            assert_close(ops.bias_act_bwd(layout(go), layout(x), bias, slope, gain), want, name="grad " + what)
 
 
 def test_errors_name_the_argument(ops):

@@ -11,6 +11,7 @@ from torch.autograd import gradcheck, gradgradcheck
 import leo_kernels
 from leo_kernels import reference
 from tests import _cases
+from tests._cases import BIAS_SHAPES, GENERAL_CASES, LIA_CASES, bias_act_inputs, bias_act_variants
 from tests._cases import fir as _fir
 from tests._util import assert_close, channels_last, non_contiguous
 
@@ -42,26 +43,6 @@ def _naive_upfirdn2d(x, k, up, down, pad):
             win = full[:, :, oy * dy : oy * dy + kh, ox * dx : ox * dx + kw]
             out[:, :, oy, ox] = (win * k.double().flip((0, 1))).sum((2, 3))
     return out
-
-
-# The animator's (LIA / StyleGAN2) uses: name -> (kernel scale, up, down, pad)
-LIA_CASES = {
-    "blur_before_stride2_conv3x3": (1, 1, 1, (2, 2)),
-    "blur_before_stride2_conv1x1": (1, 1, 1, (1, 1)),
-    "blur_after_transposed_conv": (4, 1, 1, (1, 1)),
-    "rgb_skip_upsample": (4, 2, 1, (2, 1)),
-    "downsample": (1, 1, 2, (1, 1)),
-}
-
-# Random general cases: x shape, kernel shape, up (x, y), down (x, y), pad (x0, x1, y0, y1)
-GENERAL_CASES = [
-    ((1, 3, 7, 5), (4, 4), (1, 1), (1, 1), (2, 1, 2, 1)),
-    ((2, 3, 5, 6), (3, 4), (2, 3), (1, 1), (1, 2, 0, 3)),
-    ((2, 2, 9, 7), (4, 3), (1, 1), (2, 3), (1, 1, 2, 0)),
-    ((1, 4, 6, 8), (5, 5), (3, 2), (2, 2), (-1, 3, 2, -2)),
-    ((3, 1, 4, 5), (1, 3), (2, 1), (1, 2), (0, 2, 0, 0)),
-    ((1, 5, 8, 6), (2, 2), (1, 2), (3, 1), (-2, -1, 0, 1)),
-]
 
 
 # --------------------------------------------------------------------------- upfirdn2d forward
@@ -198,31 +179,21 @@ def test_kernel_grad_policy():
 
 
 # --------------------------------------------------------------------------- bias_act
-BIAS_SHAPES = [(3, 5), (1, 4, 7), (2, 3, 5, 6), (1, 2, 3, 4, 5), (2, 1, 3, 3)]
-
-
 @pytest.mark.parametrize("backend", _BACKENDS)
 def test_bias_act_forward(backend):
     dev = _dev(backend)
     g = torch.Generator().manual_seed(3)
     dtypes = [torch.float32, torch.float16, torch.bfloat16] + ([torch.float64] if dev == "cpu" else [])
     for shape in BIAS_SHAPES:
-        x64 = torch.randn(shape, generator=g, dtype=torch.float64) * 100  # out-of-range magnitudes
-        x64.view(-1)[::7] = 0.0  # exact zeros sit on the kink
-        b64 = torch.randn(shape[1], generator=g, dtype=torch.float64)
+        x64, b64 = bias_act_inputs(shape, g)
         for dtype in dtypes:
             x, b = x64.to(dtype), b64.to(dtype)
-            layouts = [("contiguous", lambda t: t), ("strided", non_contiguous)]
-            if len(shape) == 4:
-                layouts.append(("channels_last", channels_last))
-            for name, layout in layouts:
-                for bias in (b, None):
-                    for slope, gain in ((0.2, math.sqrt(2.0)), (0.0, 1.0), (-0.5, 3.0)):
-                        out = leo_kernels.bias_act(layout(x.to(dev)), None if bias is None else bias.to(dev),
-                                                   slope, gain, backend=backend)
-                        ref = reference.bias_act(x, bias, slope, gain)
-                        assert out.dtype == dtype
-                        assert_close(out.cpu(), ref, name=f"{shape} {dtype} {name} bias={bias is not None}")
+            for name, layout, bias, slope, gain in bias_act_variants(len(shape), b):
+                out = leo_kernels.bias_act(layout(x.to(dev)), None if bias is None else bias.to(dev),
+                                           slope, gain, backend=backend)
+                ref = reference.bias_act(x, bias, slope, gain)
+                assert out.dtype == dtype
+                assert_close(out.cpu(), ref, name=f"{shape} {dtype} {name} bias={bias is not None}")
 
 
 @pytest.mark.parametrize("backend", _BACKENDS)
