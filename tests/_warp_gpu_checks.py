@@ -10,10 +10,11 @@ import contextlib
 import torch
 
 from leo_kernels import reference as R
-from tests._util import REL_TOL, assert_close
+from tests._util import REL_TOL, assert_close, channels_last, non_contiguous
 
 PADS = ("zeros", "border", "reflection")
 HALF = (torch.float16, torch.bfloat16)
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 
 class CompiledOps:
@@ -143,3 +144,47 @@ def check_warp_inpaint(ops, feat, x, logits, skip, align, det_repeat=False):
             g2 = ops.warp_inpaint_bwd(*grads_out, feat, x, composed, skip is not None, align, True)
             for a, b in zip(g, g2):
                 assert torch.equal(a, b), "deterministic backward not bitwise repeatable"
+
+
+# --------------------------------------------------------------------------- cases from a shape
+# What every backend's test file runs for its own shapes (the global RNG draws the inputs, so a
+# test seeds it first). layout "channels_last" stores the image inputs channels-last.
+
+
+def check_grid_sample_modes(ops, inp, grid, det_repeat=False):
+    """:func:`check_grid_sample` for every padding mode and both align_corners."""
+    for pad in PADS:
+        for align in (False, True):
+            check_grid_sample(ops, inp, grid, pad, align, det_repeat)
+
+
+def grid_sample_case(ops, shape, dtype, device, layout="nchw", det_repeat=False):
+    """shape (N, C, H, W, Ho, Wo): a grid mostly in range, some samples outside (every padding
+    mode's edge handling)."""
+    N, C, H, W, Ho, Wo = shape
+    inp = randn(N, C, H, W, dtype=dtype, device=device)
+    if layout == "channels_last":
+        inp = channels_last(inp)
+    grid = randn(N, Ho, Wo, 2, dtype=dtype, device=device, scale=1.5)
+    check_grid_sample_modes(ops, inp, grid, det_repeat)
+
+
+def compose_flow_case(ops, shape, dtype, device):
+    """shape (N, K, H, W) of the coarse flow; contiguous, then mixed channels_last/strided inputs."""
+    N, K, H, W = shape
+    coarse, fine = randn(N, K, H, W, dtype=dtype, device=device), randn(N, K, 2 * H, 2 * W, dtype=dtype, device=device)
+    go = randn(N, K, 2 * H, 2 * W, dtype=dtype, device=device)
+    check_compose_flow(ops, coarse, fine, go)
+    check_compose_flow(ops, channels_last(coarse), non_contiguous(fine), non_contiguous(go))
+
+
+def warp_inpaint_case(ops, shape, dtype, device, layout="nchw", det_repeat=False):
+    """shape (N, C, H, W, with skip), both align_corners."""
+    N, C, H, W, has_skip = shape
+    feat, x = randn(N, C, H, W, dtype=dtype, device=device), randn(N, C, H, W, dtype=dtype, device=device)
+    logits = randn(N, 3, H, W, dtype=dtype, device=device, scale=0.7)
+    skip = randn(N, 3, H // 2, W // 2, dtype=dtype, device=device, scale=0.7) if has_skip else None
+    if layout == "channels_last":
+        feat, x = channels_last(feat), channels_last(x)
+    for align in (False, True):
+        check_warp_inpaint(ops, feat, x, logits, skip, align, det_repeat)

@@ -2,6 +2,8 @@
 
 Needs a CUDA device and an extension built with CUDA; skips with the reason otherwise.
 """
+import functools
+
 import pytest
 import torch
 
@@ -10,13 +12,15 @@ from leo_kernels import _backend
 from leo_kernels import reference as R
 from tests._util import assert_close, channels_last, non_contiguous
 from tests._warp_gpu_checks import (
-    PADS,
+    DTYPES,
     CompiledOps,
-    check_compose_flow,
-    check_grid_sample,
+    check_grid_sample_modes,
     check_warp_inpaint,
+    compose_flow_case,
+    grid_sample_case,
     randn,
     tol,
+    warp_inpaint_case,
 )
 
 if not torch.cuda.is_available():
@@ -28,11 +32,7 @@ elif not _backend.extension_has_cuda():
 
 DEV = "cuda"
 OPS = CompiledOps()
-DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
-
-
-def _randn(*shape, dtype=torch.float32, scale=1.0):
-    return randn(*shape, dtype=dtype, device=DEV, scale=scale)
+_randn = functools.partial(randn, device=DEV)
 
 
 GS_SHAPES = [  # N, C, H, W, Ho, Wo
@@ -49,14 +49,7 @@ GS_SHAPES = [  # N, C, H, W, Ho, Wo
 @pytest.mark.parametrize("shape", GS_SHAPES, ids=str)
 def test_grid_sample_matches_reference(shape, dtype, layout):
     torch.manual_seed(sum(shape))
-    N, C, H, W, Ho, Wo = shape
-    inp = _randn(N, C, H, W, dtype=dtype)
-    if layout == "channels_last":
-        inp = channels_last(inp)
-    grid = _randn(N, Ho, Wo, 2, dtype=dtype, scale=1.5)
-    for pad in PADS:
-        for align in (False, True):
-            check_grid_sample(OPS, inp, grid, pad, align)
+    grid_sample_case(OPS, shape, dtype, DEV, layout)
 
 
 @pytest.mark.parametrize("case", ["non_contiguous", "far_out_of_range", "collisions"])
@@ -69,20 +62,14 @@ def test_grid_sample_special_inputs(case):
         grid = grid * 40.0
     else:
         grid = grid * 0.05  # most samples land on the same few input pixels
-    for pad in PADS:
-        for align in (False, True):
-            check_grid_sample(OPS, inp, grid, pad, align, det_repeat=True)
+    check_grid_sample_modes(OPS, inp, grid, det_repeat=True)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 3, 5), (4, 3, 32, 17)], ids=str)
 def test_compose_flow_matches_reference(shape, dtype):
     torch.manual_seed(3)
-    N, K, H, W = shape
-    coarse, fine = _randn(N, K, H, W, dtype=dtype), _randn(N, K, 2 * H, 2 * W, dtype=dtype)
-    go = _randn(N, K, 2 * H, 2 * W, dtype=dtype)
-    check_compose_flow(OPS, coarse, fine, go)
-    check_compose_flow(OPS, channels_last(coarse), non_contiguous(fine), non_contiguous(go))
+    compose_flow_case(OPS, shape, dtype, DEV)
 
 
 WI_SHAPES = [  # N, C, H, W, with skip
@@ -100,14 +87,7 @@ WI_SHAPES = [  # N, C, H, W, with skip
 @pytest.mark.parametrize("shape", WI_SHAPES, ids=str)
 def test_warp_inpaint_matches_reference(shape, dtype, layout):
     torch.manual_seed(4)
-    N, C, H, W, has_skip = shape
-    feat, x = _randn(N, C, H, W, dtype=dtype), _randn(N, C, H, W, dtype=dtype)
-    logits = _randn(N, 3, H, W, dtype=dtype, scale=0.7)
-    skip = _randn(N, 3, H // 2, W // 2, dtype=dtype, scale=0.7) if has_skip else None
-    if layout == "channels_last":
-        feat, x = channels_last(feat), channels_last(x)
-    for align in (False, True):
-        check_warp_inpaint(OPS, feat, x, logits, skip, align)
+    warp_inpaint_case(OPS, shape, dtype, DEV, layout)
 
 
 @pytest.mark.parametrize("case", ["non_contiguous", "far_flows"])

@@ -7,14 +7,23 @@ sort-gather path and the host code against the reference, with outputs starting 
 CPU allocations); it cannot see races or anything GPU-specific (those are covered by
 tests/test_warp_cuda.py on a CUDA machine, docs/GPU.md).
 """
+import functools
+
 import pytest
 import torch
 
-from tests._util import channels_last, non_contiguous
-from tests._warp_gpu_checks import PADS, check_compose_flow, check_grid_sample, check_warp_inpaint, randn
+from tests._util import non_contiguous
+from tests._warp_gpu_checks import (
+    DTYPES,
+    PADS,
+    check_grid_sample,
+    check_warp_inpaint,
+    compose_flow_case,
+    grid_sample_case,
+    randn,
+    warp_inpaint_case,
+)
 from tests.cuda_emu import emulated_ops, poisoned_outputs  # noqa: F401 (autouse fixture)
-
-DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +31,7 @@ def ops():
     return emulated_ops("warp")
 
 
-def _randn(*shape, dtype=torch.float32, scale=1.0):
-    return randn(*shape, dtype=dtype, device="cpu", scale=scale)
+_randn = functools.partial(randn, device="cpu")
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
@@ -33,13 +41,7 @@ def test_grid_sample(ops, dtype, layout):
     # the last spans several 256-thread blocks, the final one partial
     for N, C, H, W, Ho, Wo in [(1, 1, 1, 1, 1, 1), (2, 3, 2, 2, 3, 2), (1, 16, 7, 6, 4, 9), (2, 40, 5, 3, 3, 5),
                                (2, 24, 9, 11, 13, 17)]:
-        inp = _randn(N, C, H, W, dtype=dtype)
-        if layout == "channels_last":
-            inp = channels_last(inp)
-        grid = _randn(N, Ho, Wo, 2, dtype=dtype, scale=1.5)
-        for pad in PADS:
-            for align in (False, True):
-                check_grid_sample(ops, inp, grid, pad, align, det_repeat=True)
+        grid_sample_case(ops, (N, C, H, W, Ho, Wo), dtype, "cpu", layout, det_repeat=True)
 
 
 def test_grid_sample_special_inputs(ops):
@@ -53,26 +55,17 @@ def test_grid_sample_special_inputs(ops):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_compose_flow(ops, dtype):
     torch.manual_seed(3)
-    for N, K, H, W in [(1, 1, 1, 1), (2, 3, 3, 5), (1, 2, 4, 1), (2, 3, 9, 11)]:
-        coarse, fine = _randn(N, K, H, W, dtype=dtype), _randn(N, K, 2 * H, 2 * W, dtype=dtype)
-        go = _randn(N, K, 2 * H, 2 * W, dtype=dtype)
-        check_compose_flow(ops, coarse, fine, go)
-        check_compose_flow(ops, channels_last(coarse), non_contiguous(fine), non_contiguous(go))
+    for shape in [(1, 1, 1, 1), (2, 3, 3, 5), (1, 2, 4, 1), (2, 3, 9, 11)]:
+        compose_flow_case(ops, shape, dtype, "cpu")
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_warp_inpaint(ops, dtype, layout):
     torch.manual_seed(4)
-    for N, C, H, W, has_skip in [(1, 1, 1, 1, False), (1, 2, 2, 2, True), (2, 3, 5, 7, False),
-                                 (2, 16, 6, 10, True), (1, 40, 4, 2, True), (2, 20, 14, 18, True)]:
-        feat, x = _randn(N, C, H, W, dtype=dtype), _randn(N, C, H, W, dtype=dtype)
-        logits = _randn(N, 3, H, W, dtype=dtype, scale=0.7)
-        skip = _randn(N, 3, H // 2, W // 2, dtype=dtype, scale=0.7) if has_skip else None
-        if layout == "channels_last":
-            feat, x = channels_last(feat), channels_last(x)
-        for align in (False, True):
-            check_warp_inpaint(ops, feat, x, logits, skip, align, det_repeat=True)
+    for shape in [(1, 1, 1, 1, False), (1, 2, 2, 2, True), (2, 3, 5, 7, False),
+                  (2, 16, 6, 10, True), (1, 40, 4, 2, True), (2, 20, 14, 18, True)]:
+        warp_inpaint_case(ops, shape, dtype, "cpu", layout, det_repeat=True)
 
 
 def test_warp_inpaint_special_inputs(ops):

@@ -3,6 +3,8 @@
 On a CPU-only machine these run under TRITON_INTERPRET=1 (set by conftest.py), on CPU tensors;
 with CUDA they run the compiled Triton kernels on the GPU. Shapes are tiny: the interpreter is slow.
 """
+import functools
+
 import pytest
 import torch
 
@@ -10,14 +12,19 @@ import leo_kernels
 from leo_kernels import reference as R
 from leo_kernels.triton import warp_triton as T
 from tests._util import assert_close, channels_last, non_contiguous
-from tests._warp_gpu_checks import PADS, check_compose_flow, check_grid_sample, check_warp_inpaint, randn, tol
+from tests._warp_gpu_checks import (
+    DTYPES,
+    check_grid_sample_modes,
+    check_warp_inpaint,
+    compose_flow_case,
+    grid_sample_case,
+    randn,
+    tol,
+    warp_inpaint_case,
+)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
-
-
-def _randn(*shape, dtype=torch.float32, scale=1.0):
-    return randn(*shape, dtype=dtype, device=DEV, scale=scale)
+_randn = functools.partial(randn, device=DEV)
 
 
 # --------------------------------------------------------------------------- grid_sample
@@ -33,13 +40,7 @@ GS_SHAPES = [  # N, C, H, W, Ho, Wo
 @pytest.mark.parametrize("shape", GS_SHAPES, ids=str)
 def test_grid_sample_matches_reference(shape, dtype):
     torch.manual_seed(sum(shape))
-    N, C, H, W, Ho, Wo = shape
-    inp = _randn(N, C, H, W, dtype=dtype)
-    # Mostly in range, some outside (exercises every padding mode's edge handling).
-    grid = _randn(N, Ho, Wo, 2, dtype=dtype, scale=1.5)
-    for pad in PADS:
-        for align in (False, True):
-            check_grid_sample(T, inp, grid, pad, align)
+    grid_sample_case(T, shape, dtype, DEV)
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "non_contiguous", "far_out_of_range"])
@@ -54,9 +55,7 @@ def test_grid_sample_layouts_and_far_samples(layout):
         assert not inp.is_contiguous() and not grid.is_contiguous()
     else:
         grid = grid * 40.0  # samples tens of images away
-    for pad in PADS:
-        for align in (False, True):
-            check_grid_sample(T, inp, grid, pad, align, det_repeat=True)
+    check_grid_sample_modes(T, inp, grid, det_repeat=True)
 
 
 def test_grid_sample_channels_last_output_layout():
@@ -89,12 +88,7 @@ def test_grid_sample_bad_padding_mode():
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 3, 5), (1, 2, 4, 1)], ids=str)
 def test_compose_flow_matches_reference(shape, dtype):
     torch.manual_seed(3)
-    N, K, H, W = shape
-    coarse = _randn(N, K, H, W, dtype=dtype)
-    fine = _randn(N, K, 2 * H, 2 * W, dtype=dtype)
-    go = _randn(N, K, 2 * H, 2 * W, dtype=dtype)
-    check_compose_flow(T, coarse, fine, go)
-    check_compose_flow(T, channels_last(coarse), non_contiguous(fine), non_contiguous(go))
+    compose_flow_case(T, shape, dtype, DEV)
 
 
 # --------------------------------------------------------------------------- warp_inpaint
@@ -111,13 +105,7 @@ WI_SHAPES = [  # N, C, H, W, with skip
 @pytest.mark.parametrize("shape", WI_SHAPES, ids=str)
 def test_warp_inpaint_matches_reference(shape, dtype):
     torch.manual_seed(4)
-    N, C, H, W, has_skip = shape
-    feat = _randn(N, C, H, W, dtype=dtype)
-    x = _randn(N, C, H, W, dtype=dtype)
-    logits = _randn(N, 3, H, W, dtype=dtype, scale=0.7)
-    skip = _randn(N, 3, H // 2, W // 2, dtype=dtype, scale=0.7) if has_skip else None
-    for align in (False, True):
-        check_warp_inpaint(T, feat, x, logits, skip, align)
+    warp_inpaint_case(T, shape, dtype, DEV)
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "non_contiguous", "far_flows"])
