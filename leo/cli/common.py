@@ -216,19 +216,33 @@ def int_list(text):
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def add_training_args(p, default_steps: int, optimizer: str, out_help: str, out_metavar: str | None = None):
+    """The flags of every trainer (leo.train.common.TrainConfig's loop fields): --out, --steps, --lr,
+    --save-every, --log-every, --seed, --resume and --device; :func:`training_kwargs` reads them."""
+    p.add_argument("--out", required=True, metavar=out_metavar, help=out_help)
+    p.add_argument("--steps", type=int, default=default_steps, help=f"total optimizer steps (default {default_steps})")
+    p.add_argument("--lr", type=float, default=2e-4, help=f"{optimizer} learning rate (default 2e-4)")
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint interval in steps (default 500)")
+    p.add_argument("--log-every", type=int, default=10, help="metrics.csv interval in steps (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue {out_metavar or 'OUT'}/checkpoint.pt when it exists")
+    add_device(p)
+
+
+def training_kwargs(args) -> dict:
+    """The TrainConfig fields given by :func:`add_training_args`' flags (but ``device``, whose
+    default each trainer spells its own way)."""
+    return dict(steps=args.steps, lr=args.lr, save_every=args.save_every, log_every=args.log_every,
+                seed=args.seed, resume=args.resume)
+
+
 def add_diffusion_training_args(p, default_steps):
     """The flags `train-lmdm` and `train-first-frame` share."""
     p.add_argument("--data", required=True, help="folder of videos (mp4/mov/avi/webm) or frame folders (png/jpg)")
-    p.add_argument("--out", required=True, help="output folder (weights, checkpoint.pt, metrics.csv)")
-    p.add_argument("--steps", type=int, default=default_steps, help=f"total training steps (default {default_steps})")
+    add_training_args(p, default_steps, "AdamW", "output folder (weights, checkpoint.pt, metrics.csv)")
     p.add_argument("--batch-size", type=int, default=16, help="batch size per process (default 16)")
-    p.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate (default 2e-4)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the exported weights (default 0.999)")
-    p.add_argument("--save-every", type=int, default=500, help="checkpoint interval in steps (default 500)")
-    p.add_argument("--log-every", type=int, default=10, help="metrics.csv interval in steps (default 10)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt when it exists")
-    add_device(p)
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     p.add_argument("--objective", choices=("eps", "v"), default=None,
                    help="diffusion prediction target (default: eps for first-frame, v for LMDM)")

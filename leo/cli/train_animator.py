@@ -8,7 +8,7 @@ with gloo):
 from __future__ import annotations
 
 from leo.cli import UserError
-from leo.cli.common import add_device, resolve_device
+from leo.cli.common import add_training_args, resolve_device, training_kwargs
 
 
 def register(sub):
@@ -16,16 +16,14 @@ def register(sub):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", metavar="DIR", help="folder of videos (mp4/mov/avi/webm) and/or frame folders (png/jpg)")
     src.add_argument("--synthetic", metavar="N", type=int, help="generate N synthetic videos into OUT/data and train on them")
-    p.add_argument("--out", required=True, metavar="RUN_DIR",
-                   help="run folder: checkpoint.pt, metrics.csv, loss.png, samples/, animator.safetensors")
+    add_training_args(p, 2000, "Adam (both networks)",
+                      "run folder: checkpoint.pt, metrics.csv, loss.png, samples/, animator.safetensors", "RUN_DIR")
     p.add_argument("--size", type=int, default=64, help="image size, a power of two 32..512 (default 64)")
     p.add_argument("--width", type=float, default=0.25, help="channel width of the animator, 1.0 = LIA (default 0.25)")
     p.add_argument("--style-dim", type=int, default=512, help="latent size (default 512, as LIA)")
     p.add_argument("--motion-dim", type=int, default=20, help="motion code size (default 20, as LIA)")
-    p.add_argument("--steps", type=int, default=2000, help="total optimizer steps (default 2000)")
     p.add_argument("--batch", type=int, default=8, help="batch per process and micro-batch (default 8)")
     p.add_argument("--accum", type=int, default=1, help="gradient-accumulation micro-batches per step (default 1)")
-    p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate, both networks (default 2e-4)")
     rec = p.add_argument_group("recipe (docs/MOTION.md; --init random --lia-grid --absolute-latent --pyramid 0 "
                                "--lr 2e-3 is LIA's)")
     rec.add_argument("--init", choices=("copy", "random"), default="copy",
@@ -42,16 +40,11 @@ def register(sub):
                    help="local VGG19 weights in torchvision format; turns the perceptual loss on")
     p.add_argument("--r1", type=float, default=0.0, metavar="GAMMA", help="R1 penalty weight (default 0 = off)")
     p.add_argument("--r1-every", type=int, default=16, help="lazy R1: apply every N steps (default 16)")
-    p.add_argument("--save-every", type=int, default=500, help="checkpoint interval in steps (default 500)")
     p.add_argument("--sample-every", type=int, default=500, help="PNG sample-grid interval (default 500)")
     p.add_argument("--eval-every", type=int, default=250, help="held-out evaluation interval: L1/PSNR/SSIM, copy baseline, gain, motion ratio (default 250)")
-    p.add_argument("--log-every", type=int, default=10, help="metrics.csv interval (default 10)")
     p.add_argument("--frames", type=int, default=48, help="frames per synthetic video (default 48)")
     p.add_argument("--max-frames", type=int, default=None, help="use at most this many frames of each clip")
     p.add_argument("--test-fraction", type=float, default=0.1, help="share of clips held out (default 0.1)")
-    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt when it exists")
-    add_device(p)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's; 1 is fastest for tiny models on a busy CPU)")
@@ -100,11 +93,10 @@ def run_train(args) -> int:
     cfg = Stage1Config(
         out=args.out, data=args.data, synthetic=args.synthetic or 0, synthetic_frames=args.frames,
         size=args.size, width=args.width, style_dim=args.style_dim, motion_dim=args.motion_dim,
-        steps=args.steps, batch=args.batch, accum=args.accum, lr=args.lr, adv_weight=args.adv_weight,
-        vgg19=args.vgg19, r1=args.r1, r1_every=args.r1_every, save_every=args.save_every, sample_every=args.sample_every,
-        eval_every=args.eval_every, log_every=args.log_every, max_frames=args.max_frames,
-        test_fraction=args.test_fraction, seed=args.seed, device=args.device or "auto", workers=args.workers,
-        threads=args.threads, amp=not args.no_amp, resume=args.resume, init=args.init,
+        batch=args.batch, accum=args.accum, adv_weight=args.adv_weight, vgg19=args.vgg19, r1=args.r1,
+        r1_every=args.r1_every, sample_every=args.sample_every, eval_every=args.eval_every, max_frames=args.max_frames,
+        test_fraction=args.test_fraction, device=args.device or "auto", workers=args.workers,
+        threads=args.threads, amp=not args.no_amp, init=args.init, **training_kwargs(args),
         motion_gain=args.motion_gain, align_corners=not args.lia_grid, relative_latent=not args.absolute_latent,
         pyramid=args.pyramid,
     )

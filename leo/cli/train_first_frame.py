@@ -6,7 +6,8 @@ One process or torchrun with the same arguments:
 """
 from __future__ import annotations
 
-from leo.cli.common import add_diffusion_training_args, check_diffusion_training_args, int_list, run_diffusion_trainer
+from leo.cli.common import (add_diffusion_training_args, check_diffusion_training_args, int_list, run_diffusion_trainer,
+                            training_kwargs)
 
 
 def register(sub):
@@ -29,9 +30,7 @@ def run_first_frame(args) -> int:
     cfg = FirstFrameTrainConfig(
         data=args.data, out_dir=args.out, image_size=args.size, base_channels=args.channels,
         channel_mults=args.channel_mults, attn_resolutions=args.attn_res, objective=args.objective or "eps",
-        frame_stride=args.frame_stride, frames_per_video=args.frames_per_video, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay, save_every=args.save_every,
-        log_every=args.log_every, seed=args.seed, resume=args.resume, device=args.device, amp=args.amp,
-        sample_count=max(0, args.samples),
+        frame_stride=args.frame_stride, frames_per_video=args.frames_per_video, sample_count=max(0, args.samples),
+        batch_size=args.batch_size, ema_decay=args.ema_decay, device=args.device, amp=args.amp, **training_kwargs(args),
     )
     return run_diffusion_trainer(train_first_frame, cfg)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 
 from leo.cli import UserError
-from leo.cli.common import add_diffusion_training_args, check_diffusion_training_args, int_list, run_diffusion_trainer
+from leo.cli.common import (add_diffusion_training_args, check_diffusion_training_args, int_list, run_diffusion_trainer,
+                            training_kwargs)
 
 
 def register(sub):
@@ -41,8 +42,6 @@ def run_lmdm(args) -> int:
         data=args.data, animator=args.animator, out_dir=args.out, window=args.window, p_uncond=args.p_uncond,
         cache_dir=args.cache_dir, encode_batch=args.encode_batch, channels=args.channels, objective=args.objective or "v",
         channel_mult=args.channel_mult, head_dim=args.head_dim,
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay,
-        save_every=args.save_every, log_every=args.log_every, seed=args.seed, resume=args.resume,
-        device=args.device, amp=args.amp,
+        batch_size=args.batch_size, ema_decay=args.ema_decay, device=args.device, amp=args.amp, **training_kwargs(args),
     )
     return run_diffusion_trainer(train_lmdm, cfg)
