@@ -1,4 +1,4 @@
-"""Helpers for comparing fast paths with the eager reference."""
+"""Helpers for comparing fast paths with the eager reference, and saved training states."""
 from __future__ import annotations
 
 import torch
@@ -36,3 +36,20 @@ def non_contiguous(t: torch.Tensor) -> torch.Tensor:
     big = torch.empty(*t.shape[:-1], t.shape[-1] * 2, dtype=t.dtype, device=t.device)
     big[..., ::2] = t
     return big[..., ::2]
+
+
+def assert_states_equal(a, b, where: str = "") -> None:
+    """``a`` and ``b`` (state_dicts, optimizer states, RNG states: nested dicts, lists and
+    tensors) are identical, keys and values; the message names the first place that differs."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_states_equal(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_states_equal(x, y, f"{where}[{i}]")
+    elif torch.is_tensor(a):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where

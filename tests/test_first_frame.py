@@ -10,6 +10,7 @@ from PIL import Image
 from leo.cli import main as leo_main
 from leo.first_frame import FirstFrameModel, as_first_frame_generator, load_first_frame_generator
 from leo.train import common
+from tests._util import assert_states_equal
 
 TINY = dict(image_size=16, base_channels=8, channel_mults=(1, 2), attn_resolutions=(8,))
 
@@ -196,9 +197,8 @@ def test_train_first_frame_resume_is_exact(blob_data, tmp_path):
     a = common.load_training_checkpoint(straight / "checkpoint.pt")
     b = common.load_training_checkpoint(resumed / "checkpoint.pt")
     assert a["step"] == b["step"] == 8
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-        assert torch.equal(a["ema"][k], b["ema"][k]), k
+    for key in ("model", "ema"):
+        assert_states_equal(a[key], b[key], key)
     # The CSV keeps one consistent history across the resume.
     steps = [int(line.split(",")[0]) for line in (resumed / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == [2, 4, 6, 8]

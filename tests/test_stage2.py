@@ -4,6 +4,7 @@ import torch
 
 from leo.cli import main as leo_main
 from leo.train import common, stage2
+from tests._util import assert_states_equal
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +57,7 @@ def test_train_lmdm_loss_cache_and_resume(setup, tmp_path, monkeypatch):
     a = common.load_training_checkpoint(straight / "checkpoint.pt")
     b = common.load_training_checkpoint(resumed / "checkpoint.pt")
     assert a["step"] == b["step"] == 24
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert_states_equal(a["model"], b["model"], "model")
 
     # The loss on a fixed batch (fixed timesteps and noise) is clearly below the initial one.
     from leo.lmdm import LMDM

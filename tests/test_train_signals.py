@@ -22,6 +22,7 @@ if str(REPO) not in sys.path:  # run as a torchrun worker script
     sys.path.insert(0, str(REPO))
 
 from leo.train import common  # noqa: E402
+from tests._util import assert_states_equal  # noqa: E402
 
 KINDS = ("stage1", "lmdm", "first_frame")
 STEPS = 4
@@ -84,21 +85,6 @@ def run_chain(kind: str, root: pathlib.Path, out: pathlib.Path, plan, rank: int 
     return results
 
 
-def _equal(a, b, where=""):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _equal(a[k], b[k], f"{where}[{k!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _equal(x, y, f"{where}[{i}]")
-    elif torch.is_tensor(a):
-        assert torch.equal(a, b), where
-    else:
-        assert a == b, where
-
-
 def check_chain(kind: str, out: pathlib.Path, results: list[dict], plan) -> None:
     stops = [at for at, _, _ in plan]
     assert [r["step"] for r in results] == [*stops, STEPS], results
@@ -108,7 +94,7 @@ def check_chain(kind: str, out: pathlib.Path, results: list[dict], plan) -> None
     got = common.load_training_checkpoint(out / "run" / common.CHECKPOINT_NAME)
     assert ref["step"] == got["step"] == STEPS
     for key in STATE_KEYS[kind]:
-        _equal(ref[key], got[key], key)
+        assert_states_equal(ref[key], got[key], key)
     loss = LOSS_KEY[kind]  # one consistent history, step by step the uninterrupted run's
     ref_rows = common.read_metrics(out / "ref" / "metrics.csv")[loss]
     assert common.read_metrics(out / "run" / "metrics.csv")[loss] == ref_rows

@@ -25,6 +25,7 @@ from leo.train.common import (
     seed_everything,
     set_rng_state,
 )
+from tests._util import assert_states_equal
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -277,20 +278,6 @@ def _cfg(out, data, **kw):
     return Stage1Config(**base)
 
 
-def _states_equal(a: dict, b: dict):
-    for k in a:
-        va, vb = a[k], b[k]
-        if isinstance(va, dict):
-            _states_equal(va, vb)
-        elif torch.is_tensor(va):
-            assert torch.equal(va, vb), k
-        elif isinstance(va, list) and va and isinstance(va[0], dict):
-            for x, y in zip(va, vb):
-                _states_equal(x, y)
-        else:
-            assert va == vb, k
-
-
 def test_trainer_reduces_loss_and_writes_outputs(tmp_path, synth_data):
     from leo.animator import Animator
     from leo.train.common import read_metrics
@@ -345,7 +332,7 @@ def test_resume_after_kill_mid_checkpoint_write_is_exact(tmp_path, synth_data, m
     assert s["finished"]
     ck = load_training_checkpoint(tmp_path / "run" / "checkpoint.pt")
     for key in ("G", "D", "opt_g", "opt_d"):
-        _states_equal(ref_ck[key], ck[key])
+        assert_states_equal(ref_ck[key], ck[key], key)
     assert ck["step"] == 4 and ck["data_position"] == ref_ck["data_position"] == 4 * 2
     ref_rows = common.read_metrics(tmp_path / "ref" / "metrics.csv")
     rows = common.read_metrics(tmp_path / "run" / "metrics.csv")
@@ -369,8 +356,8 @@ def test_sigint_stops_cleanly_and_resume_matches(tmp_path, synth_data):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     s = train_stage1(_cfg(tmp_path / "run", synth_data, steps=3, adv_weight=0.0, resume=True))
     assert s["finished"] and s["final_eval"] == ref["final_eval"]
-    _states_equal(load_training_checkpoint(tmp_path / "ref" / "checkpoint.pt")["G"],
-                  load_training_checkpoint(tmp_path / "run" / "checkpoint.pt")["G"])
+    assert_states_equal(load_training_checkpoint(tmp_path / "ref" / "checkpoint.pt")["G"],
+                        load_training_checkpoint(tmp_path / "run" / "checkpoint.pt")["G"], "G")
 
 
 def test_config_errors(tmp_path, synth_data):
