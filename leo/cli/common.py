@@ -70,9 +70,12 @@ def rewrite_deprecated(argv: list[str]) -> list[str]:
 
 # --------------------------------------------------------------------------- device, dtype, progress
 def resolve_device(name: str | None, flag: str = "--device") -> torch.device:
-    """None/"auto" -> cuda when available, else cpu; anything else is checked as given."""
+    """None/"auto" -> cuda when available, else cpu (leo.train.common.resolve_device, the one rule);
+    anything else is checked as given, with errors that name ``flag``."""
     if name is None or name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        from leo.train.common import resolve_device as auto_device
+
+        return auto_device(name)
     try:
         dev = torch.device(name)
     except RuntimeError:

@@ -13,6 +13,8 @@ import pathlib
 import sys
 import time
 
+from leo.cli.common import add_device, resolve_device
+
 # name: (videos, frames, size, animator width, animator steps, lmdm steps, first-frame steps,
 #        first-frame size, sampling steps)
 PRESETS = {
@@ -31,7 +33,7 @@ def register(sub):
     p = sub.add_parser("demo", help="train small models of every kind on synthetic data and render sample videos")
     p.add_argument("--out", default="demo_out", help="output folder (default: ./demo_out)")
     p.add_argument("--data", default=None, help="train on this folder of real videos instead of synthetic ones")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_device(p)
     p.add_argument("--quick", action="store_true", help="tiny models and a few steps (CI smoke run, ~2 min)")
     p.add_argument("--animator-steps", type=int, default=None, help="stage-1 steps (overrides the preset)")
     p.add_argument("--lmdm-steps", type=int, default=None, help="stage-2 steps (overrides the preset)")
@@ -134,7 +136,6 @@ def run(args) -> int:
     import torch
 
     from leo.cli import UserError
-    from leo.train.common import resolve_device
 
     t0 = time.time()
     p = dict(PRESETS["quick" if args.quick else "full"])
@@ -147,10 +148,7 @@ def run(args) -> int:
             if v < 1:
                 raise UserError(f"--{flag.replace('_', '-')} must be positive, got {v}")
             p[key] = v
-    try:
-        device = resolve_device(args.device)
-    except ValueError as exc:
-        raise UserError(f"--device: {exc}") from None
+    device = resolve_device(args.device)
     if args.data is not None and not os.path.isdir(args.data):
         raise UserError(f"--data: folder not found: {args.data}")
     out = os.path.abspath(args.out)
