@@ -11,17 +11,8 @@ import leo_kernels
 from leo_kernels import _backend
 from leo_kernels import reference as R
 from tests._util import assert_close, channels_last, non_contiguous
-from tests._warp_gpu_checks import (
-    DTYPES,
-    CompiledOps,
-    check_grid_sample_modes,
-    check_warp_inpaint,
-    compose_flow_case,
-    grid_sample_case,
-    randn,
-    tol,
-    warp_inpaint_case,
-)
+from tests._warp_gpu_checks import DTYPES, CompiledOps, check_grid_sample_modes, check_warp_inpaint, randn, tol
+from tests._warp_gpu_checks import compose_flow_case, grid_sample_case, warp_inpaint_case
 
 if not torch.cuda.is_available():
     pytestmark = pytest.mark.skip(reason="needs a CUDA device (none visible)")

@@ -13,16 +13,8 @@ import pytest
 import torch
 
 from tests._util import non_contiguous
-from tests._warp_gpu_checks import (
-    DTYPES,
-    PADS,
-    check_grid_sample,
-    check_warp_inpaint,
-    compose_flow_case,
-    grid_sample_case,
-    randn,
-    warp_inpaint_case,
-)
+from tests._warp_gpu_checks import DTYPES, PADS, check_grid_sample, check_warp_inpaint, randn
+from tests._warp_gpu_checks import compose_flow_case, grid_sample_case, warp_inpaint_case
 from tests.cuda_emu import emulated_ops, poisoned_outputs  # noqa: F401 (autouse fixture)
 
 

@@ -12,16 +12,8 @@ import leo_kernels
 from leo_kernels import reference as R
 from leo_kernels.triton import warp_triton as T
 from tests._util import assert_close, channels_last, non_contiguous
-from tests._warp_gpu_checks import (
-    DTYPES,
-    check_grid_sample_modes,
-    check_warp_inpaint,
-    compose_flow_case,
-    grid_sample_case,
-    randn,
-    tol,
-    warp_inpaint_case,
-)
+from tests._warp_gpu_checks import DTYPES, check_grid_sample_modes, check_warp_inpaint, randn, tol
+from tests._warp_gpu_checks import compose_flow_case, grid_sample_case, warp_inpaint_case
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 _randn = functools.partial(randn, device=DEV)
