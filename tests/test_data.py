@@ -54,7 +54,18 @@ def test_synthetic_moves_smoothly():
     assert v[0].std(dim=(1, 2)).min() > 0.05
 
 
+def test_synthetic_sway_scales_the_figure_travel():
+    base = render_video(seed=2, index=1, num_frames=30, size=48)
+    assert torch.equal(render_video(seed=2, index=1, num_frames=30, size=48, sway=1.0), base)
+    far = [(render_video(seed=2, index=i, num_frames=30, size=48, sway=s)[-1]
+            - render_video(seed=2, index=i, num_frames=30, size=48, sway=s)[0]).abs().mean() for s in (0.0, 4.0)
+           for i in range(3)]
+    assert sum(far[3:]) > 1.2 * sum(far[:3]), "a larger sway must move the figure further"
+
+
 def test_synthetic_bad_arguments():
+    with pytest.raises(ValueError, match="sway"):
+        render_video(0, 0, 4, 8, sway=-1)
     with pytest.raises(ValueError, match="size"):
         render_video(0, 0, 4, 0)
     with pytest.raises(ValueError, match="num_frames"):

@@ -14,6 +14,7 @@ Data: 24 synthetic clips of seed 0 for training, 8 clips of seed 1000 held out (
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 
@@ -55,6 +56,13 @@ def main(argv=None):
     p.add_argument("--equivariance", type=int, default=0,
                    help="this many samples per batch are (frame, known affine warp of it) with a flow loss")
     p.add_argument("--affine-magnitude", type=float, default=0.1)
+    p.add_argument("--motion-weight", type=float, default=0.0,
+                   help="weight the full-resolution L1 by 1 + K * |target - source| (normalized): moving regions count more")
+    p.add_argument("--motion-weight-steps", type=int, default=0,
+                   help="apply --motion-weight only for the first N steps (0: always)")
+    p.add_argument("--ema", type=float, default=0.0, help="evaluate an EMA of the generator with this decay (0: off)")
+    p.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 (LIA/StyleGAN: 0)")
+    p.add_argument("--sway", type=float, default=1.0, help="synthetic figure travel (render_video's sway)")
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON file for the log (default: ablation_NAME.json)")
@@ -63,17 +71,21 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     size = 64
-    train = torch.stack([render_video(0, i, 48, size) for i in range(24)])  # (V, T, 3, S, S)
-    heldout = [render_video(1000, i, 48, size) for i in range(8)]
+    train = torch.stack([render_video(0, i, 48, size, sway=a.sway) for i in range(24)])  # (V, T, 3, S, S)
+    heldout = [render_video(1000, i, 48, size, sway=a.sway) for i in range(8)]
     G = Animator(size=size, style_dim=128, width=0.125, align_corners=a.align_corners, relative_latent=a.relative)
     if a.init != "random":
         G.init_copy_source(motion_gain=30.0 if a.init == "copy_amp" else 1.0)
-    opt = torch.optim.Adam(G.parameters(), lr=a.lr, betas=(0.0, 0.99))
+    opt = torch.optim.Adam(G.parameters(), lr=a.lr, betas=(a.beta1, 0.99))
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False) if a.ema > 0 else None
     rng = np.random.default_rng(0)
     log, t0 = [], time.time()
 
     def evaluate(step):
         r = {k: round(v, 4) for k, v in animator_report(G, heldout, pairs_per_clip=8).items()}
+        if a.ema > 0:
+            r.update({"ema_" + k: round(v, 4) for k, v in animator_report(G_ema, heldout, pairs_per_clip=8).items()
+                      if k in ("l1", "gain", "motion_ratio", "psnr")})
         r.update(step=step, seconds=round(time.time() - t0, 1))
         print(json.dumps(r), flush=True)
         log.append(r)
@@ -92,6 +104,10 @@ def main(argv=None):
         latent = G.latent(wa, alpha_t, alpha_s)
         recon, flow = G.dec(latent, [f[:a.batch] for f in feats], return_flow=True)
         loss = reconstruction_loss(recon, tgt, a.pyramid)
+        if a.motion_weight > 0 and (a.motion_weight_steps == 0 or step <= a.motion_weight_steps):
+            moving = (tgt - src).abs().mean(1, keepdim=True)
+            moving = moving / moving.mean((2, 3), keepdim=True).clamp_min(1e-6)
+            loss = loss + a.motion_weight * (moving * (recon - tgt).abs()).mean()
         if a.code_floor > 0:
             loss = loss + torch.relu(a.code_floor - (alpha_t - alpha_s).abs().mean())
         if ne:
@@ -102,6 +118,12 @@ def main(argv=None):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if a.ema > 0:
+            with torch.no_grad():
+                for pe, pg in zip(G_ema.parameters(), G.parameters()):
+                    pe.lerp_(pg, 1 - a.ema)
+                for be, bg in zip(G_ema.buffers(), G.buffers()):
+                    be.copy_(bg)
         if step % a.eval_every == 0 or step == a.steps:
             evaluate(step)
     with open(a.out or f"ablation_{a.name}.json", "w") as f:

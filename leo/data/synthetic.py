@@ -119,11 +119,13 @@ def _segments(fig: _Figure, t: np.ndarray):
 
 
 def render_video(seed: int, index: int = 0, num_frames: int = 32, size: int = 64, fps: float = 25.0,
-                 camera: float = 0.0) -> torch.Tensor:
+                 camera: float = 0.0, sway: float = 1.0) -> torch.Tensor:
     """Render synthetic video ``index`` of ``seed``: (T, 3, size, size) float32 in [-1, 1].
 
     ``camera``: amplitude (in frame units) of a smooth hand-held camera motion that moves the
     whole scene, background included (0: a static camera, the figure alone moves).
+    ``sway``: scales how far the figure itself travels (its hip drift and slow pan); 1 is the
+    original generator, larger values make the figure walk and sway across the frame.
     """
     for name, v in (("num_frames", num_frames), ("size", size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -132,10 +134,13 @@ def render_video(seed: int, index: int = 0, num_frames: int = 32, size: int = 64
         raise ValueError(f"fps must be positive, got {fps!r}")
     if not 0 <= camera <= 0.5:
         raise ValueError(f"camera must be in [0, 0.5] (frame units), got {camera!r}")
+    if not 0 <= sway <= 5:
+        raise ValueError(f"sway must be in [0, 5], got {sway!r}")
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index)])
     fig = _figure(rng)
+    fig.drift[:, 0] *= sway
     paint = _background(rng)
-    pan = rng.uniform(-0.03, 0.03, size=2)  # slow drift of the figure, in frame units
+    pan = rng.uniform(-0.03, 0.03, size=2) * sway  # slow drift of the figure, in frame units
     cam_freq, cam_phase = rng.uniform(0.2, 0.6, size=2), rng.uniform(0, 2 * math.pi, size=2)
     t = np.arange(num_frames, dtype=np.float64) * (25.0 / fps) / 25.0
     segs = _segments(fig, t)
