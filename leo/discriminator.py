@@ -13,15 +13,9 @@ import warnings
 import torch
 from torch import nn
 
-from leo.layers import EqualConvAct, EqualLinear, KernelUser, ResBlock, channel_table as _channel_table
+from leo.layers import EqualConvAct, EqualLinear, KernelUser, ResBlock, channel_table
 
 _UNSET = object()
-
-
-def channel_table(size: int, width: float = 1.0) -> dict[int, int]:
-    """Channels per resolution (StyleGAN2's table scaled by ``width``; at least 8):
-    ``leo.layers.channel_table(size, width=width, min_channels=8)``."""
-    return _channel_table(size, width=width, min_channels=8)
 
 
 class Discriminator(nn.Module):
@@ -48,7 +42,7 @@ class Discriminator(nn.Module):
         if not (isinstance(width, (int, float)) and 0 < width <= 16):
             raise ValueError(f"width must be a number in (0, 16], got {width!r}")
         self.size, self.width, self.mbstd_group = size, float(width), int(mbstd_group)
-        ch = channel_table(size, width)
+        ch = channel_table(size, width=width, min_channels=8)  # at least 8 channels per level
         self.from_rgb = EqualConvAct(3, ch[size], 1)
         blocks, res = [], size
         while res > 4:
