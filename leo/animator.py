@@ -43,6 +43,8 @@ from leo.layers import (
     StyledConv,
     ToRGB,
     channel_table,
+    _backend_of,
+    aten_path,
     full,
     set_backend,
 )
@@ -96,6 +98,10 @@ class EncoderApp(nn.Module):
         """-> (wa (B, style_dim), features at 8..size coarse to fine, or [] if not asked)."""
         feats = []
         n = len(self.convs)
+        if aten_path(_backend_of(self.convs[0]), x):
+            # NHWC on the CPU fast path: oneDNN convolves channels_last without reordering each
+            # call (the features, and with them the decoder, stay NHWC)
+            x = x.contiguous(memory_format=torch.channels_last)
         for i, conv in enumerate(self.convs):
             x = conv(x)
             if with_feats and i < n - 2:  # drop the 4x4 block output and the final code
@@ -350,7 +356,7 @@ class Animator(nn.Module):
             # One encoder pass over source and driving images together (per-sample math).
             wa_all, feats = self.enc.net_app(torch.cat((img_source, img_drive)))
             wa, wa_t = wa_all[:bs], wa_all[bs:]
-            feats = [f[:bs] for f in feats]
+            feats = [_Head.apply(f, bs) for f in feats]
         else:
             wa, feats = self.enc.net_app(img_source)
             wa_t, _ = self.enc.net_app(img_drive, with_feats=False)
@@ -442,6 +448,24 @@ class Animator(nn.Module):
 
 
 # --------------------------------------------------------------------------- small helpers
+class _Head(torch.autograd.Function):
+    """``t[:n]`` whose gradient keeps ``t``'s memory format (slicing's backward allocates a
+    contiguous zero tensor, which then mixes NCHW into an NHWC encoder's backward)."""
+
+    @staticmethod
+    def forward(ctx, t, n):
+        ctx.n, ctx.shape = n, t.shape
+        ctx.fmt = torch.channels_last if is_channels_last(t) else torch.contiguous_format
+        return t[:n]
+
+    @staticmethod
+    def backward(ctx, g):
+        out = torch.empty(ctx.shape, dtype=g.dtype, device=g.device, memory_format=ctx.fmt)
+        out[: ctx.n] = g
+        out[ctx.n :].zero_()
+        return out, None
+
+
 def _check_int(name, value, lo, hi):
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {value!r}")

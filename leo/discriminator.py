@@ -13,7 +13,7 @@ import warnings
 import torch
 from torch import nn
 
-from leo.layers import EqualConvAct, EqualLinear, KernelUser, ResBlock, channel_table
+from leo.layers import EqualConvAct, EqualLinear, KernelUser, ResBlock, aten_path, channel_table
 
 _UNSET = object()
 
@@ -89,6 +89,8 @@ class Discriminator(nn.Module):
     def forward(self, img: torch.Tensor, group_of: int | None = None) -> torch.Tensor:
         if img.dim() != 4 or img.shape[1] != 3 or img.shape[2] != self.size or img.shape[3] != self.size:
             raise ValueError(f"img must have shape (B, 3, {self.size}, {self.size}), got {tuple(img.shape)}")
+        if aten_path(self.from_rgb.backend, img):
+            img = img.contiguous(memory_format=torch.channels_last)  # oneDNN convs without reorders
         x = self.blocks(self.from_rgb(img))
         x = self.final_conv(self._mbstd(x, group_of or img.shape[0]))
         return self.out(self.fc(x.flatten(1))).squeeze(1).float()

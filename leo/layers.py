@@ -13,6 +13,7 @@ original StyleGAN2/LIA code), for comparison. :func:`set_backend` switches a who
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +77,58 @@ def _as(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == like.dtype else t.to(like.dtype)
 
 
+# --------------------------------------------------------------------------- ATen fast path
+# On CPU the animator's and discriminator's tensors are small (64x64 training: ~1 MB), where a
+# Python custom-op call (~0.15 ms of dispatch each) and a generic FIR kernel cost more than the
+# equivalent ATen ops: a [1,3,3,1] blur is a depthwise convolution, and bias + leaky ReLU * g
+# folds into the preceding conv/linear (leaky_relu(z) * g == leaky_relu(z * g) for g > 0: the
+# gain scales the weight and the bias, then one in-place leaky ReLU). ``backend=None`` on CPU
+# takes this path unless $LEO_KERNELS_BACKEND forces a backend; CUDA keeps the leo_kernels ops.
+_SQRT2 = math.sqrt(2.0)
+_ENV_BACKEND = "LEO_KERNELS_BACKEND"
+
+
+def aten_path(backend: str | None, x: torch.Tensor) -> bool:
+    """Whether a layer with ``backend`` runs its ATen composition for input ``x``."""
+    return backend is None and x.device.type == "cpu" and not os.environ.get(_ENV_BACKEND)
+
+
+def _backend_of(module: nn.Module) -> str | None:
+    """The backend of ``module`` or of its first KernelUser descendant (None if it has none)."""
+    if isinstance(module, KernelUser):
+        return module.backend
+    return next((m.backend for m in module.modules() if isinstance(m, KernelUser)), None)
+
+
+def _lrelu(y: torch.Tensor) -> torch.Tensor:
+    """leaky_relu(y, 0.2) in place on a fresh activation (autograd saves the result)."""
+    return F.leaky_relu_(y, 0.2)
+
+
+def _depthwise(kernel: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The FIR ``kernel`` (kh, kw) as a depthwise conv2d weight (C, 1, kh, kw) for ``x``
+    (flipped: upfirdn2d applies a true convolution, conv2d a correlation)."""
+    kh, kw = kernel.shape
+    return _as(kernel, x).flip((0, 1)).reshape(1, 1, kh, kw).expand(x.shape[1], 1, kh, kw)
+
+
+def fir_down(x: torch.Tensor, kernel: torch.Tensor, pad, down: int = 1) -> torch.Tensor:
+    """upfirdn2d(x, kernel, up=1, down, pad=(p0, p1)) as a depthwise conv (any pad pair)."""
+    p0, p1 = pad
+    if p0 != p1:
+        x = F.pad(x, (p0, p1, p0, p1))
+        p0 = 0
+    return F.conv2d(x, _depthwise(kernel, x), stride=down, padding=p0, groups=x.shape[1])
+
+
+def fir_up2(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """upfirdn2d(x, kernel, up=2, pad=(2, 1)) for a 4x4 ``kernel``: a depthwise stride-2
+    transposed conv cropped by one sample per side (output 2H x 2W)."""
+    kh, kw = kernel.shape
+    w = _as(kernel, x).reshape(1, 1, kh, kw).expand(x.shape[1], 1, kh, kw)
+    return F.conv_transpose2d(x, w, stride=2, padding=1, groups=x.shape[1])
+
+
 # --------------------------------------------------------------------------- plain layers
 class EqualConv2d(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = True):
@@ -109,6 +162,8 @@ class EqualLinear(KernelUser):
 
     def forward(self, x):
         bias = self.bias * self.lr_mul if self.bias is not None else None
+        if self.activate and aten_path(self.backend, x):
+            return _lrelu(F.linear(x, _as(self.weight * (self.scale * _SQRT2), x), _as(bias * _SQRT2, x)))
         if self.activate:
             x = F.linear(x, _as(self.weight * self.scale, x))
             return K.bias_act(x, _as(bias, x), 0.2, math.sqrt(2.0), backend=self.backend)
@@ -127,6 +182,8 @@ class BiasAct(KernelUser):
         self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
     def forward(self, x):
+        if aten_path(self.backend, x):
+            return _lrelu(torch.add(_as(self.bias * _SQRT2, x), x, alpha=_SQRT2))
         return K.bias_act(x, _as(self.bias.view(-1), x), 0.2, math.sqrt(2.0), backend=self.backend)
 
 
@@ -160,6 +217,8 @@ class Blur(KernelUser):
 
     def forward(self, x, down: int = 1):
         """``down``: keep every down-th output sample (a blur followed by subsampling)."""
+        if aten_path(self.backend, x):
+            return fir_down(x, self.kernel, self.pad, down)
         return K.upfirdn2d(x, _as(self.kernel, x), up=1, down=down, pad=self.pad, backend=self.backend)
 
 
@@ -173,6 +232,8 @@ class Upsample(KernelUser):
         self.factor, self.pad = factor, ((p + 1) // 2 + factor - 1, p // 2)
 
     def forward(self, x):
+        if self.factor == 2 and self.kernel.shape == (4, 4) and aten_path(self.backend, x):
+            return fir_up2(x, self.kernel)
         return K.upfirdn2d(x, _as(self.kernel, x), up=self.factor, down=1, pad=self.pad, backend=self.backend)
 
 
@@ -186,6 +247,8 @@ class Downsample(KernelUser):
         self.factor, self.pad = factor, ((p + 1) // 2, p // 2)
 
     def forward(self, x):
+        if aten_path(self.backend, x):
+            return fir_down(x, self.kernel, self.pad, self.factor)
         return K.upfirdn2d(x, _as(self.kernel, x), up=1, down=self.factor, pad=self.pad, backend=self.backend)
 
 
@@ -211,7 +274,33 @@ class ConvLayer(nn.Sequential):
         super().__init__(*layers)
         self.blur_then_subsample = downsample and kernel_size == 1
 
-    def forward(self, x):
+    def forward(self, x, gain: float = 1.0):
+        """``gain``: multiplies the output (the fast path folds it into the weights; ResBlock
+        passes 1/sqrt(2))."""
+        if aten_path(_backend_of(self), x):
+            return self._aten(x, gain)
+        out = self._forward(x)
+        return out if gain == 1.0 else out * gain
+
+    def _aten(self, x, gain):
+        conv = self[1] if isinstance(self[0], Blur) else self[0]
+        act = self[-1] if isinstance(self[-1], BiasAct) else None
+        g = gain * _SQRT2 if act is not None else gain
+        w = _as(conv.weight * (conv.scale * g), x)
+        b = act.bias.view(-1) * g if act is not None else (conv.bias * g if conv.bias is not None else None)
+        b = None if b is None else _as(b, x)
+        if isinstance(self[0], Blur):
+            blur = self[0]
+            if self.blur_then_subsample:
+                return _conv1x1(fir_down(x, blur.kernel, blur.pad, 2), w, b, act is not None)
+            x = F.conv2d(fir_down(x, blur.kernel, blur.pad), w, b, stride=conv.stride)
+        elif w.shape[-1] == 1 and conv.stride == 1:
+            return _conv1x1(x, w, b, act is not None)
+        else:
+            x = F.conv2d(x, w, b, stride=conv.stride, padding=conv.padding)
+        return _lrelu(x) if act is not None else x
+
+    def _forward(self, x):
         if self.blur_then_subsample and self[0].backend != "reference":
             # A 1x1 stride-2 conv reads every other blurred pixel: let the FIR op compute only
             # those (down=2), then a stride-1 1x1 conv. Same values, a quarter of the blur work.
@@ -240,7 +329,25 @@ class EqualConvAct(KernelUser):
         o, i, k, _ = self.weight.shape
         return f"{i}, {o}, kernel_size={k}, downsample={self.downsample}, activate={self.activate}"
 
-    def forward(self, x):
+    def forward(self, x, gain: float = 1.0):
+        """``gain`` multiplies the output (folded into the weights on the fast path)."""
+        if aten_path(self.backend, x):
+            g = gain * _SQRT2 if self.activate else gain
+            w = _as(self.weight * (self.scale * g), x)
+            b = None if self.bias is None else _as(self.bias * g, x)
+            if self.downsample and self.kernel_size == 1:  # a 1x1 stride-2 conv reads every other blurred pixel
+                return _conv1x1(fir_down(x, self.blur.kernel, self.blur.pad, 2), w, b, self.activate)
+            elif self.downsample:
+                x = F.conv2d(fir_down(x, self.blur.kernel, self.blur.pad), w, b, stride=2)
+            elif self.kernel_size == 1:
+                return _conv1x1(x, w, b, self.activate)
+            else:
+                x = F.conv2d(x, w, b, padding=self.kernel_size // 2)
+            return _lrelu(x) if self.activate else x
+        out = self._forward(x)
+        return out if gain == 1.0 else out * gain
+
+    def _forward(self, x):
         w = _as(self.weight * self.scale, x)
         if self.downsample:
             x = F.conv2d(self.blur(x), w, stride=2)
@@ -264,6 +371,10 @@ class ResBlock(nn.Module):
         self.skip = conv(in_ch, out_ch, 1, downsample=True, bias=False, activate=False)
 
     def forward(self, x):
+        # (conv2 + skip) / sqrt(2), the 1/sqrt(2) folded into both branches' weights on the fast path
+        g = 1.0 / math.sqrt(2.0)
+        if aten_path(_backend_of(self.conv1), x):
+            return self.conv2(self.conv1(x), gain=g) + self.skip(x, gain=g)
         out = self.conv2(self.conv1(x))
         return (out + self.skip(x)) / math.sqrt(2.0)
 
@@ -308,7 +419,9 @@ class ModulatedConv2d(KernelUser):
         w2 = (full(self.weight[0]) * self.scale).square().sum(dim=(2, 3))  # (out, in)
         return torch.rsqrt(full(s).square() @ w2.t() + 1e-8)  # (B, out)
 
-    def _batched(self, x, s):
+    def _batched(self, x, s, act_bias=None):
+        """``act_bias`` (1, out, 1, 1): also apply bias + leaky ReLU * sqrt(2) (StyledConv's
+        activation), fused with the demodulation into one multiply-add and an in-place leaky ReLU."""
         b = x.shape[0]
         w = self.weight[0] * self.scale
         if self.kernel_size == 1 and not self.upsample:
@@ -325,6 +438,16 @@ class ModulatedConv2d(KernelUser):
             out = torch.bmm(wm, x.reshape(b, self.in_ch, h * wd))
             return out.view(b, self.out_ch, h, wd)
         xm = x * _as(s, x).view(b, self.in_ch, 1, 1)
+        if act_bias is not None:
+            # blur is linear per channel, so it commutes with the per-(sample, channel) demodulation
+            if self.upsample and self.kernel_size == 3 and self.blur.pad == (1, 1) and self.blur.kernel.shape == (4, 4):
+                out = _up_blur_aten(xm, w, self.blur.kernel)
+            elif self.upsample:
+                out = self.blur(_conv_transpose3x3_s2(xm, w))
+            else:
+                out = F.conv2d(xm, w, padding=self.padding)
+            d = self._demod(s) * _SQRT2 if self.demodulate else s.new_full((b, self.out_ch), _SQRT2)
+            return _lrelu(torch.addcmul(_as(act_bias * _SQRT2, out), out, _as(d, out).view(b, self.out_ch, 1, 1)))
         if self.upsample:
             out = _conv_transpose3x3_s2(xm, w)
         else:
@@ -354,6 +477,57 @@ class ModulatedConv2d(KernelUser):
         return out
 
 
+class _Interleave(torch.autograd.Function):
+    """(B, C, 2h+3, 2w+3) from four phases (B, C, h+1, w+1): phase (a, c) at rows 1+a::2, columns
+    1+c::2, zero row 0 and column 0. The backward returns strided views of the gradient (no
+    copies; in-place slice assignment under autograd would clone the whole gradient per slice)."""
+
+    @staticmethod
+    def forward(ctx, fmt, ee, eo, oe, oo):
+        b, c, h1, w1 = ee.shape
+        out = torch.empty(b, c, 2 * h1 + 1, 2 * w1 + 1, dtype=ee.dtype, device=ee.device, memory_format=fmt)
+        out[:, :, 0].zero_()
+        out[:, :, :, 0].zero_()
+        out[:, :, 1::2, 1::2] = ee
+        out[:, :, 1::2, 2::2] = eo
+        out[:, :, 2::2, 1::2] = oe
+        out[:, :, 2::2, 2::2] = oo
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return None, g[:, :, 1::2, 1::2], g[:, :, 1::2, 2::2], g[:, :, 2::2, 1::2], g[:, :, 2::2, 2::2]
+
+
+def _up_blur_aten(x, w, kernel):
+    """upfirdn2d(conv_transpose2d(x, w.transpose(0, 1), stride=2), kernel, pad=(1, 1)) for a 3x3
+    ``w`` (out, in, 3, 3) and a 4x4 ``kernel``: (B, out, 2h, 2w). Four phase convs (one per output
+    row/column parity, 9 taps in all, as _conv_transpose3x3_s2), each padded to (h+1, w+1) (the
+    odd phases' extra row/column is zero), interleaved behind a zero row and column, so that the
+    blur's pad is already in place: one unpadded depthwise conv gives the output."""
+    we, wo = w[:, :, 0::2].flip(2), w[:, :, 1:2]  # rows landing on even outputs (taps 2, 0) / odd (tap 1)
+    ee = F.conv2d(x, we[:, :, :, 0::2].flip(3), padding=1)
+    eo = F.conv2d(x, we[:, :, :, 1:2], padding=1)[:, :, :, 1:]
+    oe = F.conv2d(x, wo[:, :, :, 0::2].flip(3), padding=1)[:, :, 1:]
+    oo = F.conv2d(x, wo[:, :, :, 1:2], padding=1)[:, :, 1:, 1:]
+    fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+    y = _Interleave.apply(fmt, ee, eo, oe, oo)
+    return F.conv2d(y, _depthwise(kernel, y), groups=y.shape[1])
+
+
+def _conv1x1(x, w, b=None, act: bool = False):
+    """conv2d with a 1x1 ``w`` (out, in, 1, 1) [+ in-place leaky ReLU]; an NHWC ``x`` contracts its
+    innermost axis in one GEMM (PyTorch's single-thread small-batch 1x1 conv path copies to NCHW
+    and back). The activation runs on the GEMM's output itself, not on the permuted view (an
+    in-place op on a view makes autograd clone the gradient)."""
+    if is_channels_last(x):
+        n, c, h, wd = x.shape
+        y = F.linear(x.permute(0, 2, 3, 1).reshape(n * h * wd, c), w.flatten(1), b)  # a view, one addmm
+        return (_lrelu(y) if act else y).view(n, h, wd, -1).permute(0, 3, 1, 2)
+    y = F.conv2d(x, w, b)
+    return _lrelu(y) if act else y
+
+
 def _conv_transpose3x3_s2(x, w):
     """conv_transpose2d(x, w.transpose(0, 1), stride=2) for a 3x3 ``w`` (out, in, 3, 3), as four
     ordinary convs, one per output phase (even/odd row x even/odd column), whose outputs are
@@ -362,7 +536,8 @@ def _conv_transpose3x3_s2(x, w):
         return F.conv_transpose2d(x, w.transpose(0, 1), stride=2, padding=0)
     b, _, h, wd = x.shape
     even, odd = [2, 0], [1]  # taps landing on even output positions (2i <- x[i-1], x[i]) / odd ones
-    out = x.new_empty(b, w.shape[0], 2 * h + 1, 2 * wd + 1)
+    fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+    out = torch.empty(b, w.shape[0], 2 * h + 1, 2 * wd + 1, dtype=x.dtype, device=x.device, memory_format=fmt)
     out[:, :, 0::2, 0::2] = F.conv2d(x, w[:, :, even][:, :, :, even], padding=1)
     out[:, :, 0::2, 1::2] = F.conv2d(x, w[:, :, even][:, :, :, odd], padding=(1, 0))
     out[:, :, 1::2, 0::2] = F.conv2d(x, w[:, :, odd][:, :, :, even], padding=(0, 1))
@@ -389,7 +564,11 @@ class StyledConv(nn.Module):
         self.activate = BiasAct(out_ch)
 
     def forward(self, x, style):
-        return self.activate(self.noise(self.conv(x, style)))
+        conv = self.conv
+        if aten_path(conv.backend, x) and aten_path(self.activate.backend, x):
+            # NoiseInjection is the identity: modulated conv + bias + leaky ReLU in one epilogue
+            return conv._batched(x, conv.styles(style), act_bias=self.activate.bias)
+        return self.activate(self.noise(conv(x, style)))
 
 
 class ConstantInput(nn.Module):
@@ -414,7 +593,9 @@ class ToRGB(nn.Module):
     def forward(self, x, skip=None):
         out = self.conv(x) + _as(self.bias, x)
         if skip is not None:
-            out = out + self.upsample(_as(skip, out))
+            up = self.upsample(_as(skip, out))
+            # in place on the fresh sum on the fast path (add's backward saves no operand)
+            out = out.add_(up) if aten_path(self.upsample.backend, x) else out + up
         return out
 
 
