@@ -160,7 +160,7 @@ def test_train_first_frame_reduces_loss(blob_data, tmp_path):
 
     out = tmp_path / "run"
     assert leo_main(_train_args(blob_data, out, 40, ["--samples", "2"])) == 0
-    for name in ("first_frame.safetensors", "checkpoint.pt", "metrics.csv", "samples.png"):
+    for name in ("first_frame.safetensors", "checkpoint.pt", "metrics.csv", "samples.png", "loss.png"):
         assert (out / name).is_file(), name
     # Held-out style check: a fixed batch, fixed timesteps and noise, before vs after.
     frames, _ = collect_frames(str(blob_data), 16, 1, 100, progress=False)
@@ -223,6 +223,19 @@ def test_interrupted_checkpoint_write_keeps_previous(blob_data, tmp_path, monkey
     after = common.load_training_checkpoint(out / "checkpoint.pt")
     assert after["step"] == before["step"] == 4
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+def test_without_matplotlib_the_run_finishes_with_a_notice_and_no_plot(blob_data, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    monkeypatch.setattr(common, "_PLOT_NOTICE_SHOWN", False)
+    out = tmp_path / "run"
+    assert leo_main(_train_args(blob_data, out, 2)) == 0
+    assert (out / "first_frame.safetensors").is_file() and (out / "metrics.csv").is_file()
+    assert not (out / "loss.png").exists()
+    err = capsys.readouterr().err
+    assert err.count("matplotlib is not installed") == 1, err
 
 
 def test_cli_errors(tmp_path, capsys):

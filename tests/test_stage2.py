@@ -45,6 +45,7 @@ def test_train_lmdm_loss_cache_and_resume(setup, tmp_path, monkeypatch):
     assert leo_main(_args(root, straight, 24)) == 0
     assert len(list((root / "cache").glob("codes-*.pt"))) == 1
     assert (straight / "lmdm.safetensors").is_file() and (straight / "metrics.csv").is_file()
+    assert (straight / "loss.png").is_file()  # every trainer plots its losses at the end
 
     # Later runs must not re-encode: the encoder is poisoned.
     def no_encoding(*a, **k):

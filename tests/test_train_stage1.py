@@ -296,12 +296,29 @@ def test_trainer_reduces_loss_and_writes_outputs(tmp_path, synth_data):
     run = tmp_path / "run"
     for name in ("checkpoint.pt", "loss.png", "summary.json", "samples/step_0000006.png", "samples/step_0000012.png"):
         assert (run / name).is_file(), name
-    # the exported animator is the trained one, in leo's format
+    # the exported animator is the trained generator's EMA, in leo's format
     ck = load_training_checkpoint(run / "checkpoint.pt")
     anim = Animator.from_checkpoint(run / "animator.safetensors")
     assert anim.config == {**ck["animator_config"]} and anim.size == 32
     for k, v in anim.state_dict().items():
+        assert torch.equal(v, ck["G_ema"][k]), k
+    # an average, not a copy: it lies between the initial and the trained weights
+    assert any(not torch.equal(v, ck["G"][k]) for k, v in ck["G_ema"].items())
+
+
+def test_ema_off_exports_the_generator_and_old_configs_have_no_ema(tmp_path, synth_data):
+    from leo.animator import Animator
+
+    s = train_stage1(_cfg(tmp_path / "run", synth_data, steps=2, ema=0.0, adv_weight=0.0))
+    ck = load_training_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert s["finished"] and "G_ema" not in ck
+    anim = Animator.from_checkpoint(tmp_path / "run" / "animator.safetensors")
+    for k, v in anim.state_dict().items():
         assert torch.equal(v, ck["G"][k]), k
+    old = {k: v for k, v in Stage1Config(out="x", synthetic=2).to_dict().items() if k != "ema"}
+    assert Stage1Config.from_dict(old).ema == 0.0
+    with pytest.raises(ValueError, match="ema"):
+        train_stage1(_cfg(tmp_path / "bad", synth_data, ema=1.0))
 
 
 def test_resume_after_kill_mid_checkpoint_write_is_exact(tmp_path, synth_data, monkeypatch):
@@ -331,7 +348,7 @@ def test_resume_after_kill_mid_checkpoint_write_is_exact(tmp_path, synth_data, m
     s = train_stage1(_cfg(tmp_path / "run", synth_data, save_every=1, resume=True, workers=2))
     assert s["finished"]
     ck = load_training_checkpoint(tmp_path / "run" / "checkpoint.pt")
-    for key in ("G", "D", "opt_g", "opt_d"):
+    for key in ("G", "G_ema", "D", "opt_g", "opt_d"):
         assert_states_equal(ref_ck[key], ck[key], key)
     assert ck["step"] == 4 and ck["data_position"] == ref_ck["data_position"] == 4 * 2
     ref_rows = common.read_metrics(tmp_path / "ref" / "metrics.csv")

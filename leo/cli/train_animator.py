@@ -35,6 +35,8 @@ def register(sub):
     rec.add_argument("--absolute-latent", action="store_true",
                      help="LIA's latent wa_s + Q alpha_t instead of wa_s + Q (alpha_t - alpha_s)")
     rec.add_argument("--pyramid", type=int, default=3, help="extra L1 terms on 2x..2^N x pooled images (default 3)")
+    rec.add_argument("--ema", type=float, default=0.995,
+                     help="decay of the generator's EMA, which is evaluated and exported (default 0.995; 0 = off)")
     p.add_argument("--adv-weight", type=float, default=0.05, help="adversarial loss weight, 0 = off (default 0.05)")
     p.add_argument("--vgg19", metavar="PATH",
                    help="local VGG19 weights in torchvision format; turns the perceptual loss on")
@@ -98,7 +100,7 @@ def run_train(args) -> int:
         test_fraction=args.test_fraction, device=args.device or "auto", workers=args.workers,
         threads=args.threads, amp=not args.no_amp, init=args.init, **training_kwargs(args),
         motion_gain=args.motion_gain, align_corners=not args.lia_grid, relative_latent=not args.absolute_latent,
-        pyramid=args.pyramid,
+        pyramid=args.pyramid, ema=args.ema,
     )
     try:
         cfg.validate()

@@ -10,7 +10,8 @@
 - :class:`StreamSampler`: an infinite, resumable stream of sample ids, split across ranks;
 - :class:`TrainLogger`: tqdm progress bar with losses and throughput plus ``metrics.csv``
   (main rank only; :meth:`DistributedContext.print` for plain messages);
-- :func:`plot_losses`: a PNG of the curves in a ``metrics.csv``;
+- :func:`plot_losses`: a PNG of the curves in a ``metrics.csv``; :func:`plot_run`: the ``loss.png``
+  every trainer writes at the end of a run;
 - :class:`TrainConfig`: the loop settings every trainer's config shares.
 
 Every trainer (stage 1, LMDM, first-frame) is built from these; see docs/INTERNALS.md,
@@ -617,3 +618,28 @@ def plot_losses(csv_path, png_path: str | os.PathLike, keys: list | None = None,
     atomic_write(png_path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return True
+
+
+def plot_run(out_dir: str | os.PathLike) -> pathlib.Path | None:
+    """``out_dir/loss.png`` from ``out_dir/metrics.csv``: what every trainer does at the end of a run
+    (main rank). None when nothing was written: no metrics yet, or matplotlib is missing (then a
+    one-line notice, see :func:`pyplot`)."""
+    out_dir = pathlib.Path(out_dir)
+    csv_path, png_path = out_dir / "metrics.csv", out_dir / "loss.png"
+    if not csv_path.exists():
+        return None
+    try:
+        return png_path if plot_losses(csv_path, png_path) else None
+    except ValueError:  # no numeric column yet
+        return None
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
+    """Move ``ema``'s parameters toward ``model``'s (buffers are copied)."""
+    # Warm-up: short runs (demo, tests) still get an EMA that follows the model.
+    d = min(decay, (1.0 + step) / (10.0 + step))
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm.detach(), 1.0 - d)
+    for be, bm in zip(ema.buffers(), model.buffers()):
+        be.copy_(bm)

@@ -1,7 +1,7 @@
 """The training loop shared by the two diffusion trainers (`leo train-lmdm`,
 `leo train-first-frame`): data held in memory, a model trained with
 GaussianDiffusion.training_loss, an EMA copy, atomic checkpoints with exact resume,
-progress/CSV logging and torchrun (DDP) support through leo.train.common.
+progress/CSV logging, ``loss.png`` at the end and torchrun (DDP) support through leo.train.common.
 
 Exact resume: every step's randomness (batch choice, diffusion noise, condition
 dropout) comes from generators seeded by (seed, rank, step), so a resumed run draws the
@@ -73,16 +73,6 @@ def step_generators(seed: int, rank: int, step: int, device) -> tuple[torch.Gene
     dev = torch.device(device)
     g_dev = g_cpu if dev.type == "cpu" else torch.Generator(device=dev).manual_seed(base + 1)
     return g_cpu, g_dev
-
-
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
-    # Warm-up: short runs (demo, tests) still get an EMA that follows the model.
-    d = min(decay, (1.0 + step) / (10.0 + step))
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm.detach(), 1.0 - d)
-    for be, bm in zip(ema.buffers(), model.buffers()):
-        be.copy_(bm)
 
 
 def run(cfg: LoopConfig, task: DiffusionTask, ctx: common.DistributedContext | None = None,
@@ -158,7 +148,7 @@ def _run(cfg: LoopConfig, task: DiffusionTask, ctx: common.DistributedContext, h
                 loss.backward()
                 gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
                 opt.step()
-                ema_update(ema, model, step, cfg.ema_decay)
+                common.ema_update(ema, model, step, cfg.ema_decay)
                 losses.append(loss.item())
                 step += 1
                 recent = losses[-cfg.log_every:]
@@ -179,5 +169,7 @@ def _run(cfg: LoopConfig, task: DiffusionTask, ctx: common.DistributedContext, h
                 logger.message(f"stopped at step {step}; checkpoint saved, continue with --resume")
     finally:
         logger.close()
+    if ctx.is_main:
+        common.plot_run(cfg.out_dir)  # loss.png, as every trainer (a notice when matplotlib is missing)
     return {"step": step, "finished": step >= cfg.steps, "losses": losses, "checkpoint": ckpt_path,
             "weights": export_path, "ema": ema}

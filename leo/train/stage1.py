@@ -16,6 +16,7 @@ target, reconstruction), animator.safetensors (the final model, leo's format), s
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -37,9 +38,10 @@ from leo.train.common import (
     StreamSampler,
     TrainConfig,
     TrainLogger,
+    ema_update,
     gather_rng,
     open_run,
-    plot_losses,
+    plot_run,
     restore_rng,
     save_training_checkpoint,
     seed_everything,
@@ -79,6 +81,7 @@ class Stage1Config(TrainConfig):
     align_corners: bool = True           # exact identity at zero flow (False: LIA's convention)
     relative_latent: bool = True         # latent wa_s + Q (alpha_t - alpha_s) (False: LIA's wa_s + Q alpha_t)
     pyramid: int = 3                     # extra L1 terms on 2x, 4x, 8x average-pooled images
+    ema: float = 0.995                   # decay of the generator's EMA (0: off); evals, samples and the export use it
     l1_weight: float = 1.0
     vgg_weight: float = 1.0
     adv_weight: float = 0.05
@@ -111,6 +114,7 @@ class Stage1Config(TrainConfig):
             d["betas"] = tuple(d["betas"])
         if "init" not in d:  # a run saved before the recipe options existed trained LIA's way
             d.update(init="random", align_corners=False, relative_latent=False, pyramid=0)
+        d.setdefault("ema", 0.0)  # runs saved before the EMA existed had none
         return cls(**d)
 
     def validate(self) -> None:
@@ -125,6 +129,8 @@ class Stage1Config(TrainConfig):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1) (0: off), got {self.ema!r}")
         if self.lr <= 0 or (self.d_lr is not None and self.d_lr <= 0):
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if self.r1 < 0:
@@ -275,6 +281,11 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
     start_step = 0
     if ckpt is not None:
         G.load_state_dict(ckpt["G"])
+    # the model that is evaluated, sampled and exported: an EMA of G's weights (or G itself)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False) if cfg.ema > 0 else G
+    if ckpt is not None:
+        if G_ema is not G and "G_ema" in ckpt:
+            G_ema.load_state_dict(ckpt["G_ema"])
         D.load_state_dict(ckpt["D"])
         opt_g.load_state_dict(ckpt["opt_g"])
         opt_d.load_state_dict(ckpt["opt_d"])
@@ -301,7 +312,7 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
 
     initial_eval = None
     if ctx.is_main and start_step == 0:
-        initial_eval = evaluate(G, eval_clips, device, pairs=cfg.eval_pairs, amp=amp)
+        initial_eval = evaluate(G_ema, eval_clips, device, pairs=cfg.eval_pairs, amp=amp)
         log.log(0, {f"eval_{k}": v for k, v in initial_eval.items()})
         log.message("step 0 held-out: " + _eval_line(initial_eval))
     summary = {"initial_eval": initial_eval if initial_eval is not None else (ckpt or {}).get("initial_eval")}
@@ -312,6 +323,7 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
             save_training_checkpoint(ckpt_path, {
                 "step": step, "config": cfg.to_dict(), "G": G.state_dict(), "D": D.state_dict(),
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "rng": rng,
+                **({"G_ema": G_ema.state_dict()} if G_ema is not G else {}),
                 "data_position": step * sample_ids_per_step, "world_size": ctx.world_size,
                 "initial_eval": summary["initial_eval"], "animator_config": G.config,
             })
@@ -350,6 +362,8 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
                 sums["l1"] += l1.item() / cfg.accum
                 micro.append((tgt, recon.detach()))
             opt_g.step()
+            if G_ema is not G:
+                ema_update(G_ema, G, step, cfg.ema)
 
             # ---------------- discriminator: logistic loss (+ lazy R1 on the last micro-batch)
             D.requires_grad_(True)
@@ -396,15 +410,16 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
                     shown = dict(zip(keys, mean.tolist()))
                 log.log(step, shown)
             if ctx.is_main and (step % cfg.eval_every == 0 or step == cfg.steps):
-                ev = evaluate(G, eval_clips, device, pairs=cfg.eval_pairs, amp=amp)
+                ev = evaluate(G_ema, eval_clips, device, pairs=cfg.eval_pairs, amp=amp)
                 log.log(step, {f"eval_{k}": v for k, v in ev.items()})
                 log.message(f"step {step} held-out: " + _eval_line(ev))
                 summary["final_eval"] = ev
             if ctx.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
                 with torch.no_grad(), _autocast(device, amp):
-                    G.eval()
-                    rec = G(sample_pairs["source"].to(device), sample_pairs["target"].to(device)).float().cpu()
-                    G.train()
+                    was_training = G_ema.training
+                    G_ema.eval()
+                    rec = G_ema(sample_pairs["source"].to(device), sample_pairs["target"].to(device)).float().cpu()
+                    G_ema.train(was_training)
                 _grid(sample_pairs["source"], sample_pairs["target"], rec, out / "samples" / f"step_{step:07d}.png")
             if step % cfg.save_every == 0 or step == cfg.steps or stop_now:
                 save(step)
@@ -419,13 +434,9 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
                     "world_size": ctx.world_size, "device": str(device)})
     if ctx.is_main:
         if step >= cfg.steps:
-            G.save(out / EXPORT_NAME)
+            G_ema.save(out / EXPORT_NAME)
             summary["animator"] = str(out / EXPORT_NAME)
-        if (out / "metrics.csv").exists():
-            try:
-                plot_losses(out / "metrics.csv", out / "loss.png")
-            except ValueError:
-                pass
+        plot_run(out)  # loss.png (a one-line notice when matplotlib is missing)
         from leo.checkpoint_io import atomic_write
 
         text = json.dumps(summary, indent=2, default=str)
