@@ -59,11 +59,32 @@ def test_copying_animator_has_gain_zero_and_no_motion(clips):
     assert abs(report["gain"]) < 1e-3
     assert report["psnr"] == pytest.approx(report["copy_psnr"], abs=1e-2)
     assert report["motion_ratio"] < 1e-3  # renders frame 0 every time: a still
+    assert abs(report["moving_gain"]) < 1e-3 and report["still_l1"] < 1e-3  # sub-threshold differences only
+    assert 0 < report["moving_fraction"] < 1
+
+
+def test_moving_and_still_pixels_split_the_error(clips):
+    pairs = metrics.pair_frames(clips, 4)
+
+    class PasteTarget(_Oracle):  # exact on the moving pixels, a constant error on the still ones
+        def forward(self, source, target):
+            copy_err = (source - target).abs().mean(1, keepdim=True)
+            moving = torch.nn.functional.max_pool2d((copy_err > metrics.MOVING_THRESHOLD).float(), 5, 1, 2)
+            off = torch.where(target < 0.8, target + 0.1, target - 0.1)  # stays inside [-1, 1]
+            return torch.where(moving > 0, target, off)
+
+    report = metrics.reconstruction_report(PasteTarget(), pairs)
+    assert report["moving_gain"] == pytest.approx(1.0)
+    assert report["still_l1"] == pytest.approx(0.1, rel=1e-4)
+    # the two regions add up to the whole image's L1
+    f = report["moving_fraction"]
+    assert report["l1"] == pytest.approx(0.1 * (1 - f), rel=1e-4)
 
 
 def test_perfect_reconstruction_has_gain_one(clips):
     report = metrics.reconstruction_report(_Oracle(), metrics.pair_frames(clips, 4))
     assert report["l1"] == 0.0 and report["gain"] == 1.0 and report["copy_l1"] > 0
+    assert report["moving_gain"] == 1.0 and report["still_l1"] == 0.0
 
 
 def test_generated_report_relative_to_real(clips):
