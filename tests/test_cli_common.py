@@ -45,6 +45,30 @@ def test_device_default_everywhere(command):
     assert _options(command)["--device"].default is None
 
 
+@pytest.mark.parametrize("command", ["train-animator", "train-lmdm", "train-first-frame"])
+def test_trainers_share_out_batch_and_no_progress(command):
+    opts = _options(command)
+    for flag in ("--out", "--batch", "--no-progress", "--steps", "--resume"):
+        assert flag in opts, flag
+    assert "--batch-size" not in opts and "--quiet" not in opts
+
+
+def test_old_batch_size_flag_of_the_diffusion_trainers_still_parses(capsys):
+    from leo.cli.common import rewrite_deprecated
+
+    for command in ("train-lmdm", "train-first-frame"):
+        assert rewrite_deprecated([command, "--batch-size", "4", "--batch-size=5"]) == [command, "--batch", "4",
+                                                                                        "--batch=5"]
+        notices = _err(capsys).splitlines()
+        assert notices == [f"leo: warning: {command} --batch-size is deprecated, use --batch "
+                           "(the old spelling goes in the next release)"]
+        argv = [command, "--data", "d", "--out", "o", "--batch-size", "3"]
+        argv += ["--animator", "a"] if command == "train-lmdm" else []
+        args = build_parser().parse_args(rewrite_deprecated(argv))
+        assert args.batch == 3 and args.no_progress is False
+        _err(capsys)
+
+
 def test_device_resolution():
     want = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device(None).type == want and resolve_device("auto").type == want

@@ -150,7 +150,7 @@ def test_user_supplied_generator():
 
 def _train_args(data, out, steps, extra=()):
     return ["train-first-frame", "--data", str(data), "--out", str(out), "--size", "16", "--channels", "8",
-            "--channel-mults", "1,2", "--attn-res", "8", "--frame-stride", "2", "--batch-size", "8",
+            "--channel-mults", "1,2", "--attn-res", "8", "--frame-stride", "2", "--batch", "8",
             "--steps", str(steps), "--save-every", "4", "--log-every", "2", "--lr", "2e-3", "--seed", "3",
             "--device", "cpu", "--samples", "0", *extra]
 

@@ -45,7 +45,7 @@ def trained(tmp_path_factory):
             save_image(str(clip_dir / f"{t:03d}.png"), frame)
     torch.manual_seed(0)
     cfg = Stage1Config(out=str(root / "run"), data=str(root / "data"), size=SIZE, width=0.125, style_dim=128,
-                       steps=200, batch=4, lr=1e-3, pyramid=2, adv_weight=0.0, workers=0, threads=2, quiet=True, seed=0,
+                       steps=200, batch=4, lr=1e-3, pyramid=2, adv_weight=0.0, workers=0, threads=2, progress=False, seed=0,
                        eval_every=200, sample_every=200, save_every=200, eval_pairs=8, eval_clips=2,
                        test_fraction=0.1)
     summary = train_stage1(cfg)

@@ -22,7 +22,7 @@ def setup(tmp_path_factory):
 def _args(root, out, steps, extra=()):
     return ["train-lmdm", "--data", str(root / "data"), "--animator", str(root / "animator.safetensors"),
             "--out", str(out), "--cache-dir", str(root / "cache"), "--window", "8", "--channels", "16", "--channel-mult", "1,2", "--head-dim", "16",
-            "--steps", str(steps), "--batch-size", "8", "--lr", "2e-3", "--save-every", "4", "--log-every", "2",
+            "--steps", str(steps), "--batch", "8", "--lr", "2e-3", "--save-every", "4", "--log-every", "2",
             "--seed", "1", "--device", "cpu", *extra]
 
 

@@ -49,21 +49,21 @@ def train(kind: str, root: pathlib.Path, out: pathlib.Path, resume: bool, hooks:
         cfg = Stage1Config(out=str(out), data=str(root / "clips"), size=32, width=0.0625, style_dim=32,
                            motion_dim=8, steps=STEPS, batch=2, workers=0, eval_pairs=2, eval_clips=1,
                            eval_every=100, sample_every=100, save_every=100, log_every=1, test_fraction=0.25,
-                           quiet=True, seed=3, threads=1, resume=resume)
+                           progress=False, seed=3, threads=1, resume=resume)
         return train_stage1(cfg, hooks=hooks)
     if kind == "lmdm":
         from leo.train.stage2 import Stage2Config, train_lmdm
 
-        cfg = Stage2Config(data=str(root / "clips"), animator=str(root / "animator.safetensors"), out_dir=str(out),
+        cfg = Stage2Config(data=str(root / "clips"), animator=str(root / "animator.safetensors"), out=str(out),
                            cache_dir=str(root / "code_cache"), window=8, channels=16, channel_mult=(1, 2),
-                           head_dim=16, steps=STEPS, batch_size=4, lr=2e-3, save_every=100, log_every=1, seed=1,
+                           head_dim=16, steps=STEPS, batch=4, lr=2e-3, save_every=100, log_every=1, seed=1,
                            device="cpu", progress=False, resume=resume)
         return train_lmdm(cfg, hooks=hooks)
     from leo.train.first_frame_train import FirstFrameTrainConfig, train_first_frame
 
-    cfg = FirstFrameTrainConfig(data=str(root / "clips"), out_dir=str(out), image_size=16, base_channels=8,
+    cfg = FirstFrameTrainConfig(data=str(root / "clips"), out=str(out), image_size=16, base_channels=8,
                                 channel_mults=(1, 2), attn_resolutions=(8,), frame_stride=2, steps=STEPS,
-                                batch_size=4, lr=2e-3, save_every=100, log_every=1, seed=3, device="cpu",
+                                batch=4, lr=2e-3, save_every=100, log_every=1, seed=3, device="cpu",
                                 sample_count=0, resume=resume)
     return train_first_frame(cfg, hooks=hooks)
 
@@ -120,6 +120,39 @@ def test_sigint_and_sigterm_stop_with_checkpoint_and_resume_exactly(kind, data_r
     results = run_chain(kind, data_root, tmp_path, plan)
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # handlers restored
     check_chain(kind, tmp_path, results, plan)
+
+
+def old_spellings(kind: str, config: dict) -> dict:
+    """A checkpoint's config as the trainers saved it before the names were shared: stage 1 had
+    ``quiet`` (no ``progress``), the diffusion loop ``out_dir`` and ``batch_size`` (no ``progress``)."""
+    config = dict(config)
+    progress = config.pop("progress")
+    if kind == "stage1":
+        return {**config, "quiet": not progress}
+    renamed = {"out": "out_dir", "batch": "batch_size"}
+    return {renamed.get(k, k): v for k, v in config.items()}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_resume_of_a_checkpoint_saved_with_the_old_config_names_is_exact(kind, data_root, tmp_path):
+    plan = [(2, signal.SIGINT, 0)]
+    train(kind, data_root, tmp_path / "ref", False, {})
+
+    def after_step(step, info):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    first = train(kind, data_root, tmp_path / "run", False, {"after_step": after_step})
+    path = tmp_path / "run" / common.CHECKPOINT_NAME
+    payload = common.load_training_checkpoint(path)
+    assert {"out", "batch", "progress"} <= set(payload["config"])  # saved with the new names
+    payload["config"] = old_spellings(kind, payload["config"])
+    common.save_training_checkpoint(path, payload)
+    final = train(kind, data_root, tmp_path / "run", True, {})
+    resumed = {"step": final["step"], "finished": final["finished"],
+               "checkpoint_step": common.load_training_checkpoint(path)["step"]}
+    check_chain(kind, tmp_path, [{"step": 2, "finished": False, "checkpoint_step": 2}, resumed], plan)
+    assert first["step"] == 2 and not first["finished"]
 
 
 def test_torchrun_signal_to_one_rank_stops_every_rank(data_root, tmp_path):

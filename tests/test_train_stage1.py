@@ -273,7 +273,7 @@ def synth_data(tmp_path_factory):
 def _cfg(out, data, **kw):
     base = dict(out=str(out), data=str(data), size=32, width=0.0625, style_dim=32, motion_dim=8, steps=4,
                 batch=2, workers=0, eval_pairs=4, eval_every=100, sample_every=100, save_every=100,
-                log_every=1, test_fraction=0.25, quiet=True, seed=3, threads=1)
+                log_every=1, test_fraction=0.25, progress=False, seed=3, threads=1)
     base.update(kw)
     return Stage1Config(**base)
 
@@ -418,7 +418,7 @@ def test_stage1_on_real_taichi_clips_lowers_heldout_l1(tmp_path, lia_samples):
         (data / name).symlink_to(lia_samples / "taichi" / name)
     cfg = Stage1Config(out=str(tmp_path / "run"), data=str(data), size=64, width=0.0625, style_dim=64, steps=30,
                        batch=4, adv_weight=0.0, max_frames=200, eval_pairs=16, eval_every=30, sample_every=30,
-                       save_every=30, log_every=5, workers=1, threads=1, quiet=True, seed=0,
+                       save_every=30, log_every=5, workers=1, threads=1, progress=False, seed=0,
                        init="random", align_corners=False, relative_latent=False, pyramid=0, lr=2e-3)
     s = train_stage1(cfg)
     assert s["finished"] and s["skipped_clips"] == 0 and "1 train, 1 test" in s["data"]

@@ -26,6 +26,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 DEPRECATED = {
     "animate": {"--checkpoint": "--animator", "--quiet": "--no-progress"},
     "manipulate": {"--checkpoint": "--animator", "--quiet": "--no-progress"},
+    "train-lmdm": {"--batch-size": "--batch"},
+    "train-first-frame": {"--batch-size": "--batch"},
 }
 
 
@@ -221,7 +223,8 @@ def int_list(text):
 
 def add_training_args(p, default_steps: int, optimizer: str, out_help: str, out_metavar: str | None = None):
     """The flags of every trainer (leo.train.common.TrainConfig's loop fields): --out, --steps, --lr,
-    --save-every, --log-every, --seed, --resume and --device; :func:`training_kwargs` reads them."""
+    --save-every, --log-every, --seed, --resume, --device and --no-progress; :func:`training_kwargs`
+    reads them."""
     p.add_argument("--out", required=True, metavar=out_metavar, help=out_help)
     p.add_argument("--steps", type=int, default=default_steps, help=f"total optimizer steps (default {default_steps})")
     p.add_argument("--lr", type=float, default=2e-4, help=f"{optimizer} learning rate (default 2e-4)")
@@ -231,20 +234,21 @@ def add_training_args(p, default_steps: int, optimizer: str, out_help: str, out_
     p.add_argument("--resume", action="store_true",
                    help=f"continue {out_metavar or 'OUT'}/checkpoint.pt when it exists")
     add_device(p)
+    add_progress(p)
 
 
 def training_kwargs(args) -> dict:
     """The TrainConfig fields given by :func:`add_training_args`' flags (but ``device``, whose
     default each trainer spells its own way)."""
     return dict(steps=args.steps, lr=args.lr, save_every=args.save_every, log_every=args.log_every,
-                seed=args.seed, resume=args.resume)
+                seed=args.seed, resume=args.resume, progress=not args.no_progress)
 
 
 def add_diffusion_training_args(p, default_steps):
     """The flags `train-lmdm` and `train-first-frame` share."""
     p.add_argument("--data", required=True, help="folder of videos (mp4/mov/avi/webm) or frame folders (png/jpg)")
     add_training_args(p, default_steps, "AdamW", "output folder (weights, checkpoint.pt, metrics.csv)")
-    p.add_argument("--batch-size", type=int, default=16, help="batch size per process (default 16)")
+    p.add_argument("--batch", type=int, default=16, help="batch per process (default 16)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the exported weights (default 0.999)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     p.add_argument("--objective", choices=("eps", "v"), default=None,
@@ -254,7 +258,7 @@ def add_diffusion_training_args(p, default_steps):
 def check_diffusion_training_args(args):
     if not os.path.isdir(args.data):
         raise UserError(f"--data: folder not found: {args.data}")
-    for name in ("steps", "batch_size", "save_every", "log_every"):
+    for name in ("steps", "batch", "save_every", "log_every"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     resolve_device(args.device)

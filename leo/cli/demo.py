@@ -190,8 +190,8 @@ def run(args) -> int:
     _step(f"3/5 training the LMDM ({p['lmdm_steps']} steps)")
     lmdm_out = os.path.join(out, "lmdm")
     s2 = train_lmdm(Stage2Config(
-        data=data, animator=animator_path, out_dir=lmdm_out, window=p["window"], channels=32, channel_mult=(1, 2),
-        head_dim=16, steps=p["lmdm_steps"], batch_size=16, lr=1e-3, save_every=max(100, p["lmdm_steps"]),
+        data=data, animator=animator_path, out=lmdm_out, window=p["window"], channels=32, channel_mult=(1, 2),
+        head_dim=16, steps=p["lmdm_steps"], batch=16, lr=1e-3, save_every=max(100, p["lmdm_steps"]),
         log_every=max(1, min(10, p["lmdm_steps"] // 4)), seed=args.seed, device=str(device),
         resume=os.path.exists(os.path.join(lmdm_out, "checkpoint.pt")),
     ))
@@ -202,10 +202,10 @@ def run(args) -> int:
     _step(f"4/5 training the first-frame generator ({p['ff_steps']} steps, {p['ff_size']}x{p['ff_size']})")
     ff_out = os.path.join(out, "first_frame")
     s3 = train_first_frame(FirstFrameTrainConfig(
-        data=data, out_dir=ff_out, image_size=p["ff_size"], base_channels=32 if not args.quick else 8,
+        data=data, out=ff_out, image_size=p["ff_size"], base_channels=32 if not args.quick else 8,
         channel_mults=(1, 2, 2) if p["ff_size"] >= 32 else (1, 2), attn_resolutions=(8,), frame_stride=2,
         objective="v",  # v-prediction: well-posed at the noisiest steps, good samples after short training
-        steps=p["ff_steps"], batch_size=16 if not args.quick else 4, lr=1e-3, ema_decay=0.995,
+        steps=p["ff_steps"], batch=16 if not args.quick else 4, lr=1e-3, ema_decay=0.995,
         save_every=max(100, p["ff_steps"]), log_every=max(1, min(10, p["ff_steps"] // 4)), seed=args.seed,
         device=str(device), sample_count=0, resume=os.path.exists(os.path.join(ff_out, "checkpoint.pt")),
     ))

@@ -28,9 +28,9 @@ def run_first_frame(args) -> int:
 
     check_diffusion_training_args(args)
     cfg = FirstFrameTrainConfig(
-        data=args.data, out_dir=args.out, image_size=args.size, base_channels=args.channels,
+        data=args.data, out=args.out, image_size=args.size, base_channels=args.channels,
         channel_mults=args.channel_mults, attn_resolutions=args.attn_res, objective=args.objective or "eps",
         frame_stride=args.frame_stride, frames_per_video=args.frames_per_video, sample_count=max(0, args.samples),
-        batch_size=args.batch_size, ema_decay=args.ema_decay, device=args.device, amp=args.amp, **training_kwargs(args),
+        batch=args.batch, ema_decay=args.ema_decay, device=args.device, amp=args.amp, **training_kwargs(args),
     )
     return run_diffusion_trainer(train_first_frame, cfg)

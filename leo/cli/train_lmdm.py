@@ -39,9 +39,9 @@ def run_lmdm(args) -> int:
     if args.window < 2:
         raise UserError(f"--window must be at least 2, got {args.window}")
     cfg = Stage2Config(
-        data=args.data, animator=args.animator, out_dir=args.out, window=args.window, p_uncond=args.p_uncond,
+        data=args.data, animator=args.animator, out=args.out, window=args.window, p_uncond=args.p_uncond,
         cache_dir=args.cache_dir, encode_batch=args.encode_batch, channels=args.channels, objective=args.objective or "v",
         channel_mult=args.channel_mult, head_dim=args.head_dim,
-        batch_size=args.batch_size, ema_decay=args.ema_decay, device=args.device, amp=args.amp, **training_kwargs(args),
+        batch=args.batch, ema_decay=args.ema_decay, device=args.device, amp=args.amp, **training_kwargs(args),
     )
     return run_diffusion_trainer(train_lmdm, cfg)

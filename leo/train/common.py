@@ -30,7 +30,8 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import InitVar, dataclass, field, fields
 from typing import Any, Iterator
 
 import numpy as np
@@ -48,13 +49,26 @@ from leo.checkpoint_io import CheckpointError  # noqa: E402,F401  (the one class
 # --------------------------------------------------------------------------- config
 
 
+# The old spellings of fields the trainers once named differently (stage 1 said out/batch/quiet, the
+# diffusion trainers out_dir/batch_size/progress): the constructors take them for one release, with
+# a DeprecationWarning, and TrainConfig.from_dict maps them in saved configs (old checkpoints).
+OLD_FIELD_NAMES = {"out_dir": "out", "batch_size": "batch", "quiet": "progress"}
+
+
+def _from_old(old: str, value):
+    return (not value) if old == "quiet" else value  # quiet=True is progress=False
+
+
 @dataclass(kw_only=True)
 class TrainConfig:
     """The loop settings every trainer's config shares (Stage1Config, the diffusion trainers').
 
-    Keyword-only, so a trainer's own required fields (``data``, ``out_dir``...) stay its first
+    Keyword-only, so a trainer's own required fields (``data``, ``out``...) stay its first
     positional ones. A trainer that wants another default re-declares the field with
-    ``field(default=..., kw_only=True)``.
+    ``field(default=..., kw_only=True)``. Every trainer spells the run folder ``out``, the batch
+    per process ``batch`` and the progress switch ``progress`` (the CLI's ``--no-progress``); the
+    old keywords ``out_dir=``, ``batch_size=`` and ``quiet=`` still work for one release
+    (DeprecationWarning).
     """
 
     steps: int = 1000
@@ -65,7 +79,42 @@ class TrainConfig:
     resume: bool = False                 # continue out/checkpoint.pt when it exists (open_run)
     device: str | None = None            # None or "auto": cuda when available (resolve_device)
     amp: bool = False                    # bf16 autocast (CUDA only)
+    progress: bool = True                # progress bar and messages on stderr (main rank)
     extra: dict = field(default_factory=dict)  # stored in the checkpoint's config
+    # deprecated keywords (one release): the old spellings of out, batch and progress
+    out_dir: InitVar[str | None] = None
+    batch_size: InitVar[int | None] = None
+    quiet: InitVar[bool | None] = None
+
+    def __post_init__(self, out_dir, batch_size, quiet):
+        names = {f.name for f in fields(self)}
+        for old, value in (("out_dir", out_dir), ("batch_size", batch_size), ("quiet", quiet)):
+            if value is None:
+                continue
+            new = OLD_FIELD_NAMES[old]
+            if new not in names:
+                raise TypeError(f"{type(self).__name__}() got an unexpected keyword argument {old!r}")
+            warnings.warn(f"{type(self).__name__}({old}=) is deprecated; use {new}="
+                          + (" (progress=not quiet)" if old == "quiet" else ""), DeprecationWarning, stacklevel=3)
+            setattr(self, new, _from_old(old, value))
+        if "out" in names and self.out is None:
+            raise TypeError(f"{type(self).__name__}() missing required argument: 'out'")
+
+    @classmethod
+    def current_keys(cls, d: dict) -> dict:
+        """``d`` (a saved config) with old field spellings mapped and keys that are not fields dropped."""
+        d = dict(d)
+        for old, new in OLD_FIELD_NAMES.items():
+            if old in d:
+                value = d.pop(old)
+                d.setdefault(new, _from_old(old, value))
+        names = {f.name for f in fields(cls) if f.init}
+        return {k: v for k, v in d.items() if k in names}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """The config saved as ``d`` (a checkpoint's ``config``, old spellings included)."""
+        return cls(**cls.current_keys(d))
 
 
 # --------------------------------------------------------------------------- seeding / RNG
@@ -409,15 +458,17 @@ class TrainLogger:
     ``log(step, metrics)`` appends one row (columns ``step``, ``time`` then the metric names;
     a new metric name rewrites the file with the wider header). When resuming at ``start_step``,
     rows after it (from the run that was killed) are dropped so the CSV stays one consistent
-    history. Only the main rank should pass ``enabled=True``.
+    history. Only the main rank should pass ``enabled=True``. ``progress=False`` (a config's
+    ``progress``): no bar and no messages, the CSV is still written.
     """
 
     def __init__(self, out_dir: str | os.PathLike, total_steps: int | None = None, start_step: int = 0,
                  enabled: bool = True, desc: str = "train", samples_per_step: int | None = None,
-                 file=None):
+                 file=None, progress: bool = True):
         self.out_dir = pathlib.Path(out_dir)
         self.csv_path = self.out_dir / "metrics.csv"
         self.enabled = enabled
+        self.progress = progress
         self.samples_per_step = samples_per_step
         self.start_step = start_step
         self._last_step, self._last_time = start_step, time.perf_counter()
@@ -436,6 +487,8 @@ class TrainLogger:
             if self._rows and self._rows[-1].get("time"):  # keep the time column cumulative
                 self._t0 -= float(self._rows[-1]["time"])
             self._rewrite()
+        if not progress:
+            return
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True,
@@ -479,7 +532,7 @@ class TrainLogger:
 
     def message(self, text: str) -> None:
         """Print a line without breaking the progress bar."""
-        if not self.enabled:
+        if not self.enabled or not self.progress:
             return
         if self.bar is not None:
             self.bar.write(text, file=self.bar.fp)

@@ -8,7 +8,7 @@ dropout) comes from generators seeded by (seed, rank, step), so a resumed run dr
 same batches as an uninterrupted one without having to restore generator state.
 
 Resume, stopping and logging are leo.train.common's (the same as stage 1's): ``open_run``
-(``--resume`` loads ``out_dir/checkpoint.pt``; without it an old checkpoint is overwritten),
+(``--resume`` loads ``out/checkpoint.pt``; without it an old checkpoint is overwritten),
 ``StopRequest`` (SIGINT/SIGTERM on any rank stop every rank after the same step, with a
 checkpoint), every rank's RNG state in the checkpoint, progress/CSV on the main rank only.
 """
@@ -30,31 +30,31 @@ CHECKPOINT_NAME = common.CHECKPOINT_NAME
 class DiffusionTrainConfig(common.TrainConfig):
     """The loop settings of a diffusion trainer's config (Stage2Config, FirstFrameTrainConfig)."""
 
-    batch_size: int = 16
+    batch: int = 16                     # per process
     ema_decay: float = 0.999
 
 
 @dataclass
 class LoopConfig(DiffusionTrainConfig):
-    out_dir: str
+    out: str
     weight_decay: float = 0.0
     grad_clip: float = 1.0
 
     @classmethod
-    def of(cls, cfg: DiffusionTrainConfig, out_dir: str, **extra) -> "LoopConfig":
+    def of(cls, cfg: DiffusionTrainConfig, out: str, **extra) -> "LoopConfig":
         """The loop settings of a trainer's config; ``extra`` (then ``cfg.extra``) goes to the checkpoint."""
         shared = {f.name: getattr(cfg, f.name) for f in fields(DiffusionTrainConfig)}
         shared["extra"] = {**extra, **cfg.extra}
-        return cls(out_dir=out_dir, **shared)
+        return cls(out=out, **shared)
 
 
 @dataclass
 class DiffusionTask:
     """What :func:`run` trains.
 
-    sample_batch(generator, batch_size) -> (x0, cond) on CPU (cond may be None; condition
+    sample_batch(generator, batch) -> (x0, cond) on CPU (cond may be None; condition
     dropout is the diffusion's). export(ema_model, path) writes the final weights file
-    ``out_dir/export_name`` (also written at every checkpoint). ``data_key`` identifies the
+    ``out/export_name`` (also written at every checkpoint). ``data_key`` identifies the
     training data: resuming on other data is refused.
     """
 
@@ -89,10 +89,10 @@ def run(cfg: LoopConfig, task: DiffusionTask, ctx: common.DistributedContext | N
 
 def _run(cfg: LoopConfig, task: DiffusionTask, ctx: common.DistributedContext, hooks: dict) -> dict:
     device = ctx.device
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    run_dir = common.open_run(cfg.out_dir, cfg.resume, overwrite=True)
+    os.makedirs(cfg.out, exist_ok=True)
+    run_dir = common.open_run(cfg.out, cfg.resume, overwrite=True)
     ckpt_path = str(run_dir.checkpoint)
-    export_path = os.path.join(cfg.out_dir, task.export_name)
+    export_path = os.path.join(cfg.out, task.export_name)
 
     common.seed_everything(cfg.seed + ctx.rank)
     model = task.model.to(device)
@@ -109,9 +109,9 @@ def _run(cfg: LoopConfig, task: DiffusionTask, ctx: common.DistributedContext, h
         common.restore_rng(payload.get("rng"), ctx)
 
     train_model = ctx.wrap(model)
-    logger = common.TrainLogger(cfg.out_dir, total_steps=cfg.steps, start_step=start, enabled=ctx.is_main,
+    logger = common.TrainLogger(cfg.out, total_steps=cfg.steps, start_step=start, enabled=ctx.is_main,
                                 desc=cfg.extra.get("desc", "train"),
-                                samples_per_step=cfg.batch_size * ctx.world_size)
+                                samples_per_step=cfg.batch * ctx.world_size, progress=cfg.progress)
     if payload is not None:
         logger.message(f"resumed from {ckpt_path} at step {start}")
     elif cfg.resume:
@@ -139,7 +139,7 @@ def _run(cfg: LoopConfig, task: DiffusionTask, ctx: common.DistributedContext, h
             model.train()
             while step < cfg.steps:
                 g_cpu, g_dev = step_generators(cfg.seed, ctx.rank, step, device)
-                x0, cond = task.sample_batch(g_cpu, cfg.batch_size)
+                x0, cond = task.sample_batch(g_cpu, cfg.batch)
                 x0 = x0.to(device, non_blocking=True)
                 cond = cond.to(device, non_blocking=True) if isinstance(cond, torch.Tensor) else cond
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
@@ -170,6 +170,6 @@ def _run(cfg: LoopConfig, task: DiffusionTask, ctx: common.DistributedContext, h
     finally:
         logger.close()
     if ctx.is_main:
-        common.plot_run(cfg.out_dir)  # loss.png, as every trainer (a notice when matplotlib is missing)
+        common.plot_run(cfg.out)  # loss.png, as every trainer (a notice when matplotlib is missing)
     return {"step": step, "finished": step >= cfg.steps, "losses": losses, "checkpoint": ckpt_path,
             "weights": export_path, "ema": ema}

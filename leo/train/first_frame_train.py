@@ -22,10 +22,10 @@ WEIGHTS_NAME = "first_frame.safetensors"
 
 @dataclass
 class FirstFrameTrainConfig(diffusion_loop.DiffusionTrainConfig):
-    """First-frame settings; the loop's (lr, batch_size, save_every, ...) are DiffusionTrainConfig's."""
+    """First-frame settings; the loop's (lr, batch, save_every, progress, ...) are DiffusionTrainConfig's."""
 
     data: str
-    out_dir: str
+    out: str = None                      # required (the default only lets the deprecated out_dir= in)
     image_size: int = 64
     base_channels: int = 32
     channel_mults: tuple = (1, 2, 2, 4)
@@ -90,7 +90,7 @@ def _train(cfg: FirstFrameTrainConfig, frames_u8, ctx: common.DistributedContext
     data_key = None
     if frames_u8 is None:
         frames_u8, data_key = collect_frames(cfg.data, cfg.image_size, cfg.frame_stride, cfg.frames_per_video,
-                                             progress=ctx.is_main)
+                                             progress=ctx.is_main and cfg.progress)
     if frames_u8.dtype != torch.uint8 or frames_u8.dim() != 4 or tuple(frames_u8.shape[1:]) != (3, cfg.image_size, cfg.image_size):
         raise ValueError(f"frames must be uint8 (N, 3, {cfg.image_size}, {cfg.image_size}), got {frames_u8.dtype} {tuple(frames_u8.shape)}")
     common.seed_everything(cfg.seed)  # the initial weights depend on the seed alone
@@ -98,7 +98,7 @@ def _train(cfg: FirstFrameTrainConfig, frames_u8, ctx: common.DistributedContext
                             channel_mults=cfg.channel_mults, num_res_blocks=cfg.num_res_blocks,
                             attn_resolutions=cfg.attn_resolutions, objective=cfg.objective)
     diffusion = model.make_diffusion()
-    loop = diffusion_loop.LoopConfig.of(cfg, cfg.out_dir, desc="first-frame", model=model.config,
+    loop = diffusion_loop.LoopConfig.of(cfg, cfg.out, desc="first-frame", model=model.config,
                                         frames=int(frames_u8.shape[0]))
     ctx.print(f"first-frame model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
               f"{frames_u8.shape[0]} training frames at {cfg.image_size}x{cfg.image_size}", file=sys.stdout)
@@ -109,7 +109,7 @@ def _train(cfg: FirstFrameTrainConfig, frames_u8, ctx: common.DistributedContext
         from leo.media import image_grid, save_image
 
         imgs = summary["ema"].sample(cfg.sample_count, seed=cfg.seed, steps=cfg.sample_steps).cpu()
-        path = os.path.join(cfg.out_dir, "samples.png")
+        path = os.path.join(cfg.out, "samples.png")
         save_image(path, image_grid(imgs, nrow=int(cfg.sample_count**0.5 + 0.999)))
         summary["samples"] = path
     return summary

@@ -20,7 +20,6 @@ import copy
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import time
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 EXPORT_NAME = "animator.safetensors"
 # Settings that may change when resuming (they do not change what is computed).
 RUNTIME_KEYS = ("steps", "device", "workers", "threads", "save_every", "sample_every", "eval_every", "log_every", "out",
-                "resume", "quiet")
+                "resume", "progress")
 
 
 @dataclass
@@ -99,7 +98,6 @@ class Stage1Config(TrainConfig):
     threads: int | None = None           # CPU threads for torch (None: torch's default)
     amp: bool = field(default=True, kw_only=True)  # bf16 autocast on CUDA (CPU always runs fp32)
     kernels: str = "auto"
-    quiet: bool = False
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -108,8 +106,7 @@ class Stage1Config(TrainConfig):
 
     @classmethod
     def from_dict(cls, d: dict) -> "Stage1Config":
-        names = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k in names}
+        d = cls.current_keys(d)  # old spellings (quiet) mapped, keys that are no fields dropped
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         if "init" not in d:  # a run saved before the recipe options existed trained LIA's way
@@ -242,7 +239,7 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
         out.mkdir(parents=True, exist_ok=True)
     log = TrainLogger(out, total_steps=cfg.steps, start_step=ckpt["step"] if ckpt else 0, enabled=ctx.is_main,
                       desc="stage1", samples_per_step=cfg.batch * cfg.accum * ctx.world_size,
-                      file=open(os.devnull, "w") if cfg.quiet else None)
+                      progress=cfg.progress)
 
     # ---- data
     data_root = _prepare_data(cfg, ctx, out)

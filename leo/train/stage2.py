@@ -29,11 +29,11 @@ CODE_CACHE_VERSION = 1
 
 @dataclass
 class Stage2Config(diffusion_loop.DiffusionTrainConfig):
-    """Stage-2 settings; the loop's (lr, batch_size, save_every, ...) are DiffusionTrainConfig's."""
+    """Stage-2 settings; the loop's (lr, batch, save_every, progress, ...) are DiffusionTrainConfig's."""
 
     data: str
     animator: str
-    out_dir: str
+    out: str = None                      # required (the default only lets the deprecated out_dir= in)
     window: int = 32
     p_uncond: float = 0.1
     cache_dir: str | None = None
@@ -42,7 +42,6 @@ class Stage2Config(diffusion_loop.DiffusionTrainConfig):
     channel_mult: tuple | None = None
     head_dim: int | None = None
     objective: str = "v"
-    progress: bool = True
     steps: int = field(default=20000, kw_only=True)
 
 
@@ -170,7 +169,7 @@ def train_lmdm(cfg: Stage2Config, hooks: dict | None = None) -> dict:
         raise ValueError(f"window must be >= 2, got {cfg.window}")
     ctx = common.DistributedContext(device=cfg.device)
     try:
-        cache_dir = cfg.cache_dir or os.path.join(cfg.out_dir, "code_cache")
+        cache_dir = cfg.cache_dir or os.path.join(cfg.out, "code_cache")
         codes, key, hit = load_or_extract_codes(cfg.animator, cfg.data, cache_dir, ctx.device,
                                                 batch=cfg.encode_batch, ctx=ctx, progress=cfg.progress)
         lengths = [c.shape[0] for c in codes]
@@ -185,7 +184,7 @@ def train_lmdm(cfg: Stage2Config, hooks: dict | None = None) -> dict:
         lmdm.fit_code_stats(all_windows(codes, cfg.window))
         diffusion = _WithLossKwargs(lmdm.make_diffusion(), cfg.p_uncond)
         sampler = make_sampler(codes, cfg.window, lmdm.res_mean, lmdm.res_std)
-        loop = diffusion_loop.LoopConfig.of(cfg, cfg.out_dir, desc="lmdm", model=lmdm.config, p_uncond=cfg.p_uncond,
+        loop = diffusion_loop.LoopConfig.of(cfg, cfg.out, desc="lmdm", model=lmdm.config, p_uncond=cfg.p_uncond,
                                             videos=len(codes))
         ctx.print(f"LMDM: {sum(p.numel() for p in lmdm.parameters()) / 1e6:.2f}M parameters, "
                   f"{len(codes)} videos, {sum(lengths)} frames, window {cfg.window}, p_uncond {cfg.p_uncond}")
