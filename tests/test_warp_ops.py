@@ -592,3 +592,141 @@ def test_warp_inpaint_nonfinite_features(backend, dtype, layout, align):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_sample_inputs_match_reference(backend, op, dtype):
     assert _cases.check_against_reference(op, backend, dtype=dtype) > 0
+
+
+# --------------------------------------------------------------------------- CPU fast paths
+# The float32 CPU kernels have paths the small shapes above do not reach: NCHW work in tiles of
+# rows (~4k pixels each, so images bigger than that span several tiles, the last one partial),
+# groups of 8 pixels sampled through a window of the plane when their corners are close together
+# (smooth flows; groups across row ends, near the border or with scattered corners take the
+# per-pixel path), and channels_last channel loops in vectors of 8 plus a tail. Every path is
+# checked against the reference with smooth and random flows, forward and backward, and again in
+# a subprocess with the AVX-512 and AVX2 kernels turned off (LEO_WARP_CPU_ISA).
+FAST_PATH_SHAPES = [
+    # (N, C, H, W, with_skip): several tiles, W not a multiple of 8, a last partial tile
+    (2, 5, 70, 62, True),
+    (1, 11, 96, 48, True),
+    (3, 3, 37, 130, False),
+]
+
+
+def _smooth_logits(n, h, w, g, pixels=3.0, dtype=torch.float32):
+    """Low-frequency flow logits with displacements of about `pixels` pixels (a trained animator's)."""
+    coarse = torch.randn(n, 3, 4, 4, generator=g, dtype=torch.float64)
+    field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)
+    scale = torch.tensor([pixels * 2 / w, pixels * 2 / h, 2.0], dtype=torch.float64).view(1, 3, 1, 1)
+    return (field * scale).to(dtype)
+
+
+def _fast_path_inputs(shape, flow, layout, g, dtype=torch.float32):
+    n, c, h, w, with_skip = shape
+    feat = _layout(_randn(n, c, h, w, dtype=dtype, g=g), layout).requires_grad_()
+    x = _layout(_randn(n, c, h, w, dtype=dtype, g=g), layout).requires_grad_()
+    if flow == "smooth":
+        logits = _smooth_logits(n, h, w, g, dtype=dtype)
+        skip = _smooth_logits(n, h // 2, w // 2, g, pixels=1.0, dtype=dtype) if with_skip else None
+    else:
+        logits = _randn(n, 3, h, w, dtype=dtype, g=g, scale=0.5)
+        skip = _randn(n, 3, h // 2, w // 2, dtype=dtype, g=g, scale=0.5) if with_skip else None
+    return feat, x, logits.requires_grad_(), (skip.requires_grad_() if skip is not None else None)
+
+
+def _check_fast_path_warp(shape, flow, layout, align, seed):
+    g = _fresh(seed)
+    feat, x, logits, skip = _fast_path_inputs(shape, flow, layout, g)
+    inputs = [t for t in (feat, x, logits, skip) if t is not None]
+    _poison_heap(tuple(feat.shape), dtype=torch.float32)
+    outs = leo_kernels.warp_inpaint(feat, x, logits, skip, align, backend="cpu")
+    refs = reference.warp_inpaint(feat, x, logits, skip, align)
+    for got, want, name in zip(outs, refs, ("warped", "blended", "composed")):
+        assert_close(got, want, torch.float32, name=name)
+    gouts = [_layout(_randn(*o.shape, g=g), layout if o.shape[1] != 3 else "contiguous") for o in outs]
+    names = ("feat", "x", "logits", "skip")
+    for got, want, name in zip(_grads(outs, inputs, gouts), _grads(refs, inputs, gouts), names):
+        assert_close(got, want, tol=GRAD_TOL[torch.float32], name=f"grad_{name}")
+
+
+def _check_fast_path_grid_sample(shape, flow, layout, padding, align, seed):
+    g = _fresh(seed)
+    n, c, h, w, _ = shape
+    ho, wo = h + 3, w - 5  # output size differs from the input's
+    inp = _layout(_randn(n, c, h, w, g=g), layout).requires_grad_()
+    if flow == "smooth":
+        gx = torch.linspace(-1.05, 1.05, wo).view(1, 1, wo)
+        gy = torch.linspace(-1.05, 1.05, ho).view(1, ho, 1)
+        d = torch.tanh(_smooth_logits(n, ho, wo, g, pixels=2.0))
+        grid = torch.stack((d[:, 0] + gx, d[:, 1] + gy), dim=-1)
+    else:
+        grid = _grid(n, ho, wo, torch.float32, g, 1.2)
+    grid.requires_grad_()
+    out = leo_kernels.grid_sample(inp, grid, padding, align, backend="cpu")
+    ref = reference.grid_sample(inp, grid, padding, align)
+    assert_close(out, ref, torch.float32, name="out")
+    gout = _layout(_randn(*out.shape, g=g), layout)
+    for got, want, name in zip(_grads(out, (inp, grid), gout), _grads(ref, (inp, grid), gout), ("input", "grid")):
+        assert_close(got, want, tol=GRAD_TOL[torch.float32], name=f"grad_{name}")
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("shape", FAST_PATH_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("flow", ["smooth", "random"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_warp_inpaint_fast_paths(backend, shape, flow, layout):
+    for seed, align in enumerate((False, True)):
+        _check_fast_path_warp(shape, flow, layout, align, seed)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("shape", FAST_PATH_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("flow", ["smooth", "random"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_grid_sample_fast_paths(backend, shape, flow, layout):
+    for seed, (padding, align) in enumerate(zip(PADDINGS, (False, True, False))):
+        _check_fast_path_grid_sample(shape, flow, layout, padding, align, seed)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_fast_paths_nonfinite_features(backend, layout):
+    # Smooth flows over several tiles: window groups next to NaN/Inf pixels on the border and inside.
+    g = _fresh(31)
+    shape = (2, 6, 70, 62, True)
+    feat, x, logits, skip = _fast_path_inputs(shape, "smooth", layout, g)
+    planted = _plant_nonfinite(feat)
+    planted[:, :3, 30, 20] = float("nan")
+    planted[:, 3:, 41, 33] = float("inf")
+    feat = _layout(planted, layout).requires_grad_()
+    inputs = (feat, x, logits, skip)
+    outs = leo_kernels.warp_inpaint(*inputs, backend=backend)
+    refs = reference.warp_inpaint(*inputs)
+    assert refs[0].isnan().any() and refs[0].isfinite().any()
+    for got, want, name in zip(outs, refs, ("warped", "blended", "composed")):
+        _assert_same_nonfinite(got, want, REL_TOL[torch.float32], name)
+    gouts = [_randn(*o.shape, g=g) for o in outs]
+    for got, want, name in zip(_grads(outs, inputs, gouts), _grads(refs, inputs, gouts), ("feat", "x", "logits", "skip")):
+        _assert_same_nonfinite(got, want, GRAD_TOL[torch.float32], f"grad_{name}")
+    grid = reference.flow_grid(logits.detach())
+    inp = feat.detach().requires_grad_()
+    grid.requires_grad_()
+    out, ref = leo_kernels.grid_sample(inp, grid, backend=backend), reference.grid_sample(inp, grid)
+    _assert_same_nonfinite(out, ref, REL_TOL[torch.float32], "grid_sample")
+    gout = _randn(*out.shape, g=g)
+    for got, want, name in zip(_grads(out, (inp, grid), gout), _grads(ref, (inp, grid), gout), ("input", "grid")):
+        _assert_same_nonfinite(got, want, GRAD_TOL[torch.float32], f"grid_sample grad_{name}")
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("isa", ["avx2", "scalar"])
+def test_fast_paths_without_avx512(backend, isa):
+    # This machine's widest kernels ran above; the AVX2-only and scalar ones (other CPUs) run here.
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, LEO_WARP_CPU_ISA=isa)
+    tests = [f"{__file__}::{name}" for name in ("test_warp_inpaint_fast_paths", "test_grid_sample_fast_paths",
+                                                  "test_fast_paths_nonfinite_features",
+                                                  "test_warp_inpaint_nonfinite_features")]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], env=env,
+                          capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]

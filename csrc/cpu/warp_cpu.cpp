@@ -17,10 +17,17 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstdint>
+#include <string>
 #include <type_traits>
 #include <vector>
+
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -37,6 +44,23 @@ bool use_channels_last(const at::Tensor& t) {
 
 at::MemoryFormat feature_format(const at::Tensor& t) {
   return use_channels_last(t) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// A fresh output of a big op is mostly page faults: a 128 MB tensor from the allocator is a new
+// mapping whose 4 KB pages the kernel faults in and zeroes one by one on the first write (about
+// 4x the time of writing it). Asking for transparent huge pages on it first (what PyTorch's
+// THP_MEM_ALLOC_ENABLE does for every allocation) cuts that to a few hundred faults. Only the
+// 2 MB-aligned interior is advised; a no-op where THP is off or the tensor is small.
+at::Tensor huge_pages(at::Tensor t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  if (t.nbytes() >= 4 * kHuge) {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
+    const uintptr_t a = (p + kHuge - 1) & ~(kHuge - 1), e = (p + t.nbytes()) & ~(kHuge - 1);
+    if (e > a) (void)madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
+  }
+#endif
+  return t;
 }
 
 // Work items per parallel chunk so each chunk does at least ~32k element updates.
@@ -229,22 +253,76 @@ struct RowTaps32 {
   std::vector<int32_t> o[4];
   std::vector<float> w[4];
   std::vector<float> keep;
-  explicit RowTaps32(int64_t n) : keep(n) {
+  // Window groups (see classify): per group of 8 pixels its kind and the plane offset of its
+  // window; per pixel its column in the window and whether its top row is the window's second.
+  std::vector<uint8_t> kind;
+  std::vector<int32_t> base, col, lower;
+  explicit RowTaps32(int64_t n) : keep(n), kind(n / 8 + 1), base(n / 8 + 1), col(n), lower(n) {
     for (int k = 0; k < 4; ++k) {
       o[k].resize(n);
       w[k].resize(n);
     }
   }
-  void fill(const Taps<float>& tp, int64_t n, const float* mask) {
-    for (int k = 0; k < 4; ++k)
+  // Taps of n pixels into entries [j0, j0 + n).
+  void fill(const Taps<float>& tp, int64_t n, const float* mask, int64_t j0 = 0) {
+    for (int k = 0; k < 4; ++k) {
+      int32_t* ok = o[k].data() + j0;
+      float* wk = w[k].data() + j0;
       for (int64_t j = 0; j < n; ++j) {
-        o[k][j] = tp.ok[k][j] ? static_cast<int32_t>(tp.off[k][j]) : -1;
-        w[k][j] = mask ? tp.w[k][j] * mask[j] : tp.w[k][j];
+        ok[j] = tp.ok[k][j] ? static_cast<int32_t>(tp.off[k][j]) : -1;
+        wk[j] = mask ? tp.w[k][j] * mask[j] : tp.w[k][j];
       }
+    }
     if (mask)
-      for (int64_t j = 0; j < n; ++j) keep[j] = 1 - mask[j];
+      for (int64_t j = 0; j < n; ++j) keep[j0 + j] = 1 - mask[j];
   }
 };
+
+// Window groups. Gathers are slow on many x86 cores (and AVX2 has no scatter), so groups of 8
+// consecutive pixels whose 4 corners all lie in a small window of the plane are sampled with
+// contiguous loads and in-register permutes instead: kind 1 = every top corner in one row y
+// (window rows y, y+1), kind 2 = top corners in rows y and y+1 (window rows y .. y+2); in both the
+// columns span at most 8 (x .. x+8). Kind 0 groups (scattered or touching the border) take the
+// per-pixel path, which selects outside corners to 0. Smooth flows make almost every group a
+// window group; random ones few. plane: Hin x Win with row stride rs, unit column stride.
+// span: the most columns a window may have (9 for AVX2's one-register permutes, 16 for AVX-512's
+// two-register ones).
+inline void classify(RowTaps32& t, int64_t n, int64_t Hin, int64_t Win, int64_t rs, int64_t span) {
+  for (int64_t g = 0; g * 8 + 8 <= n; ++g) {
+    const int64_t j0 = g * 8;
+    int64_t ymin = INT64_MAX, ymax = -1, xmin = INT64_MAX, xmax = -1;
+    bool ok = true;
+    int64_t ys[8], xs[8];
+    for (int l = 0; l < 8; ++l) {
+      const int64_t o = t.o[0][j0 + l];
+      if (o < 0 || t.o[3][j0 + l] < 0) {
+        ok = false;
+        break;
+      }
+      ys[l] = o / rs;
+      xs[l] = o - ys[l] * rs;
+      ymin = std::min(ymin, ys[l]);
+      ymax = std::max(ymax, ys[l]);
+      xmin = std::min(xmin, xs[l]);
+      xmax = std::max(xmax, xs[l]);
+    }
+    ok = ok && xmax + 1 - xmin < span && xmin + span <= Win && ymax - ymin <= 1 && ymax + 1 < Hin;
+    t.kind[g] = ok ? (ymax == ymin ? 1 : 2) : 0;
+    if (!ok) continue;
+    t.base[g] = static_cast<int32_t>(ymin * rs + xmin);
+    for (int l = 0; l < 8; ++l) {
+      t.col[j0 + l] = static_cast<int32_t>(xs[l] - xmin);
+      t.lower[j0 + l] = ys[l] > ymin ? -1 : 0;
+    }
+  }
+}
+
+// Rows per tile of the float32 NCHW forward: the taps of ~4k pixels (~150 KB) stay in L2 while
+// every channel plane streams through them, so each plane is read and written in long
+// contiguous runs (one row at a time for all channels would hop between C planes every W pixels).
+inline int64_t tile_rows(int64_t H, int64_t W) {
+  return std::clamp<int64_t>(4096 / std::max<int64_t>(W, 1), 1, std::max<int64_t>(H, 1));
+}
 
 // out[j] = sum_k w_k[j] * plane[o_k[j]] (plane[-1] reads as 0); with x: blended[j] = out[j] + x[j] * keep[j].
 inline void sample_plane_scalar(const RowTaps32& t, int64_t j, int64_t n, const float* ip, float* op, const float* xp,
@@ -258,36 +336,193 @@ inline void sample_plane_scalar(const RowTaps32& t, int64_t j, int64_t n, const 
 }
 
 #ifdef LEO_WARP_AVX2
-__attribute__((target("avx2,fma"))) void sample_plane_avx2(const RowTaps32& t, int64_t n, const float* ip, float* op,
-                                                           const float* xp, float* bp) {
-  const __m256i minus1 = _mm256_set1_epi32(-1);
-  const __m256 zero = _mm256_setzero_ps();
+// One plane over the n pixels of a classified RowTaps32 (rs: the plane's row stride).
+__attribute__((target("avx2,fma"))) void sample_plane_avx2(const RowTaps32& t, int64_t n, const float* ip, int64_t rs,
+                                                           float* op, const float* xp, float* bp) {
   int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    __m256 v = zero;
-    for (int k = 0; k < 4; ++k) {
-      const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.o[k].data() + j));
-      // Lanes with idx == -1 (outside corners) are not gathered and keep 0.
-      const __m256 in = _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, minus1));
-      v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[k].data() + j), _mm256_mask_i32gather_ps(zero, ip, idx, in, 4), v);
+  for (int64_t g = 0; j + 8 <= n; ++g, j += 8) {
+    const int kind = t.kind[g];
+    if (kind == 0) {
+      sample_plane_scalar(t, j, j + 8, ip, op, xp, bp);
+      continue;
     }
+    const float* b = ip + t.base[g];
+    const __m256i col = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.col.data() + j));
+    __m256 v00 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(b), col);
+    __m256 v01 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(b + 1), col);
+    __m256 v10 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(b + rs), col);
+    __m256 v11 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(b + rs + 1), col);
+    if (kind == 2) {
+      const __m256 lo = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.lower.data() + j)));
+      const __m256 v20 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(b + 2 * rs), col);
+      const __m256 v21 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(b + 2 * rs + 1), col);
+      v00 = _mm256_blendv_ps(v00, v10, lo);
+      v01 = _mm256_blendv_ps(v01, v11, lo);
+      v10 = _mm256_blendv_ps(v10, v20, lo);
+      v11 = _mm256_blendv_ps(v11, v21, lo);
+    }
+    __m256 v = _mm256_mul_ps(_mm256_loadu_ps(t.w[0].data() + j), v00);
+    v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[1].data() + j), v01, v);
+    v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[2].data() + j), v10, v);
+    v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[3].data() + j), v11, v);
     _mm256_storeu_ps(op + j, v);
     if (xp) _mm256_storeu_ps(bp + j, _mm256_fmadd_ps(_mm256_loadu_ps(xp + j), _mm256_loadu_ps(t.keep.data() + j), v));
   }
   sample_plane_scalar(t, j, n, ip, op, xp, bp);
 }
 
+// The same with AVX-512VL two-register permutes: windows of 16 columns (loads at x and x + 8).
+__attribute__((target("avx2,fma,avx512f,avx512vl"))) void sample_plane_avx512(const RowTaps32& t, int64_t n,
+                                                                              const float* ip, int64_t rs, float* op,
+                                                                              const float* xp, float* bp) {
+  const __m256i one = _mm256_set1_epi32(1);
+  int64_t j = 0;
+  for (int64_t g = 0; j + 8 <= n; ++g, j += 8) {
+    const int kind = t.kind[g];
+    if (kind == 0) {
+      sample_plane_scalar(t, j, j + 8, ip, op, xp, bp);
+      continue;
+    }
+    const float* b = ip + t.base[g];
+    const __m256i c0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.col.data() + j));
+    const __m256i c1 = _mm256_add_epi32(c0, one);
+    __m256 a = _mm256_loadu_ps(b), e = _mm256_loadu_ps(b + 8);
+    __m256 v00 = _mm256_permutex2var_ps(a, c0, e), v01 = _mm256_permutex2var_ps(a, c1, e);
+    a = _mm256_loadu_ps(b + rs);
+    e = _mm256_loadu_ps(b + rs + 8);
+    __m256 v10 = _mm256_permutex2var_ps(a, c0, e), v11 = _mm256_permutex2var_ps(a, c1, e);
+    if (kind == 2) {
+      const __m256 lo = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.lower.data() + j)));
+      a = _mm256_loadu_ps(b + 2 * rs);
+      e = _mm256_loadu_ps(b + 2 * rs + 8);
+      v00 = _mm256_blendv_ps(v00, v10, lo);
+      v01 = _mm256_blendv_ps(v01, v11, lo);
+      v10 = _mm256_blendv_ps(v10, _mm256_permutex2var_ps(a, c0, e), lo);
+      v11 = _mm256_blendv_ps(v11, _mm256_permutex2var_ps(a, c1, e), lo);
+    }
+    __m256 v = _mm256_mul_ps(_mm256_loadu_ps(t.w[0].data() + j), v00);
+    v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[1].data() + j), v01, v);
+    v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[2].data() + j), v10, v);
+    v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[3].data() + j), v11, v);
+    _mm256_storeu_ps(op + j, v);
+    if (xp) _mm256_storeu_ps(bp + j, _mm256_fmadd_ps(_mm256_loadu_ps(xp + j), _mm256_loadu_ps(t.keep.data() + j), v));
+  }
+  sample_plane_scalar(t, j, n, ip, op, xp, bp);
+}
+
+// LEO_WARP_CPU_ISA=avx2 or =scalar caps the kernels used (read once per process), so the tests
+// run every path on one machine.
+int isa_cap() {
+  static const int cap = [] {
+    const char* e = std::getenv("LEO_WARP_CPU_ISA");
+    if (e == nullptr) return 2;
+    const std::string v(e);
+    return v == "scalar" ? 0 : v == "avx2" ? 1 : 2;
+  }();
+  return cap;
+}
+
+bool cpu_has_avx512() {
+  static const bool ok = isa_cap() >= 2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                         __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+
 bool cpu_has_avx2() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool ok = isa_cap() >= 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return ok;
 }
 #endif
 
-inline void sample_plane(const RowTaps32& t, int64_t n, const float* ip, float* op, const float* xp, float* bp) {
+// t must have been classified with classify_for_cpu.
+inline void sample_plane(const RowTaps32& t, int64_t n, const float* ip, int64_t rs, float* op, const float* xp,
+                         float* bp) {
 #ifdef LEO_WARP_AVX2
-  if (cpu_has_avx2()) return sample_plane_avx2(t, n, ip, op, xp, bp);
+  if (cpu_has_avx512()) return sample_plane_avx512(t, n, ip, rs, op, xp, bp);
+  if (cpu_has_avx2()) return sample_plane_avx2(t, n, ip, rs, op, xp, bp);
 #endif
   sample_plane_scalar(t, 0, n, ip, op, xp, bp);
+}
+
+// Columns of a window for the sample_plane kernel this CPU runs (0: no window groups).
+inline int64_t window_span() {
+#ifdef LEO_WARP_AVX2
+  if (cpu_has_avx512()) return 16;
+  if (cpu_has_avx2()) return 9;
+#endif
+  return 0;
+}
+
+inline void classify_for_cpu(RowTaps32& t, int64_t n, int64_t Hin, int64_t Win, int64_t rs) {
+  if (const int64_t span = window_span()) classify(t, n, Hin, Win, rs, span);
+}
+
+// channels_last float32, one output row: out[j, :] = sum_k w_k[j] * scale[j] * in[corner_k(j), :]
+// (outside corners point at a zero row, so nothing outside the image is read); with x also
+// blended[j, :] = out[j, :] + x[j, :] * (1 - scale[j]). The channel loop is contiguous: AVX2 when
+// the CPU has it, else a scalar loop the compiler vectorizes for the baseline target.
+template <bool X>
+inline void sample_row_cl_scalar(const Taps<float>& tp, const float* scale, int64_t W, int64_t sW, int64_t C,
+                                 const float* inb, const float* zero, float* orow, const float* xrow, float* brow) {
+  for (int64_t j = 0; j < W; ++j) {
+    const float* p[4];
+    float w[4];
+    const float s = scale ? scale[j] : 1.f;
+    for (int k = 0; k < 4; ++k) {
+      p[k] = tp.ok[k][j] ? inb + tp.off[k][j] : zero;
+      w[k] = tp.w[k][j] * s;
+    }
+    float* __restrict__ o = orow + j * sW;
+    for (int64_t c = 0; c < C; ++c) {
+      const float v = w[0] * p[0][c] + w[1] * p[1][c] + w[2] * p[2][c] + w[3] * p[3][c];
+      o[c] = v;
+      if constexpr (X) brow[j * sW + c] = v + xrow[j * sW + c] * (1.f - s);
+    }
+  }
+}
+
+#ifdef LEO_WARP_AVX2
+template <bool X>
+__attribute__((target("avx2,fma"))) void sample_row_cl_avx2(const Taps<float>& tp, const float* scale, int64_t W,
+                                                            int64_t sW, int64_t C, const float* inb,
+                                                            const float* zero, float* orow, const float* xrow,
+                                                            float* brow) {
+  for (int64_t j = 0; j < W; ++j) {
+    const float* p[4];
+    float w[4];
+    const float s = scale ? scale[j] : 1.f, keep = 1.f - s;
+    for (int k = 0; k < 4; ++k) {
+      p[k] = tp.ok[k][j] ? inb + tp.off[k][j] : zero;
+      w[k] = tp.w[k][j] * s;
+    }
+    const __m256 w0 = _mm256_set1_ps(w[0]), w1 = _mm256_set1_ps(w[1]), w2 = _mm256_set1_ps(w[2]),
+                 w3 = _mm256_set1_ps(w[3]), kv = _mm256_set1_ps(keep);
+    float* o = orow + j * sW;
+    int64_t c = 0;
+    for (; c + 8 <= C; c += 8) {
+      __m256 v = _mm256_mul_ps(w0, _mm256_loadu_ps(p[0] + c));
+      v = _mm256_fmadd_ps(w1, _mm256_loadu_ps(p[1] + c), v);
+      v = _mm256_fmadd_ps(w2, _mm256_loadu_ps(p[2] + c), v);
+      v = _mm256_fmadd_ps(w3, _mm256_loadu_ps(p[3] + c), v);
+      _mm256_storeu_ps(o + c, v);
+      if constexpr (X) _mm256_storeu_ps(brow + j * sW + c, _mm256_fmadd_ps(_mm256_loadu_ps(xrow + j * sW + c), kv, v));
+    }
+    for (; c < C; ++c) {
+      const float v = w[0] * p[0][c] + w[1] * p[1][c] + w[2] * p[2][c] + w[3] * p[3][c];
+      o[c] = v;
+      if constexpr (X) brow[j * sW + c] = v + xrow[j * sW + c] * keep;
+    }
+  }
+}
+#endif
+
+template <bool X>
+inline void sample_row_cl(const Taps<float>& tp, const float* scale, int64_t W, int64_t sW, int64_t C,
+                          const float* inb, const float* zero, float* orow, const float* xrow, float* brow) {
+#ifdef LEO_WARP_AVX2
+  if (cpu_has_avx2()) return sample_row_cl_avx2<X>(tp, scale, W, sW, C, inb, zero, orow, xrow, brow);
+#endif
+  sample_row_cl_scalar<X>(tp, scale, W, sW, C, inb, zero, orow, xrow, brow);
 }
 
 // torch.linspace(-1, 1, n)[i], computed the way torch does (from both ends).
@@ -352,11 +587,46 @@ void grid_sample_fwd_impl(const at::Tensor& input, const at::Tensor& grid, at::T
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   const scalar_t* g = grid.const_data_ptr<scalar_t>();
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
-  const bool small_planes = H * W < (int64_t(1) << 31) && osW == 1;  // int32 offsets, unit-stride rows
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (!CL && H * W < (int64_t(1) << 31) && isW == 1 && osW == 1 && osH == Wo) {
+      // Tiles of rows: taps once, then every channel plane in one contiguous run.
+      const int64_t R = tile_rows(Ho, Wo), ntiles = (Ho + R - 1) / R;
+      at::parallel_for(0, N * ntiles, 1, [&](int64_t begin, int64_t end) {
+        Taps<float> tp(Wo);
+        RowTaps32 rt(R * Wo);
+        for (int64_t t = begin; t < end; ++t) {
+          const int64_t n = t / ntiles, i0 = (t % ntiles) * R, i1 = std::min(Ho, i0 + R);
+          for (int64_t i = i0; i < i1; ++i) {
+            const float* grow = g + (n * Ho + i) * Wo * 2;
+            for (int64_t j = 0; j < Wo; ++j) tp.set(j, grow[2 * j], grow[2 * j + 1], H, W, isH, isW, pad, align);
+            rt.fill(tp, Wo, nullptr, (i - i0) * Wo);
+          }
+          const int64_t npx = (i1 - i0) * Wo;
+          classify_for_cpu(rt, npx, H, W, isH);
+          for (int64_t c = 0; c < C; ++c)
+            sample_plane(rt, npx, in + n * isN + c * isC, isH, o + n * osN + c * osC + i0 * Wo, nullptr, nullptr);
+        }
+      });
+      return;
+    }
+    if (CL && osC == 1 && isC == 1) {
+      std::vector<float> zero_row(C, 0.f);
+      at::parallel_for(0, N * Ho, grain_for(C * Wo), [&](int64_t begin, int64_t end) {
+        Taps<float> tp(Wo);
+        for (int64_t r = begin; r < end; ++r) {
+          const int64_t n = r / Ho, i = r % Ho;
+          const float* grow = g + r * Wo * 2;
+          for (int64_t j = 0; j < Wo; ++j) tp.set(j, grow[2 * j], grow[2 * j + 1], H, W, isH, isW, pad, align);
+          sample_row_cl<false>(tp, nullptr, Wo, osW, C, in + n * isN, zero_row.data(), o + n * osN + i * osH, nullptr,
+                               nullptr);
+        }
+      });
+      return;
+    }
+  }
   at::parallel_for(0, N * Ho, grain_for(C * Wo), [&](int64_t begin, int64_t end) {
     Taps<acc_t> tp(Wo);
     std::vector<PackedTap<acc_t>> packed(CL ? 0 : Wo);
-    RowTaps32 rt(std::is_same_v<scalar_t, float> && !CL ? Wo : 0);
     std::vector<scalar_t> zero_row(CL ? C : 0, scalar_t(0));
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / Ho, i = r % Ho;
@@ -365,13 +635,6 @@ void grid_sample_fwd_impl(const at::Tensor& input, const at::Tensor& grid, at::T
         tp.set(j, static_cast<acc_t>(grow[2 * j]), static_cast<acc_t>(grow[2 * j + 1]), H, W, isH, isW, pad, align);
       const scalar_t* inb = in + n * isN;
       scalar_t* orow = o + n * osN + i * osH;
-      if constexpr (!CL && std::is_same_v<scalar_t, float>) {
-        if (small_planes) {
-          rt.fill(tp, Wo, nullptr);
-          for (int64_t c = 0; c < C; ++c) sample_plane(rt, Wo, inb + c * isC, orow + c * osC, nullptr, nullptr);
-          continue;
-        }
-      }
       if constexpr (!CL) {
         pack_taps(tp, Wo, static_cast<const acc_t*>(nullptr), packed.data());
         sample_all_channels<false>(packed.data(), Wo, C, inb, isC, orow, osC, static_cast<const scalar_t*>(nullptr),
@@ -409,7 +672,8 @@ at::Tensor grid_sample_fwd_cpu(const at::Tensor& input_, const at::Tensor& grid_
   check_grid_sample(input_, grid_, pad);
   const auto fmt = feature_format(input_);
   const at::Tensor input = input_.contiguous(fmt), grid = grid_.contiguous();
-  at::Tensor out = at::empty({input.size(0), input.size(1), grid.size(1), grid.size(2)}, input.options().memory_format(fmt));
+  at::Tensor out = huge_pages(
+      at::empty({input.size(0), input.size(1), grid.size(1), grid.size(2)}, input.options().memory_format(fmt)));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "grid_sample_fwd_cpu", [&] {
     if (fmt == at::MemoryFormat::ChannelsLast)
       grid_sample_fwd_impl<scalar_t, true>(input, grid, out, pad, align);
@@ -461,6 +725,298 @@ void scatter_input_grad(acc_t* gi, int64_t N, int64_t C, int64_t Ho, int64_t Wo,
   });
 }
 
+// --------------------------------------------------------------------------- float32 backward
+// Both backward passes for float32, shared by grid_sample and warp_inpaint through a policy P:
+//   P::kWarp           warp_inpaint (G = grad_warped + grad_blended, mask, grad_x) or grid_sample
+//   P::Row, p.row(W)   per-row state; p.set(row, n, i) fills taps() and scale() (mask or null)
+//   p.finish(row, n, i, ax, ay, am)  writes the flow/grid gradients of row i from the sums over
+//                      channels ax = sum G dv/dfx, ay = sum G dv/dfy, am = sum (G s - gb x)
+// Pass 1 (tiles of rows) gathers ax/ay/am and writes grad_x; pass 2 (channel blocks of one image,
+// each walking every pixel in order: deterministic, race free) scatters the input gradient.
+// NCHW: pass 1 samples corners through the window groups (AVX-512) or per pixel, and stores the
+// taps (offsets, weights times mask) for pass 2. channels_last: pass 1 runs over rows with the
+// channel loop contiguous (AVX2); pass 2 is scatter_input_grad.
+
+// Per-pixel corner values and the pass-1 update of one pixel (scalar).
+template <bool kWarp>
+inline void bwd_pixel(float v00, float v01, float v10, float v11, const float w[4], float fx, float fy, float G,
+                      float gbv, float xv, float& ax, float& ay, float& am) {
+  if constexpr (kWarp) am += G * (w[0] * v00 + w[1] * v01 + w[2] * v10 + w[3] * v11) - gbv * xv;
+  ax += G * ((1 - fy) * (v01 - v00) + fy * (v11 - v10));
+  ay += G * ((1 - fx) * (v10 - v00) + fx * (v11 - v01));
+}
+
+struct BwdTile {
+  RowTaps32 rt;  // offsets, unscaled bilinear weights, keep = 1 - mask
+  std::vector<float> fx, fy, ax, ay, am;
+  explicit BwdTile(int64_t n) : rt(n), fx(n), fy(n), ax(n), ay(n), am(n) {}
+};
+
+// gw: grad_out (grid_sample) or grad_warped; gb, xp, gxp: warp_inpaint only. Pixels [j, n).
+template <bool kWarp>
+inline void bwd_plane_scalar(BwdTile& b, int64_t j, int64_t n, const float* ip, const float* gw, const float* gb,
+                             const float* xp, float* gxp) {
+  const RowTaps32& t = b.rt;
+  for (; j < n; ++j) {
+    const float w[4] = {t.w[0][j], t.w[1][j], t.w[2][j], t.w[3][j]};
+    const float gbv = kWarp ? gb[j] : 0.f, G = gw[j] + gbv;
+    if constexpr (kWarp) gxp[j] = gbv * t.keep[j];
+    bwd_pixel<kWarp>(tap_value<float>(ip, t.o[0][j]), tap_value<float>(ip, t.o[1][j]), tap_value<float>(ip, t.o[2][j]),
+                     tap_value<float>(ip, t.o[3][j]), w, b.fx[j], b.fy[j], G, gbv, kWarp ? xp[j] : 0.f, b.ax[j],
+                     b.ay[j], b.am[j]);
+  }
+}
+
+#ifdef LEO_WARP_AVX2
+template <bool kWarp>
+__attribute__((target("avx2,fma,avx512f,avx512vl"))) void bwd_plane_avx512(BwdTile& b, int64_t n, const float* ip,
+                                                                           int64_t rs, const float* gw,
+                                                                           const float* gb, const float* xp,
+                                                                           float* gxp) {
+  const RowTaps32& t = b.rt;
+  const __m256i one = _mm256_set1_epi32(1);
+  const __m256 ones = _mm256_set1_ps(1.f);
+  int64_t j = 0;
+  for (int64_t g = 0; j + 8 <= n; ++g, j += 8) {
+    const int kind = t.kind[g];
+    if (kind == 0) {
+      bwd_plane_scalar<kWarp>(b, j, j + 8, ip, gw, gb, xp, gxp);
+      continue;
+    }
+    const float* bp = ip + t.base[g];
+    const __m256i c0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.col.data() + j));
+    const __m256i c1 = _mm256_add_epi32(c0, one);
+    __m256 a = _mm256_loadu_ps(bp), e = _mm256_loadu_ps(bp + 8);
+    __m256 v00 = _mm256_permutex2var_ps(a, c0, e), v01 = _mm256_permutex2var_ps(a, c1, e);
+    a = _mm256_loadu_ps(bp + rs);
+    e = _mm256_loadu_ps(bp + rs + 8);
+    __m256 v10 = _mm256_permutex2var_ps(a, c0, e), v11 = _mm256_permutex2var_ps(a, c1, e);
+    if (kind == 2) {
+      const __m256 lo = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.lower.data() + j)));
+      a = _mm256_loadu_ps(bp + 2 * rs);
+      e = _mm256_loadu_ps(bp + 2 * rs + 8);
+      v00 = _mm256_blendv_ps(v00, v10, lo);
+      v01 = _mm256_blendv_ps(v01, v11, lo);
+      v10 = _mm256_blendv_ps(v10, _mm256_permutex2var_ps(a, c0, e), lo);
+      v11 = _mm256_blendv_ps(v11, _mm256_permutex2var_ps(a, c1, e), lo);
+    }
+    const __m256 fx = _mm256_loadu_ps(b.fx.data() + j), fy = _mm256_loadu_ps(b.fy.data() + j);
+    __m256 G = _mm256_loadu_ps(gw + j);
+    if constexpr (kWarp) {
+      const __m256 gbv = _mm256_loadu_ps(gb + j);
+      G = _mm256_add_ps(G, gbv);
+      _mm256_storeu_ps(gxp + j, _mm256_mul_ps(gbv, _mm256_loadu_ps(t.keep.data() + j)));
+      __m256 s = _mm256_mul_ps(_mm256_loadu_ps(t.w[0].data() + j), v00);
+      s = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[1].data() + j), v01, s);
+      s = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[2].data() + j), v10, s);
+      s = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[3].data() + j), v11, s);
+      const __m256 am = _mm256_fmsub_ps(G, s, _mm256_mul_ps(gbv, _mm256_loadu_ps(xp + j)));
+      _mm256_storeu_ps(b.am.data() + j, _mm256_add_ps(_mm256_loadu_ps(b.am.data() + j), am));
+    }
+    const __m256 dxv = _mm256_fmadd_ps(fy, _mm256_sub_ps(v11, v10), _mm256_mul_ps(_mm256_sub_ps(ones, fy), _mm256_sub_ps(v01, v00)));
+    const __m256 dyv = _mm256_fmadd_ps(fx, _mm256_sub_ps(v11, v01), _mm256_mul_ps(_mm256_sub_ps(ones, fx), _mm256_sub_ps(v10, v00)));
+    _mm256_storeu_ps(b.ax.data() + j, _mm256_fmadd_ps(G, dxv, _mm256_loadu_ps(b.ax.data() + j)));
+    _mm256_storeu_ps(b.ay.data() + j, _mm256_fmadd_ps(G, dyv, _mm256_loadu_ps(b.ay.data() + j)));
+  }
+  bwd_plane_scalar<kWarp>(b, j, n, ip, gw, gb, xp, gxp);
+}
+#endif
+
+template <bool kWarp>
+inline void bwd_plane(BwdTile& b, int64_t n, const float* ip, int64_t rs, const float* gw, const float* gb,
+                      const float* xp, float* gxp) {
+#ifdef LEO_WARP_AVX2
+  if (cpu_has_avx512()) return bwd_plane_avx512<kWarp>(b, n, ip, rs, gw, gb, xp, gxp);
+#endif
+  bwd_plane_scalar<kWarp>(b, 0, n, ip, gw, gb, xp, gxp);
+}
+
+// NCHW float32, both passes. in: (N, C, H, W) contiguous; gw, gb, xp, gxp: (N, C, Ho, Wo)
+// contiguous; gin: (N, C, H, W) contiguous, zeroed.
+template <class P>
+void bwd_f32_nchw(const P& p, int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, const float* in,
+                  const float* gw, const float* gb, const float* xp, float* gxp, float* gin) {
+  constexpr bool kWarp = P::kWarp;
+  const int64_t HW = H * W, HWo = Ho * Wo;
+  const int64_t R = tile_rows(Ho, Wo), ntiles = (Ho + R - 1) / R;
+  // Taps of every output pixel for pass 2: offsets and weights times the mask.
+  at::Tensor taps_o = huge_pages(at::empty({4, N * HWo}, at::kInt));
+  at::Tensor taps_w = huge_pages(at::empty({4, N * HWo}, at::kFloat));
+  int32_t* to = taps_o.mutable_data_ptr<int32_t>();
+  float* tw = taps_w.mutable_data_ptr<float>();
+  const int64_t span = window_span() == 16 ? 16 : 0;  // bwd_plane has no AVX2 window kernel
+  at::parallel_for(0, N * ntiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<typename P::Row> rows;
+    for (int64_t r = 0; r < R; ++r) rows.push_back(p.row());
+    BwdTile b(R * Wo);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / ntiles, i0 = (t % ntiles) * R, i1 = std::min(Ho, i0 + R), npx = (i1 - i0) * Wo;
+      for (int64_t i = i0; i < i1; ++i) {
+        auto& row = rows[i - i0];
+        p.set(row, n, i);
+        const Taps<float>& tp = row.taps();
+        const float* sc = row.scale();
+        const int64_t j0 = (i - i0) * Wo;
+        b.rt.fill(tp, Wo, nullptr, j0);
+        for (int64_t j = 0; j < Wo; ++j) {
+          b.fx[j0 + j] = tp.tx[j];
+          b.fy[j0 + j] = tp.ty[j];
+          b.rt.keep[j0 + j] = sc ? 1.f - sc[j] : 0.f;
+        }
+        const int64_t gbase = n * HWo + i * Wo;
+        for (int k = 0; k < 4; ++k)
+          for (int64_t j = 0; j < Wo; ++j) {
+            to[k * N * HWo + gbase + j] = b.rt.o[k][j0 + j];
+            tw[k * N * HWo + gbase + j] = sc ? b.rt.w[k][j0 + j] * sc[j] : b.rt.w[k][j0 + j];
+          }
+      }
+      if (span) classify(b.rt, npx, H, W, W, span);
+      std::fill(b.ax.begin(), b.ax.begin() + npx, 0.f);
+      std::fill(b.ay.begin(), b.ay.begin() + npx, 0.f);
+      std::fill(b.am.begin(), b.am.begin() + npx, 0.f);
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t o = (n * C + c) * HWo + i0 * Wo;
+        bwd_plane<kWarp>(b, npx, in + (n * C + c) * HW, W, gw + o, kWarp ? gb + o : nullptr, kWarp ? xp + o : nullptr,
+                         kWarp ? gxp + o : nullptr);
+      }
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t j0 = (i - i0) * Wo;
+        p.finish(rows[i - i0], n, i, b.ax.data() + j0, b.ay.data() + j0, b.am.data() + j0);
+      }
+    }
+  });
+  // Pass 2: blocks of 8 channels of one image; each walks every pixel in order.
+  const int64_t cblock = 8, nblocks = (C + cblock - 1) / cblock;
+  at::parallel_for(0, N * nblocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / nblocks, c0 = (t % nblocks) * cblock, c1 = std::min(C, c0 + cblock);
+      const int32_t* o0 = to + n * HWo; const int32_t* o1 = o0 + N * HWo; const int32_t* o2 = o1 + N * HWo;
+      const int32_t* o3 = o2 + N * HWo;
+      const float* w0 = tw + n * HWo; const float* w1 = w0 + N * HWo; const float* w2 = w1 + N * HWo;
+      const float* w3 = w2 + N * HWo;
+      for (int64_t c = c0; c < c1; ++c) {
+        float* gf = gin + (n * C + c) * HW;
+        const float* ga = gw + (n * C + c) * HWo;
+        const float* gbb = kWarp ? gb + (n * C + c) * HWo : nullptr;
+        for (int64_t q = 0; q < HWo; ++q) {
+          const float G = kWarp ? ga[q] + gbb[q] : ga[q];
+          if (o0[q] >= 0) gf[o0[q]] += w0[q] * G;
+          if (o1[q] >= 0) gf[o1[q]] += w1[q] * G;
+          if (o2[q] >= 0) gf[o2[q]] += w2[q] * G;
+          if (o3[q] >= 0) gf[o3[q]] += w3[q] * G;
+        }
+      }
+    }
+  });
+}
+
+// channels_last float32, pass 1 of one output row (AVX2): sums over contiguous channel vectors.
+#ifdef LEO_WARP_AVX2
+__attribute__((target("avx2,fma"))) inline float hsum8(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+
+template <bool kWarp>
+__attribute__((target("avx2,fma"))) void bwd_row_cl_avx2(const Taps<float>& tp, const float* scale, int64_t Wo,
+                                                         int64_t C, const float* inb, const float* zero,
+                                                         const float* gw, const float* gb, const float* xp, float* gxp,
+                                                         float* ax, float* ay, float* am) {
+  const __m256 ones = _mm256_set1_ps(1.f);
+  for (int64_t j = 0; j < Wo; ++j) {
+    const float* p[4];
+    float w[4];
+    for (int k = 0; k < 4; ++k) {
+      p[k] = tp.ok[k][j] ? inb + tp.off[k][j] : zero;
+      w[k] = tp.w[k][j];
+    }
+    const float fx = tp.tx[j], fy = tp.ty[j], keep = scale ? 1.f - scale[j] : 0.f;
+    const __m256 w0 = _mm256_set1_ps(w[0]), w1 = _mm256_set1_ps(w[1]), w2 = _mm256_set1_ps(w[2]),
+                 w3 = _mm256_set1_ps(w[3]), fxv = _mm256_set1_ps(fx), fyv = _mm256_set1_ps(fy),
+                 kv = _mm256_set1_ps(keep), fx1 = _mm256_sub_ps(ones, fxv), fy1 = _mm256_sub_ps(ones, fyv);
+    __m256 sax = _mm256_setzero_ps(), say = _mm256_setzero_ps(), sam = _mm256_setzero_ps();
+    const int64_t o = j * C;
+    int64_t c = 0;
+    for (; c + 8 <= C; c += 8) {
+      const __m256 v00 = _mm256_loadu_ps(p[0] + c), v01 = _mm256_loadu_ps(p[1] + c), v10 = _mm256_loadu_ps(p[2] + c),
+                   v11 = _mm256_loadu_ps(p[3] + c);
+      __m256 G = _mm256_loadu_ps(gw + o + c);
+      if constexpr (kWarp) {
+        const __m256 gbv = _mm256_loadu_ps(gb + o + c);
+        G = _mm256_add_ps(G, gbv);
+        _mm256_storeu_ps(gxp + o + c, _mm256_mul_ps(gbv, kv));
+        __m256 s = _mm256_mul_ps(w0, v00);
+        s = _mm256_fmadd_ps(w1, v01, s);
+        s = _mm256_fmadd_ps(w2, v10, s);
+        s = _mm256_fmadd_ps(w3, v11, s);
+        sam = _mm256_add_ps(sam, _mm256_fmsub_ps(G, s, _mm256_mul_ps(gbv, _mm256_loadu_ps(xp + o + c))));
+      }
+      sax = _mm256_fmadd_ps(G, _mm256_fmadd_ps(fyv, _mm256_sub_ps(v11, v10), _mm256_mul_ps(fy1, _mm256_sub_ps(v01, v00))), sax);
+      say = _mm256_fmadd_ps(G, _mm256_fmadd_ps(fxv, _mm256_sub_ps(v11, v01), _mm256_mul_ps(fx1, _mm256_sub_ps(v10, v00))), say);
+    }
+    float a = hsum8(sax), y = hsum8(say), m = hsum8(sam);
+    for (; c < C; ++c) {
+      const float gbv = kWarp ? gb[o + c] : 0.f, G = gw[o + c] + gbv;
+      if constexpr (kWarp) gxp[o + c] = gbv * keep;
+      bwd_pixel<kWarp>(p[0][c], p[1][c], p[2][c], p[3][c], w, fx, fy, G, gbv, kWarp ? xp[o + c] : 0.f, a, y, m);
+    }
+    ax[j] = a;
+    ay[j] = y;
+    am[j] = m;
+  }
+}
+#endif
+
+// channels_last float32 pass 1 (needs AVX2). in: (N, H, W, C) dense; gw, gb, xp, gxp: (N, Ho, Wo, C) dense.
+template <class P>
+void bwd_f32_cl_pass1(const P& p, int64_t N, int64_t C, int64_t Ho, int64_t Wo, const float* in, int64_t isN,
+                      const float* gw, const float* gb, const float* xp, float* gxp) {
+#ifdef LEO_WARP_AVX2
+  constexpr bool kWarp = P::kWarp;
+  std::vector<float> zero_row(C, 0.f);
+  at::parallel_for(0, N * Ho, grain_for(2 * C * Wo), [&](int64_t begin, int64_t end) {
+    auto row = p.row();
+    std::vector<float> ax(Wo), ay(Wo), am(Wo);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / Ho, i = r % Ho, o = r * Wo * C;
+      p.set(row, n, i);
+      bwd_row_cl_avx2<kWarp>(row.taps(), row.scale(), Wo, C, in + n * isN, zero_row.data(), gw + o,
+                             kWarp ? gb + o : nullptr, kWarp ? xp + o : nullptr, kWarp ? gxp + o : nullptr, ax.data(),
+                             ay.data(), am.data());
+      p.finish(row, n, i, ax.data(), ay.data(), am.data());
+    }
+  });
+#endif
+}
+
+struct GsBwdPolicy {
+  static constexpr bool kWarp = false;
+  const float* g;
+  int64_t H, W, isH, isW, pad;
+  bool align;
+  int64_t Ho, Wo;
+  float* gg;
+  struct Row {
+    Taps<float> tp;
+    explicit Row(int64_t n) : tp(n) {}
+    const Taps<float>& taps() const { return tp; }
+    const float* scale() const { return nullptr; }
+  };
+  Row row() const { return Row(Wo); }
+  void set(Row& r, int64_t n, int64_t i) const {
+    const float* grow = g + (n * Ho + i) * Wo * 2;
+    for (int64_t j = 0; j < Wo; ++j) r.tp.set(j, grow[2 * j], grow[2 * j + 1], H, W, isH, isW, pad, align);
+  }
+  void finish(const Row& r, int64_t n, int64_t i, const float* ax, const float* ay, const float*) const {
+    float* out = gg + (n * Ho + i) * Wo * 2;
+    for (int64_t j = 0; j < Wo; ++j) {
+      out[2 * j] = ax[j] * r.tp.dx[j];
+      out[2 * j + 1] = ay[j] * r.tp.dy[j];
+    }
+  }
+};
+
 template <typename scalar_t, bool CL>
 void grid_sample_bwd_impl(const at::Tensor& go, const at::Tensor& input, const at::Tensor& grid, at::Tensor& gin_acc,
                           at::Tensor& ggrid, int64_t pad, bool align) {
@@ -474,8 +1030,23 @@ void grid_sample_bwd_impl(const at::Tensor& go, const at::Tensor& input, const a
   const scalar_t* gop = go.const_data_ptr<scalar_t>();
   scalar_t* gg = ggrid.mutable_data_ptr<scalar_t>();
 
+  bool pass1_done = false;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    const GsBwdPolicy pol{g, H, W, isH, isW, pad, align, Ho, Wo, gg};
+    if (!CL && isW == 1 && isH == W && gsW == 1 && gsH == Wo && gsC == Ho * Wo && H * W < (int64_t(1) << 31) &&
+        gin_acc.is_contiguous()) {
+      bwd_f32_nchw(pol, N, C, H, W, Ho, Wo, in, gop, nullptr, nullptr, nullptr, gin_acc.mutable_data_ptr<float>());
+      return;
+    }
+#ifdef LEO_WARP_AVX2
+    if (CL && cpu_has_avx2() && isC == 1 && gsC == 1 && gsW == C && gsH == Wo * C && gsN == Ho * Wo * C) {
+      bwd_f32_cl_pass1(pol, N, C, Ho, Wo, in, isN, gop, nullptr, nullptr, nullptr);
+      pass1_done = true;
+    }
+#endif
+  }
   // Pass 1: grad_grid, gathered over channels per output pixel.
-  at::parallel_for(0, N * Ho, grain_for(C * Wo), [&](int64_t begin, int64_t end) {
+  if (!pass1_done) at::parallel_for(0, N * Ho, grain_for(C * Wo), [&](int64_t begin, int64_t end) {
     Taps<acc_t> tp(Wo);
     std::vector<acc_t> ax(Wo), ay(Wo);
     for (int64_t r = begin; r < end; ++r) {
@@ -532,7 +1103,7 @@ std::tuple<at::Tensor, at::Tensor> grid_sample_bwd_cpu(const at::Tensor& grad_ou
   const auto fmt = feature_format(input_);
   const at::Tensor input = input_.contiguous(fmt), grid = grid_.contiguous(), go = grad_out_.contiguous(fmt);
   const auto acc_dtype = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor gin_acc = at::empty(input.sizes(), input.options().dtype(acc_dtype).memory_format(fmt)).zero_();
+  at::Tensor gin_acc = huge_pages(at::empty(input.sizes(), input.options().dtype(acc_dtype).memory_format(fmt))).zero_();
   at::Tensor ggrid = at::empty(grid.sizes(), grid.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "grid_sample_bwd_cpu", [&] {
     if (fmt == at::MemoryFormat::ChannelsLast)
@@ -666,42 +1237,76 @@ void warp_inpaint_fwd_impl(const at::Tensor& feat, const at::Tensor& x, const at
   scalar_t* bp = blended.mutable_data_ptr<scalar_t>();
   scalar_t* cp = composed.mutable_data_ptr<scalar_t>();
   const int64_t Hc = H / 2, Wc = W / 2;
-  const bool small_planes = H * W < (int64_t(1) << 31) && sW == 1;  // int32 offsets, unit-stride rows
+  // Row scratch of one task: composed = logits (+ up2(skip)) of row (n, i), kept in acc_t for the
+  // grid and stored in scalar_t, then the taps and mask of the row in fr.
+  struct Scratch {
+    FlowRow<acc_t> fr;
+    std::vector<acc_t> comp, up, tmp;
+    Scratch(int64_t W, int64_t Wc) : fr(W), comp(3 * W), up(W), tmp(Wc + 1) {}
+  };
+  auto flow_row = [&](Scratch& s, int64_t n, int64_t i) {
+    for (int64_t k = 0; k < 3; ++k) {
+      const scalar_t* l = lp + ((n * 3 + k) * H + i) * W;
+      acc_t* cr = s.comp.data() + k * W;
+      if (sp) {
+        up2_row(sp + (n * 3 + k) * Hc * Wc, Hc, Wc, i, s.up.data(), s.tmp.data());
+        for (int64_t j = 0; j < W; ++j) cr[j] = static_cast<acc_t>(l[j]) + s.up[j];
+      } else {
+        for (int64_t j = 0; j < W; ++j) cr[j] = static_cast<acc_t>(l[j]);
+      }
+      scalar_t* co = cp + ((n * 3 + k) * H + i) * W;
+      for (int64_t j = 0; j < W; ++j) co[j] = static_cast<scalar_t>(cr[j]);
+    }
+    s.fr.set(s.comp.data(), s.comp.data() + W, s.comp.data() + 2 * W, i, H, W, sH, sW, align);
+  };
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (!CL && H * W < (int64_t(1) << 31) && sW == 1 && sH == W) {
+      // Tiles of rows: taps (mask folded in) once, then every channel plane in one contiguous run.
+      const int64_t R = tile_rows(H, W), ntiles = (H + R - 1) / R;
+      at::parallel_for(0, N * ntiles, 1, [&](int64_t begin, int64_t end) {
+        Scratch s(W, Wc);
+        RowTaps32 rt(R * W);
+        for (int64_t t = begin; t < end; ++t) {
+          const int64_t n = t / ntiles, i0 = (t % ntiles) * R, i1 = std::min(H, i0 + R);
+          for (int64_t i = i0; i < i1; ++i) {
+            flow_row(s, n, i);
+            rt.fill(s.fr.tp, W, s.fr.mask.data(), (i - i0) * W);
+          }
+          const int64_t npx = (i1 - i0) * W;
+          classify_for_cpu(rt, npx, H, W, sH);
+          for (int64_t c = 0; c < C; ++c) {
+            const int64_t o = n * sN + c * sC + i0 * W;
+            sample_plane(rt, npx, fp + n * sN + c * sC, sH, wp + o, xp + o, bp + o);
+          }
+        }
+      });
+      return;
+    }
+    if (CL && sC == 1) {
+      std::vector<float> zero_row(C, 0.f);
+      at::parallel_for(0, N * H, grain_for(C * W), [&](int64_t begin, int64_t end) {
+        Scratch s(W, Wc);
+        for (int64_t r = begin; r < end; ++r) {
+          const int64_t n = r / H, i = r % H;
+          flow_row(s, n, i);
+          const int64_t o = n * sN + i * sH;
+          sample_row_cl<true>(s.fr.tp, s.fr.mask.data(), W, sW, C, fp + n * sN, zero_row.data(), wp + o, xp + o, bp + o);
+        }
+      });
+      return;
+    }
+  }
   at::parallel_for(0, N * H, grain_for(C * W), [&](int64_t begin, int64_t end) {
-    FlowRow<acc_t> fr(W);
+    Scratch s(W, Wc);
     std::vector<PackedTap<acc_t>> packed(CL ? 0 : W);
-    RowTaps32 rt(std::is_same_v<scalar_t, float> && !CL ? W : 0);
-    std::vector<acc_t> comp(3 * W), up(W), tmp(Wc + 1), keep(W);
+    std::vector<acc_t> keep(W);
     std::vector<scalar_t> zero_row(CL ? C : 0, scalar_t(0));
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / H, i = r % H;
-      // composed = logits (+ up2(skip)), kept in acc_t for the grid; stored in scalar_t.
-      for (int64_t k = 0; k < 3; ++k) {
-        const scalar_t* l = lp + ((n * 3 + k) * H + i) * W;
-        acc_t* cr = comp.data() + k * W;
-        if (sp) {
-          up2_row(sp + (n * 3 + k) * Hc * Wc, Hc, Wc, i, up.data(), tmp.data());
-          for (int64_t j = 0; j < W; ++j) cr[j] = static_cast<acc_t>(l[j]) + up[j];
-        } else {
-          for (int64_t j = 0; j < W; ++j) cr[j] = static_cast<acc_t>(l[j]);
-        }
-        scalar_t* co = cp + ((n * 3 + k) * H + i) * W;
-        for (int64_t j = 0; j < W; ++j) co[j] = static_cast<scalar_t>(cr[j]);
-      }
-      fr.set(comp.data(), comp.data() + W, comp.data() + 2 * W, i, H, W, sH, sW, align);
-      const auto& tp = fr.tp;
-      const acc_t* m = fr.mask.data();
+      flow_row(s, n, i);
+      const auto& tp = s.fr.tp;
+      const acc_t* m = s.fr.mask.data();
       const int64_t rowoff = n * sN + i * sH;
-      if constexpr (!CL && std::is_same_v<scalar_t, float>) {
-        if (small_planes) {
-          rt.fill(tp, W, m);
-          for (int64_t c = 0; c < C; ++c) {
-            const int64_t o = rowoff + c * sC;
-            sample_plane(rt, W, fp + n * sN + c * sC, wp + o, xp + o, bp + o);
-          }
-          continue;
-        }
-      }
       if constexpr (!CL) {
         pack_taps(tp, W, m, packed.data());
         for (int64_t j = 0; j < W; ++j) keep[j] = 1 - m[j];
@@ -742,8 +1347,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> warp_inpaint_fwd_cpu(const at::Te
   const at::Tensor feat = feat_.contiguous(fmt), x = x_.contiguous(fmt), logits = logits_.contiguous();
   at::Tensor skip;
   if (skip_) skip = skip_->contiguous();
-  at::Tensor warped = at::empty(feat.sizes(), feat.options().memory_format(fmt));
-  at::Tensor blended = at::empty(feat.sizes(), feat.options().memory_format(fmt));
+  at::Tensor warped = huge_pages(at::empty(feat.sizes(), feat.options().memory_format(fmt)));
+  at::Tensor blended = huge_pages(at::empty(feat.sizes(), feat.options().memory_format(fmt)));
   at::Tensor composed = at::empty(logits.sizes(), logits.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "warp_inpaint_fwd_cpu", [&] {
     const at::Tensor* sk = skip_ ? &skip : nullptr;
@@ -754,6 +1359,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> warp_inpaint_fwd_cpu(const at::Te
   });
   return {warped, blended, composed};
 }
+
+struct WiBwdPolicy {
+  static constexpr bool kWarp = true;
+  const float* cp;  // composed, float32
+  const float* gcp;
+  float* glp;
+  int64_t H, W, sH, sW;
+  bool align;
+  struct Row {
+    FlowRow<float> fr;
+    explicit Row(int64_t n) : fr(n) {}
+    const Taps<float>& taps() const { return fr.tp; }
+    const float* scale() const { return fr.mask.data(); }
+  };
+  Row row() const { return Row(W); }
+  void set(Row& r, int64_t n, int64_t i) const {
+    const float* c0 = cp + ((n * 3 + 0) * H + i) * W;
+    r.fr.set(c0, c0 + H * W, c0 + 2 * H * W, i, H, W, sH, sW, align);
+  }
+  void finish(const Row& r, int64_t n, int64_t i, const float* ax, const float* ay, const float* am) const {
+    const FlowRow<float>& fr = r.fr;
+    for (int64_t j = 0; j < W; ++j) {
+      const int64_t e0 = ((n * 3 + 0) * H + i) * W + j, e1 = e0 + H * W, e2 = e1 + H * W;
+      const float mj = fr.mask[j];
+      glp[e0] = ax[j] * mj * fr.tp.dx[j] * (1 - fr.t0[j] * fr.t0[j]) + gcp[e0];
+      glp[e1] = ay[j] * mj * fr.tp.dy[j] * (1 - fr.t1[j] * fr.t1[j]) + gcp[e1];
+      glp[e2] = am[j] * mj * (1 - mj) + gcp[e2];
+    }
+  }
+};
 
 template <typename scalar_t, bool CL>
 void warp_inpaint_bwd_impl(const at::Tensor& gw, const at::Tensor& gb, const at::Tensor& gc, const at::Tensor& feat,
@@ -772,8 +1407,22 @@ void warp_inpaint_bwd_impl(const at::Tensor& gw, const at::Tensor& gb, const at:
   scalar_t* glp = glogits.mutable_data_ptr<scalar_t>();
   auto comp_row = [&](int64_t n, int64_t k, int64_t i) { return cp + ((n * 3 + k) * H + i) * W; };
 
+  bool pass1_done = false;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    const WiBwdPolicy pol{cp, gcp, glp, H, W, sH, sW, align};
+    if (!CL && sW == 1 && sH == W && H * W < (int64_t(1) << 31) && gfeat_acc.is_contiguous()) {
+      bwd_f32_nchw(pol, N, C, H, W, H, W, fp, gwp, gbp, xp, gxp, gfeat_acc.mutable_data_ptr<float>());
+      return;
+    }
+#ifdef LEO_WARP_AVX2
+    if (CL && cpu_has_avx2() && sC == 1) {
+      bwd_f32_cl_pass1(pol, N, C, H, W, fp, sN, gwp, gbp, xp, gxp);
+      pass1_done = true;
+    }
+#endif
+  }
   // Pass 1 (rows): grad_x, and the flow/mask gradients gathered over channels.
-  at::parallel_for(0, N * H, grain_for(2 * C * W), [&](int64_t begin, int64_t end) {
+  if (!pass1_done) at::parallel_for(0, N * H, grain_for(2 * C * W), [&](int64_t begin, int64_t end) {
     FlowRow<acc_t> fr(W);
     std::vector<acc_t> ax(W), ay(W), am(W);
     for (int64_t r = begin; r < end; ++r) {
@@ -848,8 +1497,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> warp_inpaint_bwd_cpu(
   const auto fmt = feature_format(feat_);
   const at::Tensor feat = feat_.contiguous(fmt), x = x_.contiguous(fmt), composed = composed_.to(acc_dtype).contiguous();
   const at::Tensor gw = grad_warped.contiguous(fmt), gb = grad_blended.contiguous(fmt), gc = grad_composed.contiguous();
-  at::Tensor gfeat_acc = at::empty(feat.sizes(), feat.options().dtype(acc_dtype).memory_format(fmt)).zero_();
-  at::Tensor gx = at::empty(feat.sizes(), feat.options().memory_format(fmt));
+  at::Tensor gfeat_acc = huge_pages(at::empty(feat.sizes(), feat.options().dtype(acc_dtype).memory_format(fmt))).zero_();
+  at::Tensor gx = huge_pages(at::empty(feat.sizes(), feat.options().memory_format(fmt)));
   at::Tensor glogits = at::empty(composed.sizes(), gc.options());
   at::Tensor gskip;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "warp_inpaint_bwd_cpu", [&] {
