@@ -145,7 +145,8 @@ class Synthesis(nn.Module):
         (the sampling grid is tanh(flow) + the linspace grid) and the mask logit."""
         b = latent.shape[0]
         out = self.input(b)
-        if feats and is_channels_last(feats[0]):
+        nhwc = bool(feats) and is_channels_last(feats[0])
+        if nhwc:
             out = out.contiguous(memory_format=torch.channels_last)  # run the decoder NHWC too
         out = self.conv1(out, latent)
         rgb = flow = None
@@ -155,6 +156,10 @@ class Synthesis(nn.Module):
             feat = feats[k]
             if feat.shape[0] != b:
                 feat = feat.expand(b, -1, -1, -1)
+                if nhwc:
+                    # a broadcast feature is neither layout: the warp kernels would make it (and the
+                    # rest of the decoder) NCHW; materialize it NHWC instead
+                    feat = feat.contiguous(memory_format=torch.channels_last)
             warped, out, flow = to_flow(out, latent, feat, flow)
             rgb = to_rgb(warped, rgb)
         return (rgb, flow) if return_flow else rgb

@@ -478,38 +478,42 @@ class ModulatedConv2d(KernelUser):
 
 
 class _Interleave(torch.autograd.Function):
-    """(B, C, 2h+3, 2w+3) from four phases (B, C, h+1, w+1): phase (a, c) at rows 1+a::2, columns
-    1+c::2, zero row 0 and column 0. The backward returns strided views of the gradient (no
-    copies; in-place slice assignment under autograd would clone the whole gradient per slice)."""
+    """(B, C, 2h+3, 2w+3) from the four output phases of a stride-2 transposed 3x3 conv, ee
+    (h+1, w+1), eo (h+1, w), oe (h, w+1), oo (h, w): phase (a, c) at rows 1+a::2 and columns
+    1+c::2, zeros around (rows 0 and 2h+2, columns 0 and 2w+2), i.e. the transposed conv's
+    (2h+1, 2w+1) output already padded by one sample for the blur behind it. The backward
+    returns strided views of the gradient (in-place slice assignment under autograd would clone
+    the whole gradient once per slice)."""
 
     @staticmethod
     def forward(ctx, fmt, ee, eo, oe, oo):
         b, c, h1, w1 = ee.shape
         out = torch.empty(b, c, 2 * h1 + 1, 2 * w1 + 1, dtype=ee.dtype, device=ee.device, memory_format=fmt)
-        out[:, :, 0].zero_()
-        out[:, :, :, 0].zero_()
+        for i in (0, 2 * h1):
+            out[:, :, i].zero_()
+        for j in (0, 2 * w1):
+            out[:, :, :, j].zero_()
         out[:, :, 1::2, 1::2] = ee
-        out[:, :, 1::2, 2::2] = eo
-        out[:, :, 2::2, 1::2] = oe
-        out[:, :, 2::2, 2::2] = oo
+        out[:, :, 1::2, 2:-1:2] = eo
+        out[:, :, 2:-1:2, 1::2] = oe
+        out[:, :, 2:-1:2, 2:-1:2] = oo
         return out
 
     @staticmethod
     def backward(ctx, g):
-        return None, g[:, :, 1::2, 1::2], g[:, :, 1::2, 2::2], g[:, :, 2::2, 1::2], g[:, :, 2::2, 2::2]
+        return None, g[:, :, 1::2, 1::2], g[:, :, 1::2, 2:-1:2], g[:, :, 2:-1:2, 1::2], g[:, :, 2:-1:2, 2:-1:2]
 
 
 def _up_blur_aten(x, w, kernel):
     """upfirdn2d(conv_transpose2d(x, w.transpose(0, 1), stride=2), kernel, pad=(1, 1)) for a 3x3
     ``w`` (out, in, 3, 3) and a 4x4 ``kernel``: (B, out, 2h, 2w). Four phase convs (one per output
-    row/column parity, 9 taps in all, as _conv_transpose3x3_s2), each padded to (h+1, w+1) (the
-    odd phases' extra row/column is zero), interleaved behind a zero row and column, so that the
-    blur's pad is already in place: one unpadded depthwise conv gives the output."""
+    row/column parity, 9 taps in all, as _conv_transpose3x3_s2), interleaved inside a zero border
+    that is the blur's pad: one unpadded depthwise conv gives the output."""
     we, wo = w[:, :, 0::2].flip(2), w[:, :, 1:2]  # rows landing on even outputs (taps 2, 0) / odd (tap 1)
     ee = F.conv2d(x, we[:, :, :, 0::2].flip(3), padding=1)
-    eo = F.conv2d(x, we[:, :, :, 1:2], padding=1)[:, :, :, 1:]
-    oe = F.conv2d(x, wo[:, :, :, 0::2].flip(3), padding=1)[:, :, 1:]
-    oo = F.conv2d(x, wo[:, :, :, 1:2], padding=1)[:, :, 1:, 1:]
+    eo = F.conv2d(x, we[:, :, :, 1:2], padding=(1, 0))
+    oe = F.conv2d(x, wo[:, :, :, 0::2].flip(3), padding=(0, 1))
+    oo = _conv1x1(x, wo[:, :, :, 1:2])
     fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
     y = _Interleave.apply(fmt, ee, eo, oe, oo)
     return F.conv2d(y, _depthwise(kernel, y), groups=y.shape[1])
@@ -619,10 +623,29 @@ class FlowWarpLevel(KernelUser):
         logits = self.conv(x, style) + _as(self.bias, x)
         feat = _as(feat, x)
         skip = _as(skip, x) if skip is not None else None
+        if torch.is_inference_mode_enabled() and aten_path(self.backend, x) and _has_warp_kernel():
+            # Inference (leo animate): the compiled CPU kernel itself. The custom op would do the
+            # same, plus its Python dispatch and, on its first call, importing torch._dynamo
+            # (about 1 s of CPU at process start).
+            fmt = torch.channels_last if is_channels_last(feat) else torch.contiguous_format
+            warped, blended, composed = torch.ops.leo_kernels._warp_inpaint_fwd(
+                feat, x, _as(logits, x).contiguous(), None if skip is None else skip.contiguous(), self.align_corners)
+            return warped.contiguous(memory_format=fmt), blended.contiguous(memory_format=fmt), composed.contiguous()
         return K.warp_inpaint(feat, x, _as(logits, x), skip, align_corners=self.align_corners, backend=self.backend)
 
 
 ToFlow = FlowWarpLevel  # LIA's name, kept importable
+
+_WARP_KERNEL = []
+
+
+def _has_warp_kernel() -> bool:
+    """Whether the compiled extension registered ``leo_kernels::_warp_inpaint_fwd`` (checked once)."""
+    if not _WARP_KERNEL:
+        from leo_kernels._op import has_compiled
+
+        _WARP_KERNEL.append(has_compiled("_warp_inpaint_fwd"))
+    return _WARP_KERNEL[0]
 
 
 class Direction(nn.Module):

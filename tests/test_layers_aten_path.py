@@ -157,3 +157,22 @@ def test_r1_double_backward_through_the_aten_path():
         grads[kernels] = [p.grad.clone() for p in d.parameters() if p.grad is not None]
     for a, b in zip(grads["auto"], grads["reference"]):
         assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("size,batch", [(32, 1), (64, 3)])
+def test_inference_mode_warp_matches_the_custom_op(size, batch):
+    """Under inference_mode the animator calls the compiled warp kernel directly: same frames."""
+    torch.manual_seed(size)
+    m = _randomize(Animator(size=size, style_dim=32, motion_dim=8, width=0.125), 5).eval()
+    with torch.no_grad():  # scale the random flows down to a few pixels
+        for to_flow in m.dec.to_flows:
+            to_flow.conv.weight.mul_(0.05)
+    src = torch.rand(1, 3, size, size) * 2 - 1
+    drv = torch.rand(batch, 3, size, size) * 2 - 1
+    with torch.no_grad():
+        cache = m.encode(src)
+        ref = m.render(cache, m.encode_motion(drv), torch.zeros(8))
+    with torch.inference_mode():
+        cache = m.encode(src)
+        out = m.render(cache, m.encode_motion(drv), torch.zeros(8))
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5)
