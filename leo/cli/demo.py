@@ -109,6 +109,8 @@ def _report_table(r: dict) -> str:
     lines = ["", "held-out clips, (frame 0, frame t) pairs:",
              f"  animator L1 {a['l1']:.4f}   copying frame 0: {a['copy_l1']:.4f}   gain {a['gain']:+.3f}",
              f"  PSNR {a['psnr']:.2f} dB (copy {a['copy_psnr']:.2f})   SSIM {a['ssim']:.3f} (copy {a['copy_ssim']:.3f})",
+             f"  on moving pixels ({a['moving_fraction']:.0%}): gain {a['moving_gain']:+.3f}   "
+             f"on still pixels: L1 {a['still_l1']:.4f} (copying: ~0)",
              f"  motion ratio (own codes, relative mode) {a['motion_ratio']:.3f}   code std {a['code_std']:.4f}",
              "generated videos, motion and jitter relative to the real clips (a still video: 0):"]
     for name, g in r["generated"].items():

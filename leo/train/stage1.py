@@ -188,7 +188,8 @@ def evaluate(model, clips: list, device, pairs: int = 16, amp: bool = True) -> d
 
 
 def _eval_line(ev: dict) -> str:
-    return (f"L1 {ev['l1']:.4f} (copying the source: {ev['copy_l1']:.4f}), gain {ev['gain']:+.3f}, "
+    return (f"L1 {ev['l1']:.4f} (copying the source: {ev['copy_l1']:.4f}), gain {ev['gain']:+.3f} "
+            f"(moving pixels {ev['moving_gain']:+.3f}, still-pixel L1 {ev['still_l1']:.4f}), "
             f"motion ratio {ev['motion_ratio']:.3f}, PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.3f}")
 
 
