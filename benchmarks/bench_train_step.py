@@ -1,0 +1,117 @@
+"""Stage-1 training step at `leo demo`'s settings: leo's default path vs the baselines, paired and
+interleaved (_timing.compare).
+
+One step = what leo.train.stage1's loop does per step with accum 1 and one process: generator
+forward (source and target encoded in one pass), L1 + 3 average-pooled L1 terms + 0.05 x the
+non-saturating adversarial loss through the discriminator, backward, Adam; then the discriminator
+on real and fake in one forward, logistic loss, backward, Adam. Settings of the demo's stage 1
+(leo/cli/demo.py "full" preset, Stage1Config recipe): 64x64, width 0.125, style_dim 128,
+motion_dim 20, batch 4, copy init, relative latent, align_corners, pyramid 3, no VGG, no R1.
+
+Implementations (each with its own models and optimizers, same initial weights and batch):
+- leo: ``kernels="auto"``: on CPU the ATen fast path of leo.layers (channels_last, depthwise blurs,
+  bias + activation folded into the convs);
+- custom ops: the same models with ``LEO_KERNELS_BACKEND=cpu``, i.e. every blur and bias + activation
+  through the leo_kernels custom ops (the default path before the ATen fast path);
+- eager ops: ``kernels="reference"`` (leo_kernels' eager references, grouped modulated convs).
+
+CUDA: batches 4 and 32 (bf16 autocast off: float32 throughout). CPU: batch 4.
+
+    pytest benchmarks/bench_train_step.py --benchmark-only
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+import torch
+from _timing import FULL, compare
+
+from leo.animator import Animator
+from leo.discriminator import Discriminator
+from leo.train import losses
+from leo.train.stage1 import reconstruction_loss
+
+_CUDA = torch.cuda.is_available()
+DEV = "cuda" if _CUDA else "cpu"
+BATCHES = [4, 32] if _CUDA else ([4, 8] if FULL else [4])
+SIZE, WIDTH, STYLE_DIM, MOTION_DIM = 64, 0.125, 128, 20
+PYRAMID, ADV_WEIGHT, LR = 3, 0.05, 2e-4
+
+
+def _images(b, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(b, 3, 8, 8, generator=g) * 2 - 1
+    return torch.nn.functional.interpolate(x, size=(SIZE, SIZE), mode="bicubic", align_corners=False).clamp(-1, 1).to(DEV)
+
+
+@contextlib.contextmanager
+def _env(name, value):
+    old = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+class Trainer:
+    """Animator + discriminator + Adam pair, stepped the way leo.train.stage1 steps them."""
+
+    def __init__(self, kernels, env=None):
+        torch.manual_seed(0)
+        self.G = Animator(size=SIZE, style_dim=STYLE_DIM, motion_dim=MOTION_DIM, width=WIDTH, kernels=kernels,
+                          align_corners=True, relative_latent=True).init_copy_source(motion_gain=30.0).to(DEV)
+        self.D = Discriminator(size=SIZE, width=WIDTH, kernels=kernels).to(DEV)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=LR, betas=(0.0, 0.99))
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=LR, betas=(0.0, 0.99))
+        self.env = env
+
+    def step(self, src, tgt):
+        G, D = self.G, self.D
+        with _env("LEO_KERNELS_BACKEND", self.env):
+            G.train()
+            D.requires_grad_(False)
+            self.opt_g.zero_grad(set_to_none=True)
+            recon = G(src, tgt)
+            l1 = (recon.float() - tgt.float()).abs().mean()
+            loss = reconstruction_loss(recon, tgt, PYRAMID)
+            g_adv = losses.g_nonsaturating(D(recon))
+            loss = loss + ADV_WEIGHT * g_adv
+            loss.backward()
+            l1.item(), g_adv.item()
+            self.opt_g.step()
+            D.requires_grad_(True)
+            self.opt_d.zero_grad(set_to_none=True)
+            n = tgt.shape[0]
+            logits = D(torch.cat([tgt, recon.detach()]), n)
+            d_loss = losses.d_logistic(logits[:n], logits[n:])
+            d_loss.backward()
+            d_loss.item()
+            self.opt_d.step()
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_train_step(benchmark, batch):
+    src, tgt = _images(batch, 1), _images(batch, 2)
+    trainers = {
+        "leo": Trainer("auto"),
+        "custom ops": Trainer("auto", env="cpu" if not _CUDA else None),
+        "eager ops": Trainer("reference"),
+    }
+    if _CUDA:
+        del trainers["custom ops"]  # on CUDA the default path is the custom ops
+    impls = {name: (lambda t=t: t.step(src, tgt)) for name, t in trainers.items()}
+    benchmark.extra_info.update(device=DEV, size=SIZE, batch=batch, dtype="float32",
+                                case=f"stage-1 step (G + D, forward + backward + Adam), demo settings, "
+                                     f"{SIZE}x{SIZE}, width {WIDTH}, style_dim {STYLE_DIM}, batch {batch}, float32")
+    # Minimal traffic: parameters, gradients and both Adam moments, read and written once.
+    params = sum(p.numel() * p.element_size() for t in trainers.values() for p in (*t.G.parameters(), *t.D.parameters()))
+    compare(benchmark, impls, "leo", rounds=5 if _CUDA else 3, nbytes=params // len(trainers) * 8, min_seconds=1.0)
