@@ -1,20 +1,27 @@
 """warp_inpaint and grid_sample: leo backends vs the baselines a user would pick, paired and interleaved.
 
 Baselines, every one checked against leo's reference before timing:
-- eager: the efficient eager form (leo_kernels.reference: separable FIR upsampling, F.grid_sample);
+- eager: the efficient eager form a user would write: the [1,3,3,1] upsampling of the skip flow as
+  bilinear F.interpolate (of the flow zero-padded by one pixel, which makes it exact), the flow grid,
+  F.grid_sample, elementwise mask and blend;
 - LIA chain: one decoder level written the way LIA's decoder computes it (FIR upsampling of the skip
   flow as zero insertion + pad + grouped conv, identity grid from meshgrid, tanh, F.grid_sample,
   sigmoid mask, multiply, blend);
-- compiled: torch.compile of the efficient eager form.
+- compiled: torch.compile of the efficient eager form;
+- copy (forward only): a copy of the bytes the op must move (dst.copy_(src) into a preallocated
+  tensor), timed in the same pairs: its ratio is the fraction of the memory-traffic floor the op
+  reaches (0.5 = within 2x of the floor).
 
 Inputs: smooth flows by default, as a trained animator produces (low-frequency fields, displacements
 of a few pixels); random per-pixel flows (displacements up to a third of the image, scattered
-gathers) as the stated worst case, on the first shape of each device.
+gathers) as the stated worst case, on the first shape of each device. Gradients arriving at the
+outputs have the outputs' layout (what a channels_last model passes back).
 
     pytest benchmarks/bench_warp.py --benchmark-only
 
-CPU: one (4,64,128,128) float32 case by default (LEO_BENCH_FULL=1 adds two); with CUDA, the decoder
-shapes of a 256 model at batch 16 and 1, float32 and bfloat16, for every leo GPU backend.
+CPU: float32 (4,64,128,128) and (8,64,256,256), NCHW and channels_last (LEO_BENCH_FULL=1 adds two
+shapes); with CUDA, the decoder shapes of a 256 model at batch 16 and 1, float32 and bfloat16, for
+every leo GPU backend.
 """
 from __future__ import annotations
 
@@ -36,24 +43,32 @@ if _CUDA:
     GS_CASES = [("cuda", n, c, s, s, dtype) for n in (16, 1) for dtype in (torch.float32, torch.bfloat16)
                 for c, s in ((64, 256), (512, 32))]
 else:
-    CASES = [("cpu", 4, 64, 128, 128, torch.float32, True)]
+    CASES = [("cpu", 4, 64, 128, 128, torch.float32, True), ("cpu", 8, 64, 256, 256, torch.float32, True)]
     if FULL:
         CASES += [("cpu", 1, 64, 128, 128, torch.float32, True), ("cpu", 4, 512, 16, 16, torch.float32, True)]
-    GS_CASES = [("cpu", 4, 64, 128, 128, torch.float32)]
+    GS_CASES = [("cpu", 4, 64, 128, 128, torch.float32), ("cpu", 8, 64, 256, 256, torch.float32)]
 MODES = ["forward", "forward_backward"]
 ROUNDS = 20 if _CUDA else 5
+LAYOUTS = ["contiguous"] if _CUDA else ["contiguous", "channels_last"]
 
 
 def _params(cases):
-    """Every case with a smooth flow; the cases of the first shape also with the random worst case."""
+    """Every case with a smooth flow in every layout; the cases of the first shape also with the
+    random worst case."""
     out = []
     for case in cases:
         device, n, c, h, w, dtype = case[:6]
         flows = ["smooth", "random"] if case[1:5] == cases[0][1:5] else ["smooth"]
-        for flow in flows:
-            dt = str(dtype).replace("torch.", "")
-            out.append(pytest.param(case, flow, id=f"{device}-{n}x{c}x{h}x{w}-{dt}-{flow}"))
+        for layout in LAYOUTS:
+            for flow in flows:
+                dt = str(dtype).replace("torch.", "")
+                lay = "" if layout == "contiguous" else "-channels_last"
+                out.append(pytest.param(case, flow, layout, id=f"{device}-{n}x{c}x{h}x{w}-{dt}{lay}-{flow}"))
     return out
+
+
+def _mf(layout):
+    return torch.channels_last if layout == "channels_last" else torch.contiguous_format
 
 
 # --------------------------------------------------------------------------- realistic inputs
@@ -71,6 +86,27 @@ def flow_logits(n, h, w, kind, generator, pixels=3.0):
     field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)
     scale = torch.tensor([pixels * 2 / w, pixels * 2 / h, 2.0]).view(1, 3, 1, 1)  # normalized units
     return field * scale
+
+
+def efficient_eager(feat, x, logits, skip=None, align_corners=False):
+    """One decoder level the way a user would write it with the best eager ops: the FIR [1,3,3,1]
+    upsampling is bilinear 2x upsampling of the flow zero-padded by one pixel (cropped back)."""
+    if skip is not None:
+        up = F.interpolate(F.pad(skip, (1, 1, 1, 1)), scale_factor=2, mode="bilinear", align_corners=False)
+        flow = logits + up[..., 2:-2, 2:-2]
+    else:
+        flow = logits
+    mask = torch.sigmoid(flow[:, 2:3])
+    warped = F.grid_sample(feat, reference.flow_grid(flow), mode="bilinear", padding_mode="zeros",
+                           align_corners=align_corners) * mask
+    return warped, warped + x * (1 - mask), flow
+
+
+def _copy_of(nbytes, device):
+    """A zero-argument copy that moves nbytes (reads and writes half each): the memory floor."""
+    src = torch.randn(max(1, nbytes // 8), device=device)
+    dst = torch.empty_like(src)
+    return lambda: dst.copy_(src)
 
 
 def _fir_up2_weight(channels, device, dtype):
@@ -104,6 +140,10 @@ def lia_chain(feat, x, logits, skip, fir):
 
 
 _COMPILED = {}
+# Every (shape, layout, grad mode) is its own compilation of the same function: room for all of them.
+for _name in ("recompile_limit", "cache_size_limit"):
+    if hasattr(torch._dynamo.config, _name):
+        setattr(torch._dynamo.config, _name, max(64, getattr(torch._dynamo.config, _name)))
 
 
 def _compiled(name, fn):
@@ -135,10 +175,13 @@ def _call(fn, inputs, grads, backward):
     return forward
 
 
-def _case_info(benchmark, op, shape, dtype, device, flow, mode):
+def _case_info(benchmark, op, shape, dtype, device, flow, mode, layout="contiguous"):
+    lay = " channels_last" if layout == "channels_last" else ""
+    floor = " (copy row: fraction of the memory floor)" if mode == "forward" else ""
     benchmark.extra_info.update(
         op=op, device=device, shape=list(shape), dtype=str(dtype).replace("torch.", ""), flow=flow, mode=mode,
-        case=f"{'x'.join(map(str, shape))} {str(dtype).replace('torch.', '')}, {flow} flow, {mode}",
+        layout=layout,
+        case=f"{'x'.join(map(str, shape))} {str(dtype).replace('torch.', '')}{lay}, {flow} flow, {mode}{floor}",
     )
 
 
@@ -155,25 +198,28 @@ def _wi_bytes(n, c, h, w, esize, with_skip, backward):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case, flow", _params(CASES))
-def test_warp_inpaint(benchmark, case, flow, mode):
+@pytest.mark.parametrize("case, flow, layout", _params(CASES))
+def test_warp_inpaint(benchmark, case, flow, layout, mode):
     device, n, c, h, w, dtype, with_skip = case
     backward = mode == "forward_backward"
     g = torch.Generator().manual_seed(0)
-    dev = lambda t: t.to(device, dtype).requires_grad_(backward)  # noqa: E731
-    feat, x = dev(torch.randn(n, c, h, w, generator=g)), dev(torch.randn(n, c, h, w, generator=g))
+    mf = _mf(layout)
+    dev = lambda t, fmt=torch.contiguous_format: t.to(device, dtype).contiguous(memory_format=fmt).requires_grad_(backward)  # noqa: E731
+    feat, x = dev(torch.randn(n, c, h, w, generator=g), mf), dev(torch.randn(n, c, h, w, generator=g), mf)
     logits = dev(flow_logits(n, h, w, flow, g))
     skip = dev(flow_logits(n, h // 2, w // 2, flow, g) * 0.5) if with_skip else None
     inputs = [t for t in (feat, x, logits, skip) if t is not None]
-    grads = [torch.randn(n, k, h, w, generator=g).to(device, dtype) for k in (c, c, 3)]
+    grads = [torch.randn(n, k, h, w, generator=g).to(device, dtype).contiguous(memory_format=mf if k == c else
+                                                                              torch.contiguous_format)
+             for k in (c, c, 3)]
     fir = _fir_up2_weight(3, device, dtype)
 
     impls = {f"leo-{b}": (lambda b: lambda *t: leo_kernels.warp_inpaint(*t, backend=b))(b) for b in _leo_backends(device)}
     ours = list(impls)
     with_opt_skip = (lambda fn: fn) if with_skip else (lambda fn: lambda f, x_, l: fn(f, x_, l, None))
-    impls["eager"] = with_opt_skip(reference.warp_inpaint)
+    impls["eager"] = with_opt_skip(efficient_eager)
     impls["LIA chain"] = with_opt_skip(lambda f, x_, l, s: lia_chain(f, x_, l, s, fir))
-    impls["compiled"] = with_opt_skip(_compiled("warp_inpaint", reference.warp_inpaint))
+    impls["compiled"] = with_opt_skip(_compiled("warp_inpaint", efficient_eager))
 
     with torch.no_grad():  # every implementation computes the same function (untimed)
         ref = reference.warp_inpaint(feat, x, logits, skip)
@@ -181,10 +227,13 @@ def test_warp_inpaint(benchmark, case, flow, mode):
             for a, b in zip(fn(*inputs), ref):
                 _close(a, b, dtype)
 
-    _case_info(benchmark, "warp_inpaint", (n, c, h, w), dtype, device, flow, mode)
+    _case_info(benchmark, "warp_inpaint", (n, c, h, w), dtype, device, flow, mode, layout)
     benchmark.extra_info["skip"] = with_skip
-    compare(benchmark, {k: _call(fn, inputs, grads, backward) for k, fn in impls.items()}, ours,
-            rounds=ROUNDS, nbytes=_wi_bytes(n, c, h, w, feat.element_size(), with_skip, backward))
+    nbytes = _wi_bytes(n, c, h, w, feat.element_size(), with_skip, backward)
+    calls = {k: _call(fn, inputs, grads, backward) for k, fn in impls.items()}
+    if not backward:
+        calls["copy"] = _copy_of(nbytes, device)
+    compare(benchmark, calls, ours, rounds=ROUNDS, nbytes=nbytes)
 
 
 # --------------------------------------------------------------------------- grid_sample
@@ -199,14 +248,15 @@ def _f_grid_sample(inp, grid):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case, flow", _params(GS_CASES))
-def test_grid_sample(benchmark, case, flow, mode):
+@pytest.mark.parametrize("case, flow, layout", _params(GS_CASES))
+def test_grid_sample(benchmark, case, flow, layout, mode):
     device, n, c, h, w, dtype = case
     backward = mode == "forward_backward"
     g = torch.Generator().manual_seed(1)
-    inp = torch.randn(n, c, h, w, generator=g).to(device, dtype).requires_grad_(backward)
+    mf = _mf(layout)
+    inp = torch.randn(n, c, h, w, generator=g).to(device, dtype).contiguous(memory_format=mf).requires_grad_(backward)
     grid = _grid(n, h, w, flow, g).to(device, dtype).requires_grad_(backward)
-    grads = [torch.randn(n, c, h, w, generator=g).to(device, dtype)]
+    grads = [torch.randn(n, c, h, w, generator=g).to(device, dtype).contiguous(memory_format=mf)]
 
     impls = {f"leo-{b}": (lambda b: lambda i, gr: leo_kernels.grid_sample(i, gr, "zeros", False, backend=b))(b)
              for b in _leo_backends(device)}
@@ -218,9 +268,11 @@ def test_grid_sample(benchmark, case, flow, mode):
         for fn in impls.values():
             _close(fn(inp, grid), ref, dtype)
 
-    _case_info(benchmark, "grid_sample", (n, c, h, w), dtype, device, flow, mode)
+    _case_info(benchmark, "grid_sample", (n, c, h, w), dtype, device, flow, mode, layout)
     es, big, gbytes = inp.element_size(), n * c * h * w, n * h * w * 2
     # forward: read input + grid, write output; backward adds: read grad_out, input, grid; write grad_input, grad_grid
     nbytes = (2 * big + gbytes) * es + ((3 * big + 2 * gbytes) * es if backward else 0)
-    compare(benchmark, {k: _call(fn, [inp, grid], grads, backward) for k, fn in impls.items()}, ours,
-            rounds=ROUNDS, nbytes=nbytes)
+    calls = {k: _call(fn, [inp, grid], grads, backward) for k, fn in impls.items()}
+    if not backward:
+        calls["copy"] = _copy_of(nbytes, device)
+    compare(benchmark, calls, ours, rounds=ROUNDS, nbytes=nbytes)

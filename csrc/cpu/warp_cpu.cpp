@@ -306,12 +306,14 @@ inline void classify(RowTaps32& t, int64_t n, int64_t Hin, int64_t Win, int64_t 
       xmin = std::min(xmin, xs[l]);
       xmax = std::max(xmax, xs[l]);
     }
-    ok = ok && xmax + 1 - xmin < span && xmin + span <= Win && ymax - ymin <= 1 && ymax + 1 < Hin;
+    // The window starts at xmin, or further left at the right border (so it stays in the plane).
+    const int64_t x0 = ok ? std::min(xmin, Win - span) : 0;
+    ok = ok && x0 >= 0 && xmax + 1 - x0 < span && ymax - ymin <= 1 && ymax + 1 < Hin;
     t.kind[g] = ok ? (ymax == ymin ? 1 : 2) : 0;
     if (!ok) continue;
-    t.base[g] = static_cast<int32_t>(ymin * rs + xmin);
+    t.base[g] = static_cast<int32_t>(ymin * rs + x0);
     for (int l = 0; l < 8; ++l) {
-      t.col[j0 + l] = static_cast<int32_t>(xs[l] - xmin);
+      t.col[j0 + l] = static_cast<int32_t>(xs[l] - x0);
       t.lower[j0 + l] = ys[l] > ymin ? -1 : 0;
     }
   }
@@ -885,25 +887,33 @@ void bwd_f32_nchw(const P& p, int64_t N, int64_t C, int64_t H, int64_t W, int64_
       }
     }
   });
-  // Pass 2: blocks of 8 channels of one image; each walks every pixel in order.
-  const int64_t cblock = 8, nblocks = (C + cblock - 1) / cblock;
+  // Pass 2: blocks of 16 channels of one image; each channel walks every pixel in order, in
+  // chunks of 4k pixels whose taps stay in L2 while the block's channels scatter them.
+  const int64_t cblock = 16, nblocks = (C + cblock - 1) / cblock, chunk = 4096;
   at::parallel_for(0, N * nblocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / nblocks, c0 = (t % nblocks) * cblock, c1 = std::min(C, c0 + cblock);
-      const int32_t* o0 = to + n * HWo; const int32_t* o1 = o0 + N * HWo; const int32_t* o2 = o1 + N * HWo;
-      const int32_t* o3 = o2 + N * HWo;
-      const float* w0 = tw + n * HWo; const float* w1 = w0 + N * HWo; const float* w2 = w1 + N * HWo;
-      const float* w3 = w2 + N * HWo;
-      for (int64_t c = c0; c < c1; ++c) {
-        float* gf = gin + (n * C + c) * HW;
-        const float* ga = gw + (n * C + c) * HWo;
-        const float* gbb = kWarp ? gb + (n * C + c) * HWo : nullptr;
-        for (int64_t q = 0; q < HWo; ++q) {
-          const float G = kWarp ? ga[q] + gbb[q] : ga[q];
-          if (o0[q] >= 0) gf[o0[q]] += w0[q] * G;
-          if (o1[q] >= 0) gf[o1[q]] += w1[q] * G;
-          if (o2[q] >= 0) gf[o2[q]] += w2[q] * G;
-          if (o3[q] >= 0) gf[o3[q]] += w3[q] * G;
+      for (int64_t q0 = 0; q0 < HWo; q0 += chunk) {
+        const int64_t q1 = std::min(HWo, q0 + chunk);
+        const int32_t* o0 = to + n * HWo;
+        const int32_t* o1 = o0 + N * HWo;
+        const int32_t* o2 = o1 + N * HWo;
+        const int32_t* o3 = o2 + N * HWo;
+        const float* w0 = tw + n * HWo;
+        const float* w1 = w0 + N * HWo;
+        const float* w2 = w1 + N * HWo;
+        const float* w3 = w2 + N * HWo;
+        for (int64_t c = c0; c < c1; ++c) {
+          float* gf = gin + (n * C + c) * HW;
+          const float* ga = gw + (n * C + c) * HWo;
+          const float* gbb = kWarp ? gb + (n * C + c) * HWo : nullptr;
+          for (int64_t q = q0; q < q1; ++q) {
+            const float G = kWarp ? ga[q] + gbb[q] : ga[q];
+            if (o0[q] >= 0) gf[o0[q]] += w0[q] * G;
+            if (o1[q] >= 0) gf[o1[q]] += w1[q] * G;
+            if (o2[q] >= 0) gf[o2[q]] += w2[q] * G;
+            if (o3[q] >= 0) gf[o3[q]] += w3[q] * G;
+          }
         }
       }
     }
@@ -968,12 +978,45 @@ __attribute__((target("avx2,fma"))) void bwd_row_cl_avx2(const Taps<float>& tp, 
 }
 #endif
 
-// channels_last float32 pass 1 (needs AVX2). in: (N, H, W, C) dense; gw, gb, xp, gxp: (N, Ho, Wo, C) dense.
+// channels_last float32 scatter of one pixel's gradient vector into its 4 corners (AVX2).
+#ifdef LEO_WARP_AVX2
+__attribute__((target("avx2,fma"))) void scatter_cl_avx2(const int32_t* const o[4], const float* const w[4], int64_t q0,
+                                                         int64_t q1, int64_t C, int64_t c0, int64_t c1, const float* gw,
+                                                         const float* gb, float* gin) {
+  for (int64_t q = q0; q < q1; ++q) {
+    const float* ga = gw + q * C;
+    const float* gbb = gb ? gb + q * C : nullptr;
+    for (int k = 0; k < 4; ++k) {
+      const int32_t off = o[k][q];
+      if (off < 0) continue;
+      const float wk = w[k][q];
+      const __m256 wv = _mm256_set1_ps(wk);
+      float* gf = gin + off;
+      int64_t c = c0;
+      for (; c + 8 <= c1; c += 8) {
+        __m256 G = _mm256_loadu_ps(ga + c);
+        if (gbb) G = _mm256_add_ps(G, _mm256_loadu_ps(gbb + c));
+        _mm256_storeu_ps(gf + c, _mm256_fmadd_ps(wv, G, _mm256_loadu_ps(gf + c)));
+      }
+      for (; c < c1; ++c) gf[c] += wk * (gbb ? ga[c] + gbb[c] : ga[c]);
+    }
+  }
+}
+#endif
+
+// channels_last float32, both passes (needs AVX2). in: (N, H, W, C) dense; gw, gb, xp, gxp:
+// (N, Ho, Wo, C) dense; gin: (N, H, W, C) dense, zeroed. Pass 1 over rows stores the taps; pass 2
+// scatters by blocks of 32 channels of one image, each walking every pixel in order.
 template <class P>
-void bwd_f32_cl_pass1(const P& p, int64_t N, int64_t C, int64_t Ho, int64_t Wo, const float* in, int64_t isN,
-                      const float* gw, const float* gb, const float* xp, float* gxp) {
+void bwd_f32_cl(const P& p, int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, const float* in,
+                const float* gw, const float* gb, const float* xp, float* gxp, float* gin) {
 #ifdef LEO_WARP_AVX2
   constexpr bool kWarp = P::kWarp;
+  const int64_t HWo = Ho * Wo, isN = H * W * C;
+  at::Tensor taps_o = huge_pages(at::empty({4, N * HWo}, at::kInt));
+  at::Tensor taps_w = huge_pages(at::empty({4, N * HWo}, at::kFloat));
+  int32_t* to = taps_o.mutable_data_ptr<int32_t>();
+  float* tw = taps_w.mutable_data_ptr<float>();
   std::vector<float> zero_row(C, 0.f);
   at::parallel_for(0, N * Ho, grain_for(2 * C * Wo), [&](int64_t begin, int64_t end) {
     auto row = p.row();
@@ -981,10 +1024,29 @@ void bwd_f32_cl_pass1(const P& p, int64_t N, int64_t C, int64_t Ho, int64_t Wo, 
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / Ho, i = r % Ho, o = r * Wo * C;
       p.set(row, n, i);
-      bwd_row_cl_avx2<kWarp>(row.taps(), row.scale(), Wo, C, in + n * isN, zero_row.data(), gw + o,
-                             kWarp ? gb + o : nullptr, kWarp ? xp + o : nullptr, kWarp ? gxp + o : nullptr, ax.data(),
-                             ay.data(), am.data());
+      const Taps<float>& tp = row.taps();
+      const float* sc = row.scale();
+      bwd_row_cl_avx2<kWarp>(tp, sc, Wo, C, in + n * isN, zero_row.data(), gw + o, kWarp ? gb + o : nullptr,
+                             kWarp ? xp + o : nullptr, kWarp ? gxp + o : nullptr, ax.data(), ay.data(), am.data());
       p.finish(row, n, i, ax.data(), ay.data(), am.data());
+      for (int k = 0; k < 4; ++k)
+        for (int64_t j = 0; j < Wo; ++j) {
+          to[k * N * HWo + r * Wo + j] = tp.ok[k][j] ? static_cast<int32_t>(tp.off[k][j]) : -1;
+          tw[k * N * HWo + r * Wo + j] = sc ? tp.w[k][j] * sc[j] : tp.w[k][j];
+        }
+    }
+  });
+  const int64_t cblock = 32, nblocks = (C + cblock - 1) / cblock;
+  at::parallel_for(0, N * nblocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / nblocks, c0 = (t % nblocks) * cblock, c1 = std::min(C, c0 + cblock);
+      const int32_t* o[4];
+      const float* w[4];
+      for (int k = 0; k < 4; ++k) {
+        o[k] = to + k * N * HWo + n * HWo;
+        w[k] = tw + k * N * HWo + n * HWo;
+      }
+      scatter_cl_avx2(o, w, 0, HWo, C, c0, c1, gw + n * HWo * C, kWarp ? gb + n * HWo * C : nullptr, gin + n * isN);
     }
   });
 #endif
@@ -1039,9 +1101,11 @@ void grid_sample_bwd_impl(const at::Tensor& go, const at::Tensor& input, const a
       return;
     }
 #ifdef LEO_WARP_AVX2
-    if (CL && cpu_has_avx2() && isC == 1 && gsC == 1 && gsW == C && gsH == Wo * C && gsN == Ho * Wo * C) {
-      bwd_f32_cl_pass1(pol, N, C, Ho, Wo, in, isN, gop, nullptr, nullptr, nullptr);
-      pass1_done = true;
+    if (CL && cpu_has_avx2() && isC == 1 && isW == C && isH == W * C && isN == H * W * C && gsC == 1 && gsW == C &&
+        gsH == Wo * C && gsN == Ho * Wo * C && H * W * C < (int64_t(1) << 31) &&
+        gin_acc.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+      bwd_f32_cl(pol, N, C, H, W, Ho, Wo, in, gop, nullptr, nullptr, nullptr, gin_acc.mutable_data_ptr<float>());
+      return;
     }
 #endif
   }
@@ -1415,9 +1479,10 @@ void warp_inpaint_bwd_impl(const at::Tensor& gw, const at::Tensor& gb, const at:
       return;
     }
 #ifdef LEO_WARP_AVX2
-    if (CL && cpu_has_avx2() && sC == 1) {
-      bwd_f32_cl_pass1(pol, N, C, H, W, fp, sN, gwp, gbp, xp, gxp);
-      pass1_done = true;
+    if (CL && cpu_has_avx2() && sC == 1 && sW == C && sH == W * C && sN == H * W * C && H * W * C < (int64_t(1) << 31) &&
+        gfeat_acc.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+      bwd_f32_cl(pol, N, C, H, W, H, W, fp, gwp, gbp, xp, gxp, gfeat_acc.mutable_data_ptr<float>());
+      return;
     }
 #endif
   }
