@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -326,12 +327,24 @@ inline int64_t tile_rows(int64_t H, int64_t W) {
   return std::clamp<int64_t>(4096 / std::max<int64_t>(W, 1), 1, std::max<int64_t>(H, 1));
 }
 
+// plane[o], or 0 for o = -1, without a branch (scattered samples leave and enter the image at
+// random, which a branch predicts badly): loads plane[0] for o < 0 and clears the value's bits.
+inline float tap_value_f32(const float* p, int32_t o) {
+  const uint32_t keep = ~static_cast<uint32_t>(o >> 31);
+  uint32_t b;
+  std::memcpy(&b, p + (o & static_cast<int32_t>(keep)), 4);
+  b &= keep;
+  float v;
+  std::memcpy(&v, &b, 4);
+  return v;
+}
+
 // out[j] = sum_k w_k[j] * plane[o_k[j]] (plane[-1] reads as 0); with x: blended[j] = out[j] + x[j] * keep[j].
 inline void sample_plane_scalar(const RowTaps32& t, int64_t j, int64_t n, const float* ip, float* op, const float* xp,
                                 float* bp) {
   for (; j < n; ++j) {
-    const float v = t.w[0][j] * tap_value<float>(ip, t.o[0][j]) + t.w[1][j] * tap_value<float>(ip, t.o[1][j]) +
-                    t.w[2][j] * tap_value<float>(ip, t.o[2][j]) + t.w[3][j] * tap_value<float>(ip, t.o[3][j]);
+    const float v = t.w[0][j] * tap_value_f32(ip, t.o[0][j]) + t.w[1][j] * tap_value_f32(ip, t.o[1][j]) +
+                    t.w[2][j] * tap_value_f32(ip, t.o[2][j]) + t.w[3][j] * tap_value_f32(ip, t.o[3][j]);
     op[j] = v;
     if (xp) bp[j] = v + xp[j] * t.keep[j];
   }
@@ -382,7 +395,16 @@ __attribute__((target("avx2,fma,avx512f,avx512vl"))) void sample_plane_avx512(co
   for (int64_t g = 0; j + 8 <= n; ++g, j += 8) {
     const int kind = t.kind[g];
     if (kind == 0) {
-      sample_plane_scalar(t, j, j + 8, ip, op, xp, bp);
+      // Scattered corners: masked gathers (outside corners, offset -1, are not loaded and read 0).
+      __m256 v = _mm256_setzero_ps();
+      for (int k = 0; k < 4; ++k) {
+        const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.o[k].data() + j));
+        const __mmask8 in = _mm256_cmpgt_epi32_mask(idx, _mm256_set1_epi32(-1));
+        const __m256 c = _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), in, idx, ip, 4);
+        v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[k].data() + j), c, v);
+      }
+      _mm256_storeu_ps(op + j, v);
+      if (xp) _mm256_storeu_ps(bp + j, _mm256_fmadd_ps(_mm256_loadu_ps(xp + j), _mm256_loadu_ps(t.keep.data() + j), v));
       continue;
     }
     const float* b = ip + t.base[g];
@@ -763,8 +785,8 @@ inline void bwd_plane_scalar(BwdTile& b, int64_t j, int64_t n, const float* ip, 
     const float w[4] = {t.w[0][j], t.w[1][j], t.w[2][j], t.w[3][j]};
     const float gbv = kWarp ? gb[j] : 0.f, G = gw[j] + gbv;
     if constexpr (kWarp) gxp[j] = gbv * t.keep[j];
-    bwd_pixel<kWarp>(tap_value<float>(ip, t.o[0][j]), tap_value<float>(ip, t.o[1][j]), tap_value<float>(ip, t.o[2][j]),
-                     tap_value<float>(ip, t.o[3][j]), w, b.fx[j], b.fy[j], G, gbv, kWarp ? xp[j] : 0.f, b.ax[j],
+    bwd_pixel<kWarp>(tap_value_f32(ip, t.o[0][j]), tap_value_f32(ip, t.o[1][j]), tap_value_f32(ip, t.o[2][j]),
+                     tap_value_f32(ip, t.o[3][j]), w, b.fx[j], b.fy[j], G, gbv, kWarp ? xp[j] : 0.f, b.ax[j],
                      b.ay[j], b.am[j]);
   }
 }
@@ -781,26 +803,39 @@ __attribute__((target("avx2,fma,avx512f,avx512vl"))) void bwd_plane_avx512(BwdTi
   int64_t j = 0;
   for (int64_t g = 0; j + 8 <= n; ++g, j += 8) {
     const int kind = t.kind[g];
+    __m256 v00, v01, v10, v11;
     if (kind == 0) {
-      bwd_plane_scalar<kWarp>(b, j, j + 8, ip, gw, gb, xp, gxp);
-      continue;
-    }
-    const float* bp = ip + t.base[g];
-    const __m256i c0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.col.data() + j));
-    const __m256i c1 = _mm256_add_epi32(c0, one);
-    __m256 a = _mm256_loadu_ps(bp), e = _mm256_loadu_ps(bp + 8);
-    __m256 v00 = _mm256_permutex2var_ps(a, c0, e), v01 = _mm256_permutex2var_ps(a, c1, e);
-    a = _mm256_loadu_ps(bp + rs);
-    e = _mm256_loadu_ps(bp + rs + 8);
-    __m256 v10 = _mm256_permutex2var_ps(a, c0, e), v11 = _mm256_permutex2var_ps(a, c1, e);
-    if (kind == 2) {
-      const __m256 lo = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.lower.data() + j)));
-      a = _mm256_loadu_ps(bp + 2 * rs);
-      e = _mm256_loadu_ps(bp + 2 * rs + 8);
-      v00 = _mm256_blendv_ps(v00, v10, lo);
-      v01 = _mm256_blendv_ps(v01, v11, lo);
-      v10 = _mm256_blendv_ps(v10, _mm256_permutex2var_ps(a, c0, e), lo);
-      v11 = _mm256_blendv_ps(v11, _mm256_permutex2var_ps(a, c1, e), lo);
+      // Scattered corners: masked gathers (outside corners, offset -1, are not loaded and read 0).
+      const __m256 z = _mm256_setzero_ps();
+      const __m256i m1 = _mm256_set1_epi32(-1);
+      __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.o[0].data() + j));
+      v00 = _mm256_mmask_i32gather_ps(z, _mm256_cmpgt_epi32_mask(idx, m1), idx, ip, 4);
+      idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.o[1].data() + j));
+      v01 = _mm256_mmask_i32gather_ps(z, _mm256_cmpgt_epi32_mask(idx, m1), idx, ip, 4);
+      idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.o[2].data() + j));
+      v10 = _mm256_mmask_i32gather_ps(z, _mm256_cmpgt_epi32_mask(idx, m1), idx, ip, 4);
+      idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.o[3].data() + j));
+      v11 = _mm256_mmask_i32gather_ps(z, _mm256_cmpgt_epi32_mask(idx, m1), idx, ip, 4);
+    } else {
+      const float* bp = ip + t.base[g];
+      const __m256i c0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.col.data() + j));
+      const __m256i c1 = _mm256_add_epi32(c0, one);
+      __m256 a = _mm256_loadu_ps(bp), e = _mm256_loadu_ps(bp + 8);
+      v00 = _mm256_permutex2var_ps(a, c0, e);
+      v01 = _mm256_permutex2var_ps(a, c1, e);
+      a = _mm256_loadu_ps(bp + rs);
+      e = _mm256_loadu_ps(bp + rs + 8);
+      v10 = _mm256_permutex2var_ps(a, c0, e);
+      v11 = _mm256_permutex2var_ps(a, c1, e);
+      if (kind == 2) {
+        const __m256 lo = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.lower.data() + j)));
+        a = _mm256_loadu_ps(bp + 2 * rs);
+        e = _mm256_loadu_ps(bp + 2 * rs + 8);
+        v00 = _mm256_blendv_ps(v00, v10, lo);
+        v01 = _mm256_blendv_ps(v01, v11, lo);
+        v10 = _mm256_blendv_ps(v10, _mm256_permutex2var_ps(a, c0, e), lo);
+        v11 = _mm256_blendv_ps(v11, _mm256_permutex2var_ps(a, c1, e), lo);
+      }
     }
     const __m256 fx = _mm256_loadu_ps(b.fx.data() + j), fy = _mm256_loadu_ps(b.fy.data() + j);
     __m256 G = _mm256_loadu_ps(gw + j);
