@@ -24,7 +24,9 @@ import torch.nn.functional as F
 
 from leo.animator import Animator
 from leo.data.synthetic import render_video
+from leo.discriminator import Discriminator
 from leo.metrics import animator_report
+from leo.train import losses
 from leo.train.stage1 import reconstruction_loss
 
 
@@ -61,6 +63,8 @@ def main(argv=None):
     p.add_argument("--motion-weight-steps", type=int, default=0,
                    help="apply --motion-weight only for the first N steps (0: always)")
     p.add_argument("--ema", type=float, default=0.0, help="evaluate an EMA of the generator with this decay (0: off)")
+    p.add_argument("--adv", type=float, default=0.0,
+                   help="adversarial weight with the trainer's discriminator (0: none; leo train-animator: 0.05)")
     p.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 (LIA/StyleGAN: 0)")
     p.add_argument("--sway", type=float, default=1.0, help="synthetic figure travel (render_video's sway)")
     p.add_argument("--eval-every", type=int, default=200)
@@ -77,6 +81,10 @@ def main(argv=None):
     if a.init != "random":
         G.init_copy_source(motion_gain=30.0 if a.init == "copy_amp" else 1.0)
     opt = torch.optim.Adam(G.parameters(), lr=a.lr, betas=(a.beta1, 0.99))
+    D = opt_d = None
+    if a.adv > 0:
+        D = Discriminator(size=size, width=0.125)
+        opt_d = torch.optim.Adam(D.parameters(), lr=a.lr, betas=(a.beta1, 0.99))
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if a.ema > 0 else None
     rng = np.random.default_rng(0)
     log, t0 = [], time.time()
@@ -115,9 +123,18 @@ def main(argv=None):
             lin = torch.linspace(-1, 1, n)
             grid = torch.stack([torch.tanh(flow[:ne, 0]) + lin.view(1, 1, n), torch.tanh(flow[:ne, 1]) + lin.view(1, n, 1)], -1)
             loss = loss + (grid - egrid).abs().mean()
+        if D is not None:
+            D.requires_grad_(False)
+            loss = loss + a.adv * losses.g_nonsaturating(D(recon))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if D is not None:  # the trainer's discriminator step: real targets vs these reconstructions
+            D.requires_grad_(True)
+            logits = D(torch.cat([tgt, recon.detach()]), a.batch)
+            opt_d.zero_grad(set_to_none=True)
+            losses.d_logistic(logits[:a.batch], logits[a.batch:]).backward()
+            opt_d.step()
         if a.ema > 0:
             with torch.no_grad():
                 for pe, pg in zip(G_ema.parameters(), G.parameters()):
