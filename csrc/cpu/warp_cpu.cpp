@@ -26,10 +26,6 @@
 #include <type_traits>
 #include <vector>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
-
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define LEO_WARP_AVX2 1
@@ -45,23 +41,6 @@ bool use_channels_last(const at::Tensor& t) {
 
 at::MemoryFormat feature_format(const at::Tensor& t) {
   return use_channels_last(t) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
-
-// A fresh output of a big op is mostly page faults: a 128 MB tensor from the allocator is a new
-// mapping whose 4 KB pages the kernel faults in and zeroes one by one on the first write (about
-// 4x the time of writing it). Asking for transparent huge pages on it first (what PyTorch's
-// THP_MEM_ALLOC_ENABLE does for every allocation) cuts that to a few hundred faults. Only the
-// 2 MB-aligned interior is advised; a no-op where THP is off or the tensor is small.
-at::Tensor huge_pages(at::Tensor t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
-  if (t.nbytes() >= 4 * kHuge) {
-    const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
-    const uintptr_t a = (p + kHuge - 1) & ~(kHuge - 1), e = (p + t.nbytes()) & ~(kHuge - 1);
-    if (e > a) (void)madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
-  }
-#endif
-  return t;
 }
 
 // Work items per parallel chunk so each chunk does at least ~32k element updates.
@@ -696,8 +675,8 @@ at::Tensor grid_sample_fwd_cpu(const at::Tensor& input_, const at::Tensor& grid_
   check_grid_sample(input_, grid_, pad);
   const auto fmt = feature_format(input_);
   const at::Tensor input = input_.contiguous(fmt), grid = grid_.contiguous();
-  at::Tensor out = huge_pages(
-      at::empty({input.size(0), input.size(1), grid.size(1), grid.size(2)}, input.options().memory_format(fmt)));
+  at::Tensor out =
+      at::empty({input.size(0), input.size(1), grid.size(1), grid.size(2)}, input.options().memory_format(fmt));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "grid_sample_fwd_cpu", [&] {
     if (fmt == at::MemoryFormat::ChannelsLast)
       grid_sample_fwd_impl<scalar_t, true>(input, grid, out, pad, align);
@@ -877,8 +856,8 @@ void bwd_f32_nchw(const P& p, int64_t N, int64_t C, int64_t H, int64_t W, int64_
   const int64_t HW = H * W, HWo = Ho * Wo;
   const int64_t R = tile_rows(Ho, Wo), ntiles = (Ho + R - 1) / R;
   // Taps of every output pixel for pass 2: offsets and weights times the mask.
-  at::Tensor taps_o = huge_pages(at::empty({4, N * HWo}, at::kInt));
-  at::Tensor taps_w = huge_pages(at::empty({4, N * HWo}, at::kFloat));
+  at::Tensor taps_o = at::empty({4, N * HWo}, at::kInt);
+  at::Tensor taps_w = at::empty({4, N * HWo}, at::kFloat);
   int32_t* to = taps_o.mutable_data_ptr<int32_t>();
   float* tw = taps_w.mutable_data_ptr<float>();
   const int64_t span = window_span() == 16 ? 16 : 0;  // bwd_plane has no AVX2 window kernel
@@ -1048,8 +1027,8 @@ void bwd_f32_cl(const P& p, int64_t N, int64_t C, int64_t H, int64_t W, int64_t 
 #ifdef LEO_WARP_AVX2
   constexpr bool kWarp = P::kWarp;
   const int64_t HWo = Ho * Wo, isN = H * W * C;
-  at::Tensor taps_o = huge_pages(at::empty({4, N * HWo}, at::kInt));
-  at::Tensor taps_w = huge_pages(at::empty({4, N * HWo}, at::kFloat));
+  at::Tensor taps_o = at::empty({4, N * HWo}, at::kInt);
+  at::Tensor taps_w = at::empty({4, N * HWo}, at::kFloat);
   int32_t* to = taps_o.mutable_data_ptr<int32_t>();
   float* tw = taps_w.mutable_data_ptr<float>();
   std::vector<float> zero_row(C, 0.f);
@@ -1202,7 +1181,7 @@ std::tuple<at::Tensor, at::Tensor> grid_sample_bwd_cpu(const at::Tensor& grad_ou
   const auto fmt = feature_format(input_);
   const at::Tensor input = input_.contiguous(fmt), grid = grid_.contiguous(), go = grad_out_.contiguous(fmt);
   const auto acc_dtype = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor gin_acc = huge_pages(at::empty(input.sizes(), input.options().dtype(acc_dtype).memory_format(fmt))).zero_();
+  at::Tensor gin_acc = at::empty(input.sizes(), input.options().dtype(acc_dtype).memory_format(fmt)).zero_();
   at::Tensor ggrid = at::empty(grid.sizes(), grid.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "grid_sample_bwd_cpu", [&] {
     if (fmt == at::MemoryFormat::ChannelsLast)
@@ -1446,8 +1425,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> warp_inpaint_fwd_cpu(const at::Te
   const at::Tensor feat = feat_.contiguous(fmt), x = x_.contiguous(fmt), logits = logits_.contiguous();
   at::Tensor skip;
   if (skip_) skip = skip_->contiguous();
-  at::Tensor warped = huge_pages(at::empty(feat.sizes(), feat.options().memory_format(fmt)));
-  at::Tensor blended = huge_pages(at::empty(feat.sizes(), feat.options().memory_format(fmt)));
+  at::Tensor warped = at::empty(feat.sizes(), feat.options().memory_format(fmt));
+  at::Tensor blended = at::empty(feat.sizes(), feat.options().memory_format(fmt));
   at::Tensor composed = at::empty(logits.sizes(), logits.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "warp_inpaint_fwd_cpu", [&] {
     const at::Tensor* sk = skip_ ? &skip : nullptr;
@@ -1597,8 +1576,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> warp_inpaint_bwd_cpu(
   const auto fmt = feature_format(feat_);
   const at::Tensor feat = feat_.contiguous(fmt), x = x_.contiguous(fmt), composed = composed_.to(acc_dtype).contiguous();
   const at::Tensor gw = grad_warped.contiguous(fmt), gb = grad_blended.contiguous(fmt), gc = grad_composed.contiguous();
-  at::Tensor gfeat_acc = huge_pages(at::empty(feat.sizes(), feat.options().dtype(acc_dtype).memory_format(fmt))).zero_();
-  at::Tensor gx = huge_pages(at::empty(feat.sizes(), feat.options().memory_format(fmt)));
+  at::Tensor gfeat_acc = at::empty(feat.sizes(), feat.options().dtype(acc_dtype).memory_format(fmt)).zero_();
+  at::Tensor gx = at::empty(feat.sizes(), feat.options().memory_format(fmt));
   at::Tensor glogits = at::empty(composed.sizes(), gc.options());
   at::Tensor gskip;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "warp_inpaint_bwd_cpu", [&] {
