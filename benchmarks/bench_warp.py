@@ -8,9 +8,10 @@ Baselines, every one checked against leo's reference before timing:
   flow as zero insertion + pad + grouped conv, identity grid from meshgrid, tanh, F.grid_sample,
   sigmoid mask, multiply, blend);
 - compiled: torch.compile of the efficient eager form;
-- copy (forward only): a copy of the bytes the op must move (dst.copy_(src) into a preallocated
-  tensor), timed in the same pairs: its ratio is the fraction of the memory-traffic floor the op
-  reaches (0.5 = within 2x of the floor).
+- copy and clone (forward only): a copy of the bytes the op must move, timed in the same pairs: its
+  ratio is the fraction of the memory-traffic floor the op reaches (0.5 = within 2x of the floor).
+  copy writes into a preallocated tensor (the strict floor); clone into a new one, as the op must
+  (on this kind of machine fresh pages from the OS cost about as much as the copy itself).
 
 Inputs: smooth flows by default, as a trained animator produces (low-frequency fields, displacements
 of a few pixels); random per-pixel flows (displacements up to a third of the image, scattered
@@ -102,11 +103,12 @@ def efficient_eager(feat, x, logits, skip=None, align_corners=False):
     return warped, warped + x * (1 - mask), flow
 
 
-def _copy_of(nbytes, device):
-    """A zero-argument copy that moves nbytes (reads and writes half each): the memory floor."""
+def _floors(nbytes, device):
+    """Zero-argument copies that move nbytes (read and write half each): the memory floor, into a
+    preallocated tensor and into a new one."""
     src = torch.randn(max(1, nbytes // 8), device=device)
     dst = torch.empty_like(src)
-    return lambda: dst.copy_(src)
+    return {"copy": lambda: dst.copy_(src), "clone": lambda: src.clone()}
 
 
 def _fir_up2_weight(channels, device, dtype):
@@ -177,7 +179,7 @@ def _call(fn, inputs, grads, backward):
 
 def _case_info(benchmark, op, shape, dtype, device, flow, mode, layout="contiguous"):
     lay = " channels_last" if layout == "channels_last" else ""
-    floor = " (copy row: fraction of the memory floor)" if mode == "forward" else ""
+    floor = " (copy/clone rows: fraction of the memory floor)" if mode == "forward" else ""
     benchmark.extra_info.update(
         op=op, device=device, shape=list(shape), dtype=str(dtype).replace("torch.", ""), flow=flow, mode=mode,
         layout=layout,
@@ -232,7 +234,7 @@ def test_warp_inpaint(benchmark, case, flow, layout, mode):
     nbytes = _wi_bytes(n, c, h, w, feat.element_size(), with_skip, backward)
     calls = {k: _call(fn, inputs, grads, backward) for k, fn in impls.items()}
     if not backward:
-        calls["copy"] = _copy_of(nbytes, device)
+        calls.update(_floors(nbytes, device))
     compare(benchmark, calls, ours, rounds=ROUNDS, nbytes=nbytes)
 
 
@@ -274,5 +276,5 @@ def test_grid_sample(benchmark, case, flow, layout, mode):
     nbytes = (2 * big + gbytes) * es + ((3 * big + 2 * gbytes) * es if backward else 0)
     calls = {k: _call(fn, [inp, grid], grads, backward) for k, fn in impls.items()}
     if not backward:
-        calls["copy"] = _copy_of(nbytes, device)
+        calls.update(_floors(nbytes, device))
     compare(benchmark, calls, ours, rounds=ROUNDS, nbytes=nbytes)
