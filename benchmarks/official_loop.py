@@ -22,6 +22,7 @@ def main(argv=None) -> int:
     p.add_argument("--driving", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
 
     import torch
@@ -29,10 +30,10 @@ def main(argv=None) -> int:
     from leo.animator import Animator
     from leo.media import VideoReader, VideoWriter, read_image
 
-    gen = Animator.from_checkpoint(args.animator, kernels="reference").eval()
-    img_source = read_image(args.source, gen.size).unsqueeze(0)
+    gen = Animator.from_checkpoint(args.animator, map_location=args.device, kernels="reference").eval()
+    img_source = read_image(args.source, gen.size).unsqueeze(0).to(args.device)
     with VideoReader(args.driving, gen.size) as reader:
-        vid_target = reader.read_all(args.max_frames)
+        vid_target = reader.read_all(args.max_frames).to(args.device)
         fps = reader.fps
     frames = []
     with torch.no_grad():
