@@ -65,6 +65,8 @@ def main(argv=None):
     p.add_argument("--ema", type=float, default=0.0, help="evaluate an EMA of the generator with this decay (0: off)")
     p.add_argument("--adv", type=float, default=0.0,
                    help="adversarial weight with the trainer's discriminator (0: none; leo train-animator: 0.05)")
+    p.add_argument("--lr-mult", action="append", default=[], metavar="SUBSTRING=K",
+                   help="parameters whose name contains SUBSTRING train at K x lr (repeatable; first match wins)")
     p.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 (LIA/StyleGAN: 0)")
     p.add_argument("--sway", type=float, default=1.0, help="synthetic figure travel (render_video's sway)")
     p.add_argument("--eval-every", type=int, default=200)
@@ -80,7 +82,12 @@ def main(argv=None):
     G = Animator(size=size, style_dim=128, width=0.125, align_corners=a.align_corners, relative_latent=a.relative)
     if a.init != "random":
         G.init_copy_source(motion_gain=30.0 if a.init == "copy_amp" else 1.0)
-    opt = torch.optim.Adam(G.parameters(), lr=a.lr, betas=(a.beta1, 0.99))
+    mults = [(m.split("=")[0], float(m.split("=")[1])) for m in a.lr_mult]
+    groups: dict[float, list] = {}
+    for name, prm in G.named_parameters():
+        k = next((k for sub, k in mults if sub in name), 1.0)
+        groups.setdefault(k, []).append(prm)
+    opt = torch.optim.Adam([{"params": v, "lr": a.lr * k} for k, v in groups.items()], lr=a.lr, betas=(a.beta1, 0.99))
     D = opt_d = None
     if a.adv > 0:
         D = Discriminator(size=size, width=0.125)
