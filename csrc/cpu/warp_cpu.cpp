@@ -330,6 +330,19 @@ inline void sample_plane_scalar(const RowTaps32& t, int64_t j, int64_t n, const 
 }
 
 #ifdef LEO_WARP_AVX2
+// One group of 8 outputs from its four gathered corners: out = sum_k w_k * v_k, and with an
+// inpainting target also the blend xp * keep + out (shared by the AVX2 and AVX-512 kernels).
+__attribute__((target("avx2,fma"))) inline void store_group(const RowTaps32& t, int64_t j, __m256 v00, __m256 v01,
+                                                            __m256 v10, __m256 v11, float* op, const float* xp,
+                                                            float* bp) {
+  __m256 v = _mm256_mul_ps(_mm256_loadu_ps(t.w[0].data() + j), v00);
+  v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[1].data() + j), v01, v);
+  v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[2].data() + j), v10, v);
+  v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[3].data() + j), v11, v);
+  _mm256_storeu_ps(op + j, v);
+  if (xp) _mm256_storeu_ps(bp + j, _mm256_fmadd_ps(_mm256_loadu_ps(xp + j), _mm256_loadu_ps(t.keep.data() + j), v));
+}
+
 // One plane over the n pixels of a classified RowTaps32 (rs: the plane's row stride).
 __attribute__((target("avx2,fma"))) void sample_plane_avx2(const RowTaps32& t, int64_t n, const float* ip, int64_t rs,
                                                            float* op, const float* xp, float* bp) {
@@ -355,12 +368,7 @@ __attribute__((target("avx2,fma"))) void sample_plane_avx2(const RowTaps32& t, i
       v10 = _mm256_blendv_ps(v10, v20, lo);
       v11 = _mm256_blendv_ps(v11, v21, lo);
     }
-    __m256 v = _mm256_mul_ps(_mm256_loadu_ps(t.w[0].data() + j), v00);
-    v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[1].data() + j), v01, v);
-    v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[2].data() + j), v10, v);
-    v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[3].data() + j), v11, v);
-    _mm256_storeu_ps(op + j, v);
-    if (xp) _mm256_storeu_ps(bp + j, _mm256_fmadd_ps(_mm256_loadu_ps(xp + j), _mm256_loadu_ps(t.keep.data() + j), v));
+    store_group(t, j, v00, v01, v10, v11, op, xp, bp);
   }
   sample_plane_scalar(t, j, n, ip, op, xp, bp);
 }
@@ -403,12 +411,7 @@ __attribute__((target("avx2,fma,avx512f,avx512vl"))) void sample_plane_avx512(co
       v10 = _mm256_blendv_ps(v10, _mm256_permutex2var_ps(a, c0, e), lo);
       v11 = _mm256_blendv_ps(v11, _mm256_permutex2var_ps(a, c1, e), lo);
     }
-    __m256 v = _mm256_mul_ps(_mm256_loadu_ps(t.w[0].data() + j), v00);
-    v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[1].data() + j), v01, v);
-    v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[2].data() + j), v10, v);
-    v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[3].data() + j), v11, v);
-    _mm256_storeu_ps(op + j, v);
-    if (xp) _mm256_storeu_ps(bp + j, _mm256_fmadd_ps(_mm256_loadu_ps(xp + j), _mm256_loadu_ps(t.keep.data() + j), v));
+    store_group(t, j, v00, v01, v10, v11, op, xp, bp);
   }
   sample_plane_scalar(t, j, n, ip, op, xp, bp);
 }
