@@ -373,44 +373,53 @@ __attribute__((target("avx2,fma"))) void sample_plane_avx2(const RowTaps32& t, i
   sample_plane_scalar(t, j, n, ip, op, xp, bp);
 }
 
+// The four bilinear corners of group g (outputs j..j+7) of plane ip: masked gathers for scattered
+// groups (kind 0; outside corners, offset -1, are not loaded and read 0), otherwise windows of 16
+// columns with two-register permutes (kind 2: outputs flagged in lower read one row further down).
+// Shared by the AVX-512 forward and backward.
+__attribute__((target("avx2,fma,avx512f,avx512vl"))) inline void corners_avx512(const RowTaps32& t, int64_t g,
+                                                                                int64_t j, const float* ip,
+                                                                                int64_t rs, __m256& v00, __m256& v01,
+                                                                                __m256& v10, __m256& v11) {
+  if (t.kind[g] == 0) {
+    const __m256 z = _mm256_setzero_ps();
+    const __m256i m1 = _mm256_set1_epi32(-1);
+    __m256* v[4] = {&v00, &v01, &v10, &v11};
+    for (int k = 0; k < 4; ++k) {
+      const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.o[k].data() + j));
+      *v[k] = _mm256_mmask_i32gather_ps(z, _mm256_cmpgt_epi32_mask(idx, m1), idx, ip, 4);
+    }
+    return;
+  }
+  const float* b = ip + t.base[g];
+  const __m256i c0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.col.data() + j));
+  const __m256i c1 = _mm256_add_epi32(c0, _mm256_set1_epi32(1));
+  __m256 a = _mm256_loadu_ps(b), e = _mm256_loadu_ps(b + 8);
+  v00 = _mm256_permutex2var_ps(a, c0, e);
+  v01 = _mm256_permutex2var_ps(a, c1, e);
+  a = _mm256_loadu_ps(b + rs);
+  e = _mm256_loadu_ps(b + rs + 8);
+  v10 = _mm256_permutex2var_ps(a, c0, e);
+  v11 = _mm256_permutex2var_ps(a, c1, e);
+  if (t.kind[g] == 2) {
+    const __m256 lo = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.lower.data() + j)));
+    a = _mm256_loadu_ps(b + 2 * rs);
+    e = _mm256_loadu_ps(b + 2 * rs + 8);
+    v00 = _mm256_blendv_ps(v00, v10, lo);
+    v01 = _mm256_blendv_ps(v01, v11, lo);
+    v10 = _mm256_blendv_ps(v10, _mm256_permutex2var_ps(a, c0, e), lo);
+    v11 = _mm256_blendv_ps(v11, _mm256_permutex2var_ps(a, c1, e), lo);
+  }
+}
+
 // The same with AVX-512VL two-register permutes: windows of 16 columns (loads at x and x + 8).
 __attribute__((target("avx2,fma,avx512f,avx512vl"))) void sample_plane_avx512(const RowTaps32& t, int64_t n,
                                                                               const float* ip, int64_t rs, float* op,
                                                                               const float* xp, float* bp) {
-  const __m256i one = _mm256_set1_epi32(1);
   int64_t j = 0;
   for (int64_t g = 0; j + 8 <= n; ++g, j += 8) {
-    const int kind = t.kind[g];
-    if (kind == 0) {
-      // Scattered corners: masked gathers (outside corners, offset -1, are not loaded and read 0).
-      __m256 v = _mm256_setzero_ps();
-      for (int k = 0; k < 4; ++k) {
-        const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.o[k].data() + j));
-        const __mmask8 in = _mm256_cmpgt_epi32_mask(idx, _mm256_set1_epi32(-1));
-        const __m256 c = _mm256_mmask_i32gather_ps(_mm256_setzero_ps(), in, idx, ip, 4);
-        v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[k].data() + j), c, v);
-      }
-      _mm256_storeu_ps(op + j, v);
-      if (xp) _mm256_storeu_ps(bp + j, _mm256_fmadd_ps(_mm256_loadu_ps(xp + j), _mm256_loadu_ps(t.keep.data() + j), v));
-      continue;
-    }
-    const float* b = ip + t.base[g];
-    const __m256i c0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.col.data() + j));
-    const __m256i c1 = _mm256_add_epi32(c0, one);
-    __m256 a = _mm256_loadu_ps(b), e = _mm256_loadu_ps(b + 8);
-    __m256 v00 = _mm256_permutex2var_ps(a, c0, e), v01 = _mm256_permutex2var_ps(a, c1, e);
-    a = _mm256_loadu_ps(b + rs);
-    e = _mm256_loadu_ps(b + rs + 8);
-    __m256 v10 = _mm256_permutex2var_ps(a, c0, e), v11 = _mm256_permutex2var_ps(a, c1, e);
-    if (kind == 2) {
-      const __m256 lo = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.lower.data() + j)));
-      a = _mm256_loadu_ps(b + 2 * rs);
-      e = _mm256_loadu_ps(b + 2 * rs + 8);
-      v00 = _mm256_blendv_ps(v00, v10, lo);
-      v01 = _mm256_blendv_ps(v01, v11, lo);
-      v10 = _mm256_blendv_ps(v10, _mm256_permutex2var_ps(a, c0, e), lo);
-      v11 = _mm256_blendv_ps(v11, _mm256_permutex2var_ps(a, c1, e), lo);
-    }
+    __m256 v00, v01, v10, v11;
+    corners_avx512(t, g, j, ip, rs, v00, v01, v10, v11);
     store_group(t, j, v00, v01, v10, v11, op, xp, bp);
   }
   sample_plane_scalar(t, j, n, ip, op, xp, bp);
@@ -780,45 +789,11 @@ __attribute__((target("avx2,fma,avx512f,avx512vl"))) void bwd_plane_avx512(BwdTi
                                                                            const float* gb, const float* xp,
                                                                            float* gxp) {
   const RowTaps32& t = b.rt;
-  const __m256i one = _mm256_set1_epi32(1);
   const __m256 ones = _mm256_set1_ps(1.f);
   int64_t j = 0;
   for (int64_t g = 0; j + 8 <= n; ++g, j += 8) {
-    const int kind = t.kind[g];
     __m256 v00, v01, v10, v11;
-    if (kind == 0) {
-      // Scattered corners: masked gathers (outside corners, offset -1, are not loaded and read 0).
-      const __m256 z = _mm256_setzero_ps();
-      const __m256i m1 = _mm256_set1_epi32(-1);
-      __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.o[0].data() + j));
-      v00 = _mm256_mmask_i32gather_ps(z, _mm256_cmpgt_epi32_mask(idx, m1), idx, ip, 4);
-      idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.o[1].data() + j));
-      v01 = _mm256_mmask_i32gather_ps(z, _mm256_cmpgt_epi32_mask(idx, m1), idx, ip, 4);
-      idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.o[2].data() + j));
-      v10 = _mm256_mmask_i32gather_ps(z, _mm256_cmpgt_epi32_mask(idx, m1), idx, ip, 4);
-      idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.o[3].data() + j));
-      v11 = _mm256_mmask_i32gather_ps(z, _mm256_cmpgt_epi32_mask(idx, m1), idx, ip, 4);
-    } else {
-      const float* bp = ip + t.base[g];
-      const __m256i c0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.col.data() + j));
-      const __m256i c1 = _mm256_add_epi32(c0, one);
-      __m256 a = _mm256_loadu_ps(bp), e = _mm256_loadu_ps(bp + 8);
-      v00 = _mm256_permutex2var_ps(a, c0, e);
-      v01 = _mm256_permutex2var_ps(a, c1, e);
-      a = _mm256_loadu_ps(bp + rs);
-      e = _mm256_loadu_ps(bp + rs + 8);
-      v10 = _mm256_permutex2var_ps(a, c0, e);
-      v11 = _mm256_permutex2var_ps(a, c1, e);
-      if (kind == 2) {
-        const __m256 lo = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.lower.data() + j)));
-        a = _mm256_loadu_ps(bp + 2 * rs);
-        e = _mm256_loadu_ps(bp + 2 * rs + 8);
-        v00 = _mm256_blendv_ps(v00, v10, lo);
-        v01 = _mm256_blendv_ps(v01, v11, lo);
-        v10 = _mm256_blendv_ps(v10, _mm256_permutex2var_ps(a, c0, e), lo);
-        v11 = _mm256_blendv_ps(v11, _mm256_permutex2var_ps(a, c1, e), lo);
-      }
-    }
+    corners_avx512(t, g, j, ip, rs, v00, v01, v10, v11);
     const __m256 fx = _mm256_loadu_ps(b.fx.data() + j), fy = _mm256_loadu_ps(b.fy.data() + j);
     __m256 G = _mm256_loadu_ps(gw + j);
     if constexpr (kWarp) {
