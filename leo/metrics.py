@@ -34,6 +34,7 @@ __all__ = [
     "video_jitter",
     "seam_jitter",
     "pair_frames",
+    "moving_mask",
     "reconstruction_report",
     "motion_report",
     "residual_stats",
@@ -98,6 +99,13 @@ def pair_frames(clips: Iterable[torch.Tensor], pairs_per_clip: int | None = None
     return {"source": torch.cat(src), "target": torch.cat(tgt)}
 
 
+def moving_mask(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) 1 where a (source, target) pair differs (mean over channels > MOVING_THRESHOLD,
+    dilated by 2 pixels), 0 on still pixels."""
+    diff = (source - target).abs().mean(1, keepdim=True)
+    return F.max_pool2d((diff > MOVING_THRESHOLD).float(), 5, stride=1, padding=2)
+
+
 def _batches(n: int, batch: int):
     for i in range(0, n, batch):
         yield slice(i, min(n, i + batch))
@@ -128,7 +136,7 @@ def reconstruction_report(animator, pairs: dict, batch: int = 16, autocast=conte
             sums["copy_psnr"] += psnr(s, t).sum().item()
             sums["copy_ssim"] += ssim(s, t).sum().item()
             copy_err = (s - t).abs().mean(1, keepdim=True)
-            moving = F.max_pool2d((copy_err > MOVING_THRESHOLD).float(), 5, stride=1, padding=2)
+            moving = moving_mask(s, t)
             err = (pred - t).abs().mean(1, keepdim=True)
             region["moving"] += (err * moving).sum().item()
             region["copy_moving"] += (copy_err * moving).sum().item()

@@ -63,13 +63,23 @@ def test_copying_animator_has_gain_zero_and_no_motion(clips):
     assert 0 < report["moving_fraction"] < 1
 
 
+def test_moving_mask_marks_changed_pixels_dilated_by_two():
+    a = torch.zeros(1, 3, 9, 9)
+    b = a.clone()
+    b[0, :, 4, 4] = 0.5  # one changed pixel; a change below the threshold elsewhere
+    b[0, :, 0, 8] = metrics.MOVING_THRESHOLD / 2
+    m = metrics.moving_mask(a, b)
+    expected = torch.zeros(1, 1, 9, 9)
+    expected[0, 0, 2:7, 2:7] = 1
+    assert torch.equal(m, expected)
+
+
 def test_moving_and_still_pixels_split_the_error(clips):
     pairs = metrics.pair_frames(clips, 4)
 
     class PasteTarget(_Oracle):  # exact on the moving pixels, a constant error on the still ones
         def forward(self, source, target):
-            copy_err = (source - target).abs().mean(1, keepdim=True)
-            moving = torch.nn.functional.max_pool2d((copy_err > metrics.MOVING_THRESHOLD).float(), 5, 1, 2)
+            moving = metrics.moving_mask(source, target)
             off = torch.where(target < 0.8, target + 0.1, target - 0.1)  # stays inside [-1, 1]
             return torch.where(moving > 0, target, off)
 
