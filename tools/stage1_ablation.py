@@ -43,6 +43,17 @@ def affine_targets(src, rng, magnitude):
     return F.grid_sample(src, grid, align_corners=True), grid
 
 
+def lr_mult(text: str) -> tuple[str, float]:
+    """--lr-mult SUBSTRING=K -> (SUBSTRING, K)."""
+    sub, sep, k = text.partition("=")
+    try:
+        if not sep or not sub:
+            raise ValueError
+        return sub, float(k)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--lr-mult wants SUBSTRING=K (e.g. to_flows=5), got {text!r}") from None
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", required=True)
@@ -65,7 +76,7 @@ def main(argv=None):
     p.add_argument("--ema", type=float, default=0.0, help="evaluate an EMA of the generator with this decay (0: off)")
     p.add_argument("--adv", type=float, default=0.0,
                    help="adversarial weight with the trainer's discriminator (0: none; leo train-animator: 0.05)")
-    p.add_argument("--lr-mult", action="append", default=[], metavar="SUBSTRING=K",
+    p.add_argument("--lr-mult", action="append", default=[], metavar="SUBSTRING=K", type=lr_mult,
                    help="parameters whose name contains SUBSTRING train at K x lr (repeatable; first match wins)")
     p.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 (LIA/StyleGAN: 0)")
     p.add_argument("--sway", type=float, default=1.0, help="synthetic figure travel (render_video's sway)")
@@ -82,10 +93,9 @@ def main(argv=None):
     G = Animator(size=size, style_dim=128, width=0.125, align_corners=a.align_corners, relative_latent=a.relative)
     if a.init != "random":
         G.init_copy_source(motion_gain=30.0 if a.init == "copy_amp" else 1.0)
-    mults = [(m.split("=")[0], float(m.split("=")[1])) for m in a.lr_mult]
     groups: dict[float, list] = {}
     for name, prm in G.named_parameters():
-        k = next((k for sub, k in mults if sub in name), 1.0)
+        k = next((k for sub, k in a.lr_mult if sub in name), 1.0)
         groups.setdefault(k, []).append(prm)
     opt = torch.optim.Adam([{"params": v, "lr": a.lr * k} for k, v in groups.items()], lr=a.lr, betas=(a.beta1, 0.99))
     D = opt_d = None
