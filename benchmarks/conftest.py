@@ -8,8 +8,12 @@ Every benchmark times leo against its baselines with _timing.compare (paired, in
 import os
 import platform
 
-import pytest
-import torch
+from leo.cli import prefer_huge_pages
+
+prefer_huge_pages()  # as the `leo` command does; baselines and ours share the process, so both get it
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 from _timing import FULL, RESULTS
 
 # Each benchmark case compiles its own shapes; past dynamo's recompile limit (8 per function) the
@@ -47,6 +51,7 @@ def machine() -> dict:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "settings": "full" if FULL else "short",
+        "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE", "0") == "1",
         "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
 

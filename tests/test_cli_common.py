@@ -179,3 +179,49 @@ def test_dtype_means_autocast_in_generate_and_edit(tmp_path, capsys, dtype):
                      "--out", str(edited), "--dtype", dt, "--no-progress"]) == 0
     assert videos[dtype].shape == videos["float32"].shape == (5, 3, 32, 32)
     assert (videos[dtype] - videos["float32"]).abs().mean() < 0.1
+
+
+_HUGE_PAGES_PROBE = r"""
+import os, sys
+import leo.cli
+applied = leo.cli.prefer_huge_pages()
+import torch
+x = torch.empty(64 << 20, dtype=torch.uint8).fill_(1)  # 64 MB, touched
+huge = 0
+with open("/proc/self/smaps_rollup") as f:
+    for line in f:
+        if line.startswith("AnonHugePages:"):
+            huge = int(line.split()[1])
+print(applied, os.environ.get("THP_MEM_ALLOC_ENABLE"), huge, leo.cli.prefer_huge_pages())
+"""
+
+
+def _probe_huge_pages(env_value=None):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if env_value is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = env_value
+    out = subprocess.run([sys.executable, "-c", _HUGE_PAGES_PROBE], env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    return out[0] == "True", out[1], int(out[2]), out[3] == "True"
+
+
+def test_prefer_huge_pages_sets_torch_switch_before_torch_loads():
+    applied, value, huge_kb, again = _probe_huge_pages()
+    assert applied and value == "1"
+    assert not again, "once torch is imported the switch can no longer apply, and it must say so"
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            thp_mode = f.read()
+    except OSError:
+        thp_mode = "[never]"
+    if "[never]" not in thp_mode:  # the kernel lends huge pages: torch's 64 MB buffer must use them
+        assert huge_kb >= 2048, f"no huge pages backed a 64 MB tensor (AnonHugePages {huge_kb} kB, THP {thp_mode.strip()})"
+
+
+def test_prefer_huge_pages_keeps_the_users_choice():
+    applied, value, huge_kb, _ = _probe_huge_pages("0")
+    assert applied and value == "0"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Subcommand modules, in the order `leo --help` lists them.
@@ -19,6 +20,19 @@ SUBCOMMAND_MODULES = (
     "leo.cli.train_first_frame", # train-first-frame
     "leo.cli.evaluate",          # evaluate reconstruction / generation
 )
+
+
+def prefer_huge_pages() -> bool:
+    """Back torch's large CPU allocations (>= 2 MB) with transparent huge pages, unless the user set
+    THP_MEM_ALLOC_ENABLE (PyTorch's own switch) already. Without them every fresh allocation of a
+    large activation is zero-filled 4 KB page by page on first touch: measured on the 2-core CPU,
+    cloning an 8x64x256x256 float32 tensor takes 81 ms with 4 KB pages and 21 ms with huge pages
+    (a plain copy into an existing tensor: 13-18 ms). torch reads the switch once, at its first
+    allocation, so this only works before torch is imported; returns whether it could apply."""
+    if "torch" in sys.modules:
+        return False
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    return True
 
 
 class UserError(Exception):
@@ -49,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    prefer_huge_pages()  # before anything imports torch
     from leo.cli.common import rewrite_deprecated
 
     parser = build_parser()
