@@ -43,6 +43,23 @@ def affine_targets(src, rng, magnitude):
     return F.grid_sample(src, grid, align_corners=True), grid
 
 
+def teacher_offsets(src, tgt, resolution: int, steps: int, lr: float = 0.02):
+    """Per-pair flow teacher: sampling-grid offsets (B, S, S, 2), optimized at ``resolution`` so that
+    src warped by them matches tgt in L1 (align_corners=True, like tools/flow_oracle.py)."""
+    n, _, h, w = src.shape
+    base = F.affine_grid(torch.eye(2, 3).expand(n, -1, -1), (n, 3, h, w), align_corners=True)
+    flow = torch.zeros(n, 2, resolution, resolution, requires_grad=True)
+    opt = torch.optim.Adam([flow], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            up = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=True).permute(0, 2, 3, 1)
+            loss = (F.grid_sample(src, base + up, align_corners=True, padding_mode="border") - tgt).abs().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return up.detach()
+
+
 def lr_mult(text: str) -> tuple[str, float]:
     """--lr-mult SUBSTRING=K -> (SUBSTRING, K)."""
     sub, sep, k = text.partition("=")
@@ -79,7 +96,15 @@ def main(argv=None):
     p.add_argument("--lr-mult", action="append", default=[], metavar="SUBSTRING=K", type=lr_mult,
                    help="parameters whose name contains SUBSTRING train at K x lr (repeatable; first match wins)")
     p.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 (LIA/StyleGAN: 0)")
+    p.add_argument("--flow-teacher", type=float, default=0.0,
+                   help="weight of an L1 loss between the finest predicted grid offsets and a per-pair optimized flow")
+    p.add_argument("--teacher-res", type=int, default=16)
+    p.add_argument("--teacher-steps", type=int, default=50)
     p.add_argument("--sway", type=float, default=1.0, help="synthetic figure travel (render_video's sway)")
+    p.add_argument("--train-clips", type=int, default=24, help="number of training clips (1: can it fit one clip at all?)")
+    p.add_argument("--width", type=float, default=0.125, help="channel width multiplier of the animator")
+    p.add_argument("--eval-train", action="store_true",
+                   help="also report gain and motion on 8 training clips (train_ keys): fit vs generalization")
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON file for the log (default: ablation_NAME.json)")
@@ -88,9 +113,9 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     size = 64
-    train = torch.stack([render_video(0, i, 48, size, sway=a.sway) for i in range(24)])  # (V, T, 3, S, S)
+    train = torch.stack([render_video(0, i, 48, size, sway=a.sway) for i in range(a.train_clips)])  # (V, T, 3, S, S)
     heldout = [render_video(1000, i, 48, size, sway=a.sway) for i in range(8)]
-    G = Animator(size=size, style_dim=128, width=0.125, align_corners=a.align_corners, relative_latent=a.relative)
+    G = Animator(size=size, style_dim=128, width=a.width, align_corners=a.align_corners, relative_latent=a.relative)
     if a.init != "random":
         G.init_copy_source(motion_gain=30.0 if a.init == "copy_amp" else 1.0)
     groups: dict[float, list] = {}
@@ -111,6 +136,9 @@ def main(argv=None):
         if a.ema > 0:
             r.update({"ema_" + k: round(v, 4) for k, v in animator_report(G_ema, heldout, pairs_per_clip=8).items()
                       if k in ("l1", "gain", "motion_ratio", "psnr")})
+        if a.eval_train:
+            r.update({"train_" + k: round(v, 4) for k, v in animator_report(G_ema or G, list(train[:8]), pairs_per_clip=8).items()
+                      if k in ("gain", "moving_gain", "motion_ratio")})
         r.update(step=step, seconds=round(time.time() - t0, 1))
         print(json.dumps(r), flush=True)
         log.append(r)
@@ -140,6 +168,9 @@ def main(argv=None):
             lin = torch.linspace(-1, 1, n)
             grid = torch.stack([torch.tanh(flow[:ne, 0]) + lin.view(1, 1, n), torch.tanh(flow[:ne, 1]) + lin.view(1, n, 1)], -1)
             loss = loss + (grid - egrid).abs().mean()
+        if a.flow_teacher > 0:
+            off = teacher_offsets(src, tgt, a.teacher_res, a.teacher_steps)
+            loss = loss + a.flow_teacher * (torch.tanh(flow[:, :2].permute(0, 2, 3, 1)) - off).abs().mean()
         if D is not None:
             D.requires_grad_(False)
             loss = loss + a.adv * losses.g_nonsaturating(D(recon))
