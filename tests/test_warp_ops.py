@@ -687,14 +687,19 @@ def test_grid_sample_fast_paths(backend, shape, flow, layout):
 
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_fast_paths_nonfinite_features(backend, layout):
-    # Smooth flows over several tiles: window groups next to NaN/Inf pixels on the border and inside.
+@pytest.mark.parametrize("flow", ["smooth", "random"])
+def test_fast_paths_nonfinite_features(backend, layout, flow):
+    # Over several tiles, NaN/Inf pixels on the border and inside: next to window groups (smooth
+    # flows), and under scattered groups whose pairs of corners start or end outside (random flows).
     g = _fresh(31)
     shape = (2, 6, 70, 62, True)
-    feat, x, logits, skip = _fast_path_inputs(shape, "smooth", layout, g)
+    feat, x, logits, skip = _fast_path_inputs(shape, flow, layout, g)
     planted = _plant_nonfinite(feat)
     planted[:, :3, 30, 20] = float("nan")
     planted[:, 3:, 41, 33] = float("inf")
+    # next to the right and left borders: read, but not a corner, by pairs clamped into the row
+    planted[:, ::2, 5:9, -2] = float("nan")
+    planted[:, 1::2, 50:53, 1] = float("-inf")
     feat = _layout(planted, layout).requires_grad_()
     inputs = (feat, x, logits, skip)
     outs = leo_kernels.warp_inpaint(*inputs, backend=backend)

@@ -237,6 +237,13 @@ struct RowTaps32 {
   // window; per pixel its column in the window and whether its top row is the window's second.
   std::vector<uint8_t> kind;
   std::vector<int32_t> base, col, lower;
+  // Pair taps of scattered (kind 0) groups for the AVX-512 forward (see pair_taps): per pixel and
+  // corner row r (0 top, 1 bottom) the offset of two adjacent in-plane values, their weights
+  // (interleaved: 2 per pixel) and per group which of the 16 values are corners (bit 2l: left).
+  bool paired = false;
+  std::vector<int32_t> pair_off[2];
+  std::vector<float> pair_w[2];
+  std::vector<uint16_t> pair_mask[2];
   explicit RowTaps32(int64_t n) : keep(n), kind(n / 8 + 1), base(n / 8 + 1), col(n), lower(n) {
     for (int k = 0; k < 4; ++k) {
       o[k].resize(n);
@@ -267,7 +274,47 @@ struct RowTaps32 {
 // window group; random ones few. plane: Hin x Win with row stride rs, unit column stride.
 // span: the most columns a window may have (9 for AVX2's one-register permutes, 16 for AVX-512's
 // two-register ones).
+// Pair taps of the group of 8 pixels at j0. A scattered group costs 4 gathers of 8 values per
+// plane; reading each corner row as one 64-bit gather of two adjacent values (x0, x0 + 1) halves
+// that. The pair stays in the plane's row (needs Win >= 2): where x0 = Win - 1 (x1 outside) it
+// starts one column left and corner 0 is its right value; where x0 = -1 it starts at x1 and
+// corner 1 is its left value. Values that are not corners are masked out (never multiplied: a
+// NaN there must not leak, as in the masked-gather path).
+inline void pair_taps(RowTaps32& t, int64_t j0) {
+  for (int r = 0; r < 2; ++r) {
+    uint16_t mask = 0;
+    for (int l = 0; l < 8; ++l) {
+      const int64_t j = j0 + l;
+      const int32_t a = t.o[2 * r][j], b = t.o[2 * r + 1][j];  // corners (r, x0) and (r, x1)
+      int32_t off = 0;
+      float wl = 0.f, wr = 0.f;
+      int bits = 0;
+      if (a >= 0 && b >= 0) {
+        off = a, wl = t.w[2 * r][j], wr = t.w[2 * r + 1][j], bits = 3;
+      } else if (a >= 0) {  // x0 = Win - 1
+        off = a - 1, wr = t.w[2 * r][j], bits = 2;
+      } else if (b >= 0) {  // x0 = -1
+        off = b, wl = t.w[2 * r + 1][j], bits = 1;
+      }
+      t.pair_off[r][j] = off;
+      t.pair_w[r][2 * j] = wl;
+      t.pair_w[r][2 * j + 1] = wr;
+      mask |= static_cast<uint16_t>(bits << (2 * l));
+    }
+    t.pair_mask[r][j0 / 8] = mask;
+  }
+}
+
 inline void classify(RowTaps32& t, int64_t n, int64_t Hin, int64_t Win, int64_t rs, int64_t span) {
+  // Pair taps only where the AVX-512 forward reads them (span 16) and a pair fits in a row.
+  t.paired = span == 16 && Win >= 2;
+  if (t.paired && static_cast<int64_t>(t.pair_off[0].size()) < n) {
+    for (int r = 0; r < 2; ++r) {
+      t.pair_off[r].resize(n);
+      t.pair_w[r].resize(2 * n);
+      t.pair_mask[r].resize(n / 8 + 1);
+    }
+  }
   for (int64_t g = 0; g * 8 + 8 <= n; ++g) {
     const int64_t j0 = g * 8;
     int64_t ymin = INT64_MAX, ymax = -1, xmin = INT64_MAX, xmax = -1;
@@ -290,7 +337,10 @@ inline void classify(RowTaps32& t, int64_t n, int64_t Hin, int64_t Win, int64_t 
     const int64_t x0 = ok ? std::min(xmin, Win - span) : 0;
     ok = ok && x0 >= 0 && xmax + 1 - x0 < span && ymax - ymin <= 1 && ymax + 1 < Hin;
     t.kind[g] = ok ? (ymax == ymin ? 1 : 2) : 0;
-    if (!ok) continue;
+    if (!ok) {
+      if (t.paired) pair_taps(t, j0);
+      continue;
+    }
     t.base[g] = static_cast<int32_t>(ymin * rs + x0);
     for (int l = 0; l < 8; ++l) {
       t.col[j0 + l] = static_cast<int32_t>(xs[l] - x0);
@@ -332,6 +382,12 @@ inline void sample_plane_scalar(const RowTaps32& t, int64_t j, int64_t n, const 
 #ifdef LEO_WARP_AVX2
 // One group of 8 outputs from its four gathered corners: out = sum_k w_k * v_k, and with an
 // inpainting target also the blend xp * keep + out (shared by the AVX2 and AVX-512 kernels).
+__attribute__((target("avx2,fma"))) inline void store_sum(const RowTaps32& t, int64_t j, __m256 v, float* op,
+                                                          const float* xp, float* bp) {
+  _mm256_storeu_ps(op + j, v);
+  if (xp) _mm256_storeu_ps(bp + j, _mm256_fmadd_ps(_mm256_loadu_ps(xp + j), _mm256_loadu_ps(t.keep.data() + j), v));
+}
+
 __attribute__((target("avx2,fma"))) inline void store_group(const RowTaps32& t, int64_t j, __m256 v00, __m256 v01,
                                                             __m256 v10, __m256 v11, float* op, const float* xp,
                                                             float* bp) {
@@ -339,8 +395,7 @@ __attribute__((target("avx2,fma"))) inline void store_group(const RowTaps32& t, 
   v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[1].data() + j), v01, v);
   v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[2].data() + j), v10, v);
   v = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[3].data() + j), v11, v);
-  _mm256_storeu_ps(op + j, v);
-  if (xp) _mm256_storeu_ps(bp + j, _mm256_fmadd_ps(_mm256_loadu_ps(xp + j), _mm256_loadu_ps(t.keep.data() + j), v));
+  store_sum(t, j, v, op, xp, bp);
 }
 
 // One plane over the n pixels of a classified RowTaps32 (rs: the plane's row stride).
@@ -412,12 +467,32 @@ __attribute__((target("avx2,fma,avx512f,avx512vl"))) inline void corners_avx512(
   }
 }
 
+// sum_k w_k * v_k of a scattered group (kind 0) from its pair taps: one 64-bit gather per corner
+// row, non-corner values masked out of the products, then left + right of each pixel.
+__attribute__((target("avx2,fma,avx512f,avx512vl"))) inline __m256 pairs_avx512(const RowTaps32& t, int64_t g,
+                                                                                int64_t j, const float* ip) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int r = 0; r < 2; ++r) {
+    const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.pair_off[r].data() + j));
+    const __m512 v = _mm512_castpd_ps(_mm512_mask_i32gather_pd(_mm512_setzero_pd(), 0xFF, idx, ip, 4));
+    acc = _mm512_mask3_fmadd_ps(v, _mm512_loadu_ps(t.pair_w[r].data() + 2 * j), acc, t.pair_mask[r][g]);
+  }
+  const __m512i a = _mm512_castps_si512(acc);
+  const __m256 left = _mm256_castsi256_ps(_mm512_maskz_cvtepi64_epi32(0xFF, a));
+  const __m256 right = _mm256_castsi256_ps(_mm512_maskz_cvtepi64_epi32(0xFF, _mm512_maskz_srli_epi64(0xFF, a, 32)));
+  return _mm256_add_ps(left, right);
+}
+
 // The same with AVX-512VL two-register permutes: windows of 16 columns (loads at x and x + 8).
 __attribute__((target("avx2,fma,avx512f,avx512vl"))) void sample_plane_avx512(const RowTaps32& t, int64_t n,
                                                                               const float* ip, int64_t rs, float* op,
                                                                               const float* xp, float* bp) {
   int64_t j = 0;
   for (int64_t g = 0; j + 8 <= n; ++g, j += 8) {
+    if (t.kind[g] == 0 && t.paired) {
+      store_sum(t, j, pairs_avx512(t, g, j, ip), op, xp, bp);
+      continue;
+    }
     __m256 v00, v01, v10, v11;
     corners_avx512(t, g, j, ip, rs, v00, v01, v10, v11);
     store_group(t, j, v00, v01, v10, v11, op, xp, bp);
