@@ -428,14 +428,33 @@ __attribute__((target("avx2,fma"))) void sample_plane_avx2(const RowTaps32& t, i
   sample_plane_scalar(t, j, n, ip, op, xp, bp);
 }
 
-// The four bilinear corners of group g (outputs j..j+7) of plane ip: masked gathers for scattered
-// groups (kind 0; outside corners, offset -1, are not loaded and read 0), otherwise windows of 16
+// The four bilinear corners of group g (outputs j..j+7) of plane ip: pair gathers (pair_taps) or
+// masked gathers for scattered groups (kind 0; outside corners read 0), otherwise windows of 16
 // columns with two-register permutes (kind 2: outputs flagged in lower read one row further down).
 // Shared by the AVX-512 forward and backward.
 __attribute__((target("avx2,fma,avx512f,avx512vl"))) inline void corners_avx512(const RowTaps32& t, int64_t g,
                                                                                 int64_t j, const float* ip,
                                                                                 int64_t rs, __m256& v00, __m256& v01,
                                                                                 __m256& v10, __m256& v11) {
+  if (t.kind[g] == 0 && t.paired) {  // one 64-bit gather per corner row (pair_taps), then selects
+    __m256* v[4] = {&v00, &v01, &v10, &v11};
+    const __m256i m1 = _mm256_set1_epi32(-1);
+    for (int r = 0; r < 2; ++r) {
+      const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.pair_off[r].data() + j));
+      const __m512i p = _mm512_castpd_si512(_mm512_mask_i32gather_pd(_mm512_setzero_pd(), 0xFF, idx, ip, 4));
+      const __m256 left = _mm256_castsi256_ps(_mm512_maskz_cvtepi64_epi32(0xFF, p));
+      const __m256 right = _mm256_castsi256_ps(_mm512_maskz_cvtepi64_epi32(0xFF, _mm512_maskz_srli_epi64(0xFF, p, 32)));
+      const __mmask8 a = _mm256_cmpgt_epi32_mask(
+                         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.o[2 * r].data() + j)), m1),
+                     b = _mm256_cmpgt_epi32_mask(
+                         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.o[2 * r + 1].data() + j)), m1);
+      // both corners inside: (left, right); only x0 (= Win - 1): x0 is the right value; only x1 (x0 = -1): left
+      const __mmask8 both = a & b;
+      *v[2 * r] = _mm256_mask_blend_ps(a & ~b, _mm256_maskz_mov_ps(both, left), right);
+      *v[2 * r + 1] = _mm256_mask_blend_ps(b & ~a, _mm256_maskz_mov_ps(both, right), left);
+    }
+    return;
+  }
   if (t.kind[g] == 0) {
     const __m256 z = _mm256_setzero_ps();
     const __m256i m1 = _mm256_set1_epi32(-1);
