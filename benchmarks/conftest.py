@@ -8,9 +8,9 @@ Every benchmark times leo against its baselines with _timing.compare (paired, in
 import os
 import platform
 
-from leo.cli import prefer_huge_pages
+from leo.cli import tune_cpu_memory
 
-prefer_huge_pages()  # as the `leo` command does; baselines and ours share the process, so both get it
+tune_cpu_memory()  # as the `leo` command does; baselines and ours share the process, so both get it
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -52,6 +52,7 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "settings": "full" if FULL else "short",
         "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE", "0") == "1",
+        "reuse_freed_memory": "GLIBC_TUNABLES" not in os.environ and "MALLOC_MMAP_THRESHOLD_" not in os.environ,
         "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
 

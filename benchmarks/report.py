@@ -72,8 +72,9 @@ def render(data: dict, run: dict | None = None) -> str:
     device = f"{m.get('gpu')} GPU + " if m.get("gpu") else ""
     machine = (f"{device}{m.get('cpu', '?')}, {m.get('cpu_count', '?')} CPUs, torch {m.get('torch', '?')}, "
                f"torch threads: {threads} (OMP_NUM_THREADS), {m.get('settings', '?')} settings")
-    if "huge_pages" in m:  # the allocator setting the `leo` command uses too (leo.cli.prefer_huge_pages)
-        machine += f", THP_MEM_ALLOC_ENABLE={int(m['huge_pages'])}"
+    if "huge_pages" in m:  # the allocator settings the `leo` command uses too (leo.cli.tune_cpu_memory)
+        machine += f", huge pages {'on' if m['huge_pages'] else 'off'}"
+        machine += f", freed memory reused {'yes' if m.get('reuse_freed_memory') else 'no'}"
     when = data.get("datetime", datetime.datetime.now(datetime.timezone.utc).isoformat())[:16].replace("T", " ")
     out = [
         "# Benchmark results",

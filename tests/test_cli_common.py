@@ -181,10 +181,10 @@ def test_dtype_means_autocast_in_generate_and_edit(tmp_path, capsys, dtype):
     assert (videos[dtype] - videos["float32"]).abs().mean() < 0.1
 
 
-_HUGE_PAGES_PROBE = r"""
-import os, sys
+_MEMORY_PROBE = r"""
+import os
 import leo.cli
-applied = leo.cli.prefer_huge_pages()
+applied = leo.cli.tune_cpu_memory()
 import torch
 x = torch.empty(64 << 20, dtype=torch.uint8).fill_(1)  # 64 MB, touched
 huge = 0
@@ -192,36 +192,38 @@ with open("/proc/self/smaps_rollup") as f:
     for line in f:
         if line.startswith("AnonHugePages:"):
             huge = int(line.split()[1])
-print(applied, os.environ.get("THP_MEM_ALLOC_ENABLE"), huge, leo.cli.prefer_huge_pages())
+print(applied, os.environ.get("THP_MEM_ALLOC_ENABLE"), huge, leo.cli.tune_cpu_memory())
 """
 
 
-def _probe_huge_pages(env_value=None):
+def _probe_memory(**env_extra):
     import os
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    if env_value is not None:
-        env["THP_MEM_ALLOC_ENABLE"] = env_value
-    out = subprocess.run([sys.executable, "-c", _HUGE_PAGES_PROBE], env=env, capture_output=True, text=True,
+    env = {k: v for k, v in os.environ.items() if k not in ("THP_MEM_ALLOC_ENABLE", "GLIBC_TUNABLES")}
+    env.update(env_extra)
+    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE], env=env, capture_output=True, text=True,
                          timeout=120, check=True).stdout.split()
     return out[0] == "True", out[1], int(out[2]), out[3] == "True"
 
 
-def test_prefer_huge_pages_sets_torch_switch_before_torch_loads():
-    applied, value, huge_kb, again = _probe_huge_pages()
-    assert applied and value == "1"
-    assert not again, "once torch is imported the switch can no longer apply, and it must say so"
+def _kernel_thp_mode():
     try:
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            thp_mode = f.read()
+            return f.read().strip()
     except OSError:
-        thp_mode = "[never]"
-    if "[never]" not in thp_mode:  # the kernel lends huge pages: torch's 64 MB buffer must use them
-        assert huge_kb >= 2048, f"no huge pages backed a 64 MB tensor (AnonHugePages {huge_kb} kB, THP {thp_mode.strip()})"
+        return "[never]"
 
 
-def test_prefer_huge_pages_keeps_the_users_choice():
-    applied, value, huge_kb, _ = _probe_huge_pages("0")
+def test_tune_cpu_memory_turns_on_huge_pages_before_torch_loads():
+    applied, value, huge_kb, again = _probe_memory()
+    assert applied and value == "1"
+    assert not again, "once torch is imported huge pages can no longer be switched on, and it must say so"
+    if "[never]" not in _kernel_thp_mode():  # the kernel lends huge pages: torch's 64 MB buffer must use them
+        assert huge_kb >= 2048, f"no huge pages backed a 64 MB tensor (AnonHugePages {huge_kb} kB, {_kernel_thp_mode()})"
+
+
+def test_tune_cpu_memory_keeps_the_users_choice():
+    applied, value, _, _ = _probe_memory(THP_MEM_ALLOC_ENABLE="0")
     assert applied and value == "0"

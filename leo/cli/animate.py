@@ -9,7 +9,6 @@ init-animator: writes a randomly initialized (small) animator checkpoint for tes
 from __future__ import annotations
 
 import os
-import sys
 
 import torch
 
@@ -64,29 +63,6 @@ def _common(p, batch):
     add_progress(p)
 
 
-def _reuse_freed_memory(device) -> None:
-    """Keep freed CPU memory in the process for reuse (glibc only; no-op elsewhere or on GPU).
-
-    Rendering allocates and frees activations of ~100 MB per chunk. By default glibc hands every
-    allocation above 32 MB to mmap and every free back to the kernel, which then zero-fills fresh
-    pages on the next allocation: measured at 24 frames, 256x256, 1 thread, 2.2M page faults and
-    6 s of system time (a quarter of the command). With a 1 GiB mmap/trim threshold the freed
-    blocks are reused: 0.4M faults, 1.3 s. The command is short-lived, so holding the memory is
-    harmless."""
-    if torch.device(device).type != "cpu" or not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc malloc.h
-    mallopt(m_mmap_threshold, 1 << 30)
-    mallopt(m_trim_threshold, 1 << 30)
-
-
 def _load_model(args, device):
     return load_animator(args.animator, device, kernels=args.kernels, size=args.size)
 
@@ -112,7 +88,6 @@ def run_animate(args) -> int:
         raise UserError(f"--out must end in .mp4, .m4v, .mov, .mkv or .gif, got {args.out}")
     if not os.path.isfile(args.driving):
         raise UserError(f"driving video not found: {args.driving}")
-    _reuse_freed_memory(device)
     model = _load_model(args, device)
     source = _read_source(args.source, model.size, device)
     try:
@@ -175,7 +150,6 @@ def run_manipulate(args) -> int:
     if not args.fps > 0:
         raise UserError(f"--fps must be positive, got {args.fps}")
     device = resolve_device(args.device)
-    _reuse_freed_memory(device)
     model = _load_model(args, device)
     dirs = _parse_directions(args.directions, model.motion_dim)
     source = _read_source(args.source, model.size, device)
