@@ -8,12 +8,8 @@ Every benchmark times leo against its baselines with _timing.compare (paired, in
 import os
 import platform
 
-from leo.cli import tune_cpu_memory
-
-tune_cpu_memory()  # as the `leo` command does; baselines and ours share the process, so both get it
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 from _timing import FULL, RESULTS
 
 # Each benchmark case compiles its own shapes; past dynamo's recompile limit (8 per function) the
@@ -51,8 +47,7 @@ def machine() -> dict:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "settings": "full" if FULL else "short",
-        "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE", "0") == "1",
-        "reuse_freed_memory": "GLIBC_TUNABLES" not in os.environ and "MALLOC_MMAP_THRESHOLD_" not in os.environ,
+        "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE", "0") == "1",  # PyTorch's switch, if the user set it
         "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
 

@@ -72,9 +72,8 @@ def render(data: dict, run: dict | None = None) -> str:
     device = f"{m.get('gpu')} GPU + " if m.get("gpu") else ""
     machine = (f"{device}{m.get('cpu', '?')}, {m.get('cpu_count', '?')} CPUs, torch {m.get('torch', '?')}, "
                f"torch threads: {threads} (OMP_NUM_THREADS), {m.get('settings', '?')} settings")
-    if "huge_pages" in m:  # the allocator settings the `leo` command uses too (leo.cli.tune_cpu_memory)
-        machine += f", huge pages {'on' if m['huge_pages'] else 'off'}"
-        machine += f", freed memory reused {'yes' if m.get('reuse_freed_memory') else 'no'}"
+    if m.get("huge_pages"):  # THP_MEM_ALLOC_ENABLE=1 in the environment: say so, it changes allocation costs
+        machine += ", THP_MEM_ALLOC_ENABLE=1"
     when = data.get("datetime", datetime.datetime.now(datetime.timezone.utc).isoformat())[:16].replace("T", " ")
     out = [
         "# Benchmark results",

@@ -22,37 +22,32 @@ SUBCOMMAND_MODULES = (
 )
 
 
-def tune_cpu_memory() -> bool:
-    """How the `leo` command (and the benchmarks) allocate large CPU tensors; a user's own settings win.
+def reuse_freed_memory() -> None:
+    """Keep freed CPU memory in the `leo` process for reuse (glibc only; a user's MALLOC_*_ or
+    GLIBC_TUNABLES settings win).
 
-    - Transparent huge pages (PyTorch's THP_MEM_ALLOC_ENABLE=1): tensors of 2 MB and more are backed
-      by 2 MB pages instead of being zero-filled 4 KB page by page on first touch. torch reads the
-      switch once, at its first allocation, so it applies only before torch is imported.
-    - Freed memory stays in the process (glibc's mmap and trim thresholds at 1 GiB): by default glibc
-      hands every allocation above 32 MB to mmap and every free back to the kernel, which zero-fills
-      fresh pages on the next allocation. Skipped when MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_
-      or GLIBC_TUNABLES is set; glibc only.
-    Measured on the 2-core CPU: cloning an 8x64x256x256 float32 tensor takes 75-81 ms by default and
-    19-21 ms with huge pages (a copy into an existing tensor: 8-10 ms). The thresholds were measured on
-    `leo animate` (24 frames at 256, 1 thread: 2.2M page faults and 6 s of system time -> 0.4M and
-    1.3 s); in small allocate/free loops glibc does not always reuse the block (memalign padding).
-    Commands are processes of their own, so holding the peak memory is harmless.
-    Returns whether huge pages could still be switched on (torch not imported yet)."""
-    fresh = "torch" not in sys.modules
-    if fresh:
-        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-    if sys.platform.startswith("linux") and not any(
+    By default glibc hands every allocation above 32 MB to mmap and every free back to the kernel,
+    which then zero-fills fresh pages on the next allocation: `leo animate` at 24 frames, 256x256,
+    1 thread, took 2.2M page faults and 6 s of system time (a quarter of the command); with 1 GiB
+    mmap/trim thresholds 0.4M faults and 1.3 s. Commands are processes of their own, so holding the
+    peak memory is harmless.
+
+    Not done: PyTorch's THP_MEM_ALLOC_ENABLE=1 (2 MB huge pages for tensors of 2 MB and more). It makes
+    one fresh large allocation 4x cheaper (cloning 8x64x256x256 float32: 81 -> 21 ms), but `leo
+    animate` at 24 frames took 13.2-13.9 s with it against 11.3-11.9 s without (system time 1 -> 5 s):
+    huge pages are zero-filled again on every fresh 2 MB-aligned allocation."""
+    if not sys.platform.startswith("linux") or any(
             k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")):
-        try:
-            import ctypes
+        return
+    try:
+        import ctypes
 
-            mallopt = ctypes.CDLL(None).mallopt
-        except (OSError, AttributeError):
-            return fresh
-        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc malloc.h
-        mallopt(m_mmap_threshold, 1 << 30)
-        mallopt(m_trim_threshold, 1 << 30)
-    return fresh
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc malloc.h
+    mallopt(m_mmap_threshold, 1 << 30)
+    mallopt(m_trim_threshold, 1 << 30)
 
 
 class UserError(Exception):
@@ -83,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    tune_cpu_memory()  # before anything imports torch
+    reuse_freed_memory()
     from leo.cli.common import rewrite_deprecated
 
     parser = build_parser()
