@@ -30,6 +30,9 @@
 #include <immintrin.h>
 #define LEO_WARP_AVX2 1
 #endif
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 namespace {
 
@@ -41,6 +44,24 @@ bool use_channels_last(const at::Tensor& t) {
 
 at::MemoryFormat feature_format(const at::Tensor& t) {
   return use_channels_last(t) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// An empty output of 8 MB or more, before anything touches it: ask the kernel to back it with
+// transparent huge pages (madvise; a no-op where THP is off). A fresh large allocation is otherwise
+// faulted in and zero-filled 4 KB page by page on our first writes, which cost more than the
+// sampling itself at (8, 64, 256, 256). Only this tensor's whole 2 MB blocks are advised; PyTorch's
+// allocator is left alone (process-wide huge pages, THP_MEM_ALLOC_ENABLE, made `leo animate`
+// slower; see leo.cli.reuse_freed_memory).
+at::Tensor fresh_output(at::Tensor t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const uintptr_t bytes = static_cast<uintptr_t>(t.numel()) * t.element_size(), huge = uintptr_t(2) << 20;
+  if (bytes >= (uintptr_t(8) << 20)) {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
+    const uintptr_t a = (p + huge - 1) & ~(huge - 1), e = (p + bytes) & ~(huge - 1);
+    if (e > a) madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
+  }
+#endif
+  return t;
 }
 
 // Work items per parallel chunk so each chunk does at least ~32k element updates.
@@ -805,8 +826,8 @@ at::Tensor grid_sample_fwd_cpu(const at::Tensor& input_, const at::Tensor& grid_
   check_grid_sample(input_, grid_, pad);
   const auto fmt = feature_format(input_);
   const at::Tensor input = input_.contiguous(fmt), grid = grid_.contiguous();
-  at::Tensor out =
-      at::empty({input.size(0), input.size(1), grid.size(1), grid.size(2)}, input.options().memory_format(fmt));
+  at::Tensor out = fresh_output(
+      at::empty({input.size(0), input.size(1), grid.size(1), grid.size(2)}, input.options().memory_format(fmt)));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "grid_sample_fwd_cpu", [&] {
     if (fmt == at::MemoryFormat::ChannelsLast)
       grid_sample_fwd_impl<scalar_t, true>(input, grid, out, pad, align);
@@ -1279,7 +1300,8 @@ std::tuple<at::Tensor, at::Tensor> grid_sample_bwd_cpu(const at::Tensor& grad_ou
   const auto fmt = feature_format(input_);
   const at::Tensor input = input_.contiguous(fmt), grid = grid_.contiguous(), go = grad_out_.contiguous(fmt);
   const auto acc_dtype = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor gin_acc = at::empty(input.sizes(), input.options().dtype(acc_dtype).memory_format(fmt)).zero_();
+  at::Tensor gin_acc =
+      fresh_output(at::empty(input.sizes(), input.options().dtype(acc_dtype).memory_format(fmt))).zero_();
   at::Tensor ggrid = at::empty(grid.sizes(), grid.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "grid_sample_bwd_cpu", [&] {
     if (fmt == at::MemoryFormat::ChannelsLast)
@@ -1524,8 +1546,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> warp_inpaint_fwd_cpu(const at::Te
   const at::Tensor feat = feat_.contiguous(fmt), x = x_.contiguous(fmt), logits = logits_.contiguous();
   at::Tensor skip;
   if (skip_) skip = skip_->contiguous();
-  at::Tensor warped = at::empty(feat.sizes(), feat.options().memory_format(fmt));
-  at::Tensor blended = at::empty(feat.sizes(), feat.options().memory_format(fmt));
+  at::Tensor warped = fresh_output(at::empty(feat.sizes(), feat.options().memory_format(fmt)));
+  at::Tensor blended = fresh_output(at::empty(feat.sizes(), feat.options().memory_format(fmt)));
   at::Tensor composed = at::empty(logits.sizes(), logits.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "warp_inpaint_fwd_cpu", [&] {
     const at::Tensor* sk = skip_ ? &skip : nullptr;
@@ -1675,8 +1697,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> warp_inpaint_bwd_cpu(
   const auto fmt = feature_format(feat_);
   const at::Tensor feat = feat_.contiguous(fmt), x = x_.contiguous(fmt), composed = composed_.to(acc_dtype).contiguous();
   const at::Tensor gw = grad_warped.contiguous(fmt), gb = grad_blended.contiguous(fmt), gc = grad_composed.contiguous();
-  at::Tensor gfeat_acc = at::empty(feat.sizes(), feat.options().dtype(acc_dtype).memory_format(fmt)).zero_();
-  at::Tensor gx = at::empty(feat.sizes(), feat.options().memory_format(fmt));
+  at::Tensor gfeat_acc =
+      fresh_output(at::empty(feat.sizes(), feat.options().dtype(acc_dtype).memory_format(fmt))).zero_();
+  at::Tensor gx = fresh_output(at::empty(feat.sizes(), feat.options().memory_format(fmt)));
   at::Tensor glogits = at::empty(composed.sizes(), gc.options());
   at::Tensor gskip;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "warp_inpaint_bwd_cpu", [&] {
