@@ -480,6 +480,21 @@ __attribute__((target("avx2,fma"))) void sample_plane_avx2(const RowTaps32& t, i
   sample_plane_scalar(t, j, n, ip, op, xp, bp);
 }
 
+// The pairs of corner row r (pair_taps) of the 8 pixels at j: one 64-bit gather, 16 floats
+// (left, right) per pixel in order.
+__attribute__((target("avx2,fma,avx512f,avx512vl"))) inline __m512 gather_pairs(const RowTaps32& t, int r, int64_t j,
+                                                                                const float* ip) {
+  const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.pair_off[r].data() + j));
+  return _mm512_castpd_ps(_mm512_mask_i32gather_pd(_mm512_setzero_pd(), 0xFF, idx, ip, 4));
+}
+
+// 16 interleaved (left, right) floats -> 8 lefts and 8 rights.
+__attribute__((target("avx2,fma,avx512f,avx512vl"))) inline void split_pairs(__m512 v, __m256& left, __m256& right) {
+  const __m512i a = _mm512_castps_si512(v);
+  left = _mm256_castsi256_ps(_mm512_maskz_cvtepi64_epi32(0xFF, a));
+  right = _mm256_castsi256_ps(_mm512_maskz_cvtepi64_epi32(0xFF, _mm512_maskz_srli_epi64(0xFF, a, 32)));
+}
+
 // The four bilinear corners of group g (outputs j..j+7) of plane ip: pair gathers (pair_taps) or
 // masked gathers for scattered groups (kind 0; outside corners read 0), otherwise windows of 16
 // columns with two-register permutes (kind 2: outputs flagged in lower read one row further down).
@@ -492,10 +507,8 @@ __attribute__((target("avx2,fma,avx512f,avx512vl"))) inline void corners_avx512(
     __m256* v[4] = {&v00, &v01, &v10, &v11};
     const __m256i m1 = _mm256_set1_epi32(-1);
     for (int r = 0; r < 2; ++r) {
-      const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.pair_off[r].data() + j));
-      const __m512i p = _mm512_castpd_si512(_mm512_mask_i32gather_pd(_mm512_setzero_pd(), 0xFF, idx, ip, 4));
-      const __m256 left = _mm256_castsi256_ps(_mm512_maskz_cvtepi64_epi32(0xFF, p));
-      const __m256 right = _mm256_castsi256_ps(_mm512_maskz_cvtepi64_epi32(0xFF, _mm512_maskz_srli_epi64(0xFF, p, 32)));
+      __m256 left, right;
+      split_pairs(gather_pairs(t, r, j, ip), left, right);
       const __mmask8 a = _mm256_cmpgt_epi32_mask(
                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.o[2 * r].data() + j)), m1),
                      b = _mm256_cmpgt_epi32_mask(
@@ -543,14 +556,11 @@ __attribute__((target("avx2,fma,avx512f,avx512vl"))) inline void corners_avx512(
 __attribute__((target("avx2,fma,avx512f,avx512vl"))) inline __m256 pairs_avx512(const RowTaps32& t, int64_t g,
                                                                                 int64_t j, const float* ip) {
   __m512 acc = _mm512_setzero_ps();
-  for (int r = 0; r < 2; ++r) {
-    const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.pair_off[r].data() + j));
-    const __m512 v = _mm512_castpd_ps(_mm512_mask_i32gather_pd(_mm512_setzero_pd(), 0xFF, idx, ip, 4));
-    acc = _mm512_mask3_fmadd_ps(v, _mm512_loadu_ps(t.pair_w[r].data() + 2 * j), acc, t.pair_mask[r][g]);
-  }
-  const __m512i a = _mm512_castps_si512(acc);
-  const __m256 left = _mm256_castsi256_ps(_mm512_maskz_cvtepi64_epi32(0xFF, a));
-  const __m256 right = _mm256_castsi256_ps(_mm512_maskz_cvtepi64_epi32(0xFF, _mm512_maskz_srli_epi64(0xFF, a, 32)));
+  for (int r = 0; r < 2; ++r)
+    acc = _mm512_mask3_fmadd_ps(gather_pairs(t, r, j, ip), _mm512_loadu_ps(t.pair_w[r].data() + 2 * j), acc,
+                                t.pair_mask[r][g]);
+  __m256 left, right;
+  split_pairs(acc, left, right);
   return _mm256_add_ps(left, right);
 }
 
