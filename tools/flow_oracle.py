@@ -20,20 +20,28 @@ from leo.data.synthetic import render_video
 from leo.metrics import pair_frames
 
 
-def oracle_l1(source, target, resolution: int, steps: int = 400, lr: float = 0.01) -> float:
-    """L1 of frame 0 warped by a per-pair flow optimized at ``resolution`` (align_corners=True)."""
+def optimize_flow(source, target, resolution: int, steps: int = 400, lr: float = 0.01):
+    """A flow at ``resolution``, bilinearly upsampled, optimized by Adam so that ``source`` warped by it
+    (align_corners=True, border padding) matches ``target`` in L1. Returns the sampling-grid offsets
+    (B, S, S, 2) and the L1 of the last step."""
     n, _, h, w = source.shape
     base = F.affine_grid(torch.eye(2, 3).expand(n, -1, -1), (n, 3, h, w), align_corners=True)
     flow = torch.zeros(n, 2, resolution, resolution, requires_grad=True)
     opt = torch.optim.Adam([flow], lr=lr)
-    for _ in range(steps):
-        up = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=True)
-        warped = F.grid_sample(source, base + up.permute(0, 2, 3, 1), align_corners=True, padding_mode="border")
-        loss = (warped - target).abs().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return loss.item()
+    with torch.enable_grad():
+        for _ in range(steps):
+            up = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=True).permute(0, 2, 3, 1)
+            warped = F.grid_sample(source, base + up, align_corners=True, padding_mode="border")
+            loss = (warped - target).abs().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return up.detach(), loss.item()
+
+
+def oracle_l1(source, target, resolution: int, steps: int = 400, lr: float = 0.01) -> float:
+    """L1 of frame 0 warped by a per-pair flow optimized at ``resolution`` (align_corners=True)."""
+    return optimize_flow(source, target, resolution, steps, lr)[1]
 
 
 def main(argv=None):

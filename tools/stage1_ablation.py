@@ -29,6 +29,8 @@ from leo.metrics import animator_report
 from leo.train import losses
 from leo.train.stage1 import reconstruction_loss
 
+from flow_oracle import optimize_flow  # tools/: the per-pair flow of the oracle is the flow teacher
+
 
 def affine_targets(src, rng, magnitude):
     """Known random affine warps of ``src`` and their sampling grids (align_corners=True)."""
@@ -41,23 +43,6 @@ def affine_targets(src, rng, magnitude):
     theta[:, :, 2] = torch.from_numpy(rng.uniform(-magnitude, magnitude, (n, 2))).float()
     grid = F.affine_grid(theta, (n, 3, h, w), align_corners=True)
     return F.grid_sample(src, grid, align_corners=True), grid
-
-
-def teacher_offsets(src, tgt, resolution: int, steps: int, lr: float = 0.02):
-    """Per-pair flow teacher: sampling-grid offsets (B, S, S, 2), optimized at ``resolution`` so that
-    src warped by them matches tgt in L1 (align_corners=True, like tools/flow_oracle.py)."""
-    n, _, h, w = src.shape
-    base = F.affine_grid(torch.eye(2, 3).expand(n, -1, -1), (n, 3, h, w), align_corners=True)
-    flow = torch.zeros(n, 2, resolution, resolution, requires_grad=True)
-    opt = torch.optim.Adam([flow], lr=lr)
-    with torch.enable_grad():
-        for _ in range(steps):
-            up = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=True).permute(0, 2, 3, 1)
-            loss = (F.grid_sample(src, base + up, align_corners=True, padding_mode="border") - tgt).abs().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return up.detach()
 
 
 def lr_mult(text: str) -> tuple[str, float]:
@@ -169,7 +154,7 @@ def main(argv=None):
             grid = torch.stack([torch.tanh(flow[:ne, 0]) + lin.view(1, 1, n), torch.tanh(flow[:ne, 1]) + lin.view(1, n, 1)], -1)
             loss = loss + (grid - egrid).abs().mean()
         if a.flow_teacher > 0:
-            off = teacher_offsets(src, tgt, a.teacher_res, a.teacher_steps)
+            off = optimize_flow(src, tgt, a.teacher_res, a.teacher_steps, lr=0.02)[0]
             loss = loss + a.flow_teacher * (torch.tanh(flow[:, :2].permute(0, 2, 3, 1)) - off).abs().mean()
         if D is not None:
             D.requires_grad_(False)
