@@ -87,6 +87,8 @@ def main(argv=None):
     p.add_argument("--teacher-steps", type=int, default=50)
     p.add_argument("--sway", type=float, default=1.0, help="synthetic figure travel (render_video's sway)")
     p.add_argument("--train-clips", type=int, default=24, help="number of training clips (1: can it fit one clip at all?)")
+    p.add_argument("--augment", action="store_true",
+                   help="per pair: random horizontal flip and colour permutation/scale of both frames (against per-clip memorization)")
     p.add_argument("--width", type=float, default=0.125, help="channel width multiplier of the animator")
     p.add_argument("--eval-train", action="store_true",
                    help="also report gain and motion on 8 training clips (train_ keys): fit vs generalization")
@@ -133,6 +135,16 @@ def main(argv=None):
     for step in range(1, a.steps + 1):
         vi, si, ti = rng.integers(V, size=a.batch), rng.integers(T, size=a.batch), rng.integers(T, size=a.batch)
         src, tgt = train[vi, si], train[vi, ti].clone()
+        if a.augment:  # the same random flip and colour change for both frames of a pair
+            flip = torch.from_numpy(rng.random(a.batch) < 0.5).view(-1, 1, 1, 1)
+            perm = torch.stack([torch.from_numpy(rng.permutation(3)) for _ in range(a.batch)])
+            gain = torch.from_numpy(rng.uniform(0.7, 1.0, (a.batch, 3, 1, 1))).float()
+
+            def aug(x):
+                x = torch.where(flip, x.flip(-1), x)
+                return torch.gather(x, 1, perm.view(-1, 3, 1, 1).expand_as(x)) * gain
+
+            src, tgt = aug(src), aug(tgt)
         ne = a.equivariance
         if ne:
             tgt[:ne], egrid = affine_targets(src[:ne], rng, a.affine_magnitude)
