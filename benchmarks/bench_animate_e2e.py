@@ -7,8 +7,8 @@ H.264 write, paired and interleaved (_timing.compare).
   per frame, source re-encoded every frame, batch 1, eager ops), same I/O (leo.media).
 
 A real clip (lia_samples/taichi driving1.mp4 and subject1.png from ../shared/data) at 256x256, a
-random animator in the released layout (45.1M parameters). CPU short settings: 8 frames, one pair;
-full (CUDA or LEO_BENCH_FULL=1): 24 frames, three pairs. Threads: whatever the environment gives
+random animator in the released layout (45.1M parameters). CPU short settings: 8 frames; full (CUDA
+or LEO_BENCH_FULL=1): 24 frames; three pairs either way. Threads: whatever the environment gives
 both processes (OMP_NUM_THREADS).
 
     pytest benchmarks/bench_animate_e2e.py --benchmark-only
