@@ -260,7 +260,7 @@ struct RowTaps32 {
   // window; per pixel its column in the window and whether its top row is the window's second.
   std::vector<uint8_t> kind;
   std::vector<int32_t> base, col, lower;
-  // Pair taps of scattered (kind 0) groups for the AVX-512 forward (see pair_taps): per pixel and
+  // Pair taps of scattered (kind 0) groups for the AVX-512 kernels (see pair_taps): per pixel and
   // corner row r (0 top, 1 bottom) the offset of two adjacent in-plane values, their weights
   // (interleaved: 2 per pixel) and per group which of the 16 values are corners (bit 2l: left).
   bool paired = false;
@@ -325,7 +325,7 @@ inline void pair_taps(RowTaps32& t, int64_t j0) {
 }
 
 inline void classify(RowTaps32& t, int64_t n, int64_t Hin, int64_t Win, int64_t rs, int64_t span) {
-  // Pair taps only where the AVX-512 forward reads them (span 16) and a pair fits in a row.
+  // Pair taps only where the AVX-512 kernels read them (span 16) and a pair fits in a row.
   t.paired = span == 16 && Win >= 2;
   if (t.paired && static_cast<int64_t>(t.pair_off[0].size()) < n) {
     for (int r = 0; r < 2; ++r) {
@@ -411,14 +411,15 @@ inline void sample_plane_scalar(const RowTaps32& t, int64_t j, int64_t n, const 
 }
 
 #ifdef LEO_WARP_AVX2
-// One group of 8 outputs from its four gathered corners: out = sum_k w_k * v_k, and with an
-// inpainting target also the blend xp * keep + out (shared by the AVX2 and AVX-512 kernels).
+// Store 8 outputs v, and with an inpainting target also the blend xp * keep + v.
 __attribute__((target("avx2,fma"))) inline void store_sum(const RowTaps32& t, int64_t j, __m256 v, float* op,
                                                           const float* xp, float* bp) {
   _mm256_storeu_ps(op + j, v);
   if (xp) _mm256_storeu_ps(bp + j, _mm256_fmadd_ps(_mm256_loadu_ps(xp + j), _mm256_loadu_ps(t.keep.data() + j), v));
 }
 
+// One group of 8 outputs from its four gathered corners: out = sum_k w_k * v_k, stored with store_sum
+// (shared by the AVX2 and AVX-512 kernels).
 __attribute__((target("avx2,fma"))) inline void store_group(const RowTaps32& t, int64_t j, __m256 v00, __m256 v01,
                                                             __m256 v10, __m256 v11, float* op, const float* xp,
                                                             float* bp) {
