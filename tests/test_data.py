@@ -63,9 +63,44 @@ def test_synthetic_sway_scales_the_figure_travel():
     assert sum(far[3:]) > 1.2 * sum(far[:3]), "a larger sway must move the figure further"
 
 
+def test_synthetic_body_zero_gives_every_clip_one_build():
+    from leo.data import synthetic
+
+    figs = [synthetic._figure(np.random.default_rng([0, i]), body=0.0) for i in range(4)]
+    assert all(f.scale == figs[0].scale and np.array_equal(f.center, figs[0].center) for f in figs)
+    assert all(np.array_equal(f.angles[:, 0], figs[0].angles[:, 0]) for f in figs), "resting pose differs"
+    assert len({tuple(f.colors.ravel()) for f in figs}) == 4, "colours must still differ between clips"
+    spread = [synthetic._figure(np.random.default_rng([0, i])).scale for i in range(4)]
+    assert len(set(spread)) == 4, "body=1 keeps the original spread of builds"
+
+
+@pytest.mark.parametrize("moves", [0, 3])
+def test_synthetic_moves_span_the_shared_repertoire(monkeypatch, moves):
+    """With moves=k every clip's joint angles move within the span of the k shared moves; with
+    moves=0 each joint moves on its own (all 10 directions)."""
+    from leo.data import synthetic
+
+    seen = []
+    real = synthetic._joint_angles
+    monkeypatch.setattr(synthetic, "_joint_angles", lambda fig, t: seen.append(real(fig, t)) or seen[-1])
+    clips = [render_video(1, i, 40, 16, body=0.0, moves=moves) for i in range(5)]
+    assert len(seen) == 5
+    dev = np.concatenate([a - a.mean(0) for a in seen])  # (5 * 40, 10) angle changes over time
+    s = np.linalg.svd(dev, compute_uv=False)
+    rank = int((s > 1e-6 * s[0]).sum())
+    assert rank == (moves or 10), s
+    assert all((c[1:] - c[:1]).abs().mean() > 0.005 for c in clips), "every clip must move"
+
+
 def test_synthetic_bad_arguments():
     with pytest.raises(ValueError, match="sway"):
         render_video(0, 0, 4, 8, sway=-1)
+    with pytest.raises(ValueError, match="body"):
+        render_video(0, 0, 4, 8, body=1.5)
+    with pytest.raises(ValueError, match="moves"):
+        render_video(0, 0, 4, 8, moves=-1)
+    with pytest.raises(ValueError, match="moves"):
+        render_video(0, 0, 4, 8, moves=2.0)
     with pytest.raises(ValueError, match="size"):
         render_video(0, 0, 4, 0)
     with pytest.raises(ValueError, match="num_frames"):

@@ -86,6 +86,10 @@ def main(argv=None):
     p.add_argument("--teacher-res", type=int, default=16)
     p.add_argument("--teacher-steps", type=int, default=50)
     p.add_argument("--sway", type=float, default=1.0, help="synthetic figure travel (render_video's sway)")
+    p.add_argument("--body", type=float, default=1.0,
+                   help="synthetic figure build/place spread between clips (render_video's body; 0: one body)")
+    p.add_argument("--moves", type=int, default=0,
+                   help="joints follow this many shared moves (render_video's moves; 0: free joints)")
     p.add_argument("--train-clips", type=int, default=24, help="number of training clips (1: can it fit one clip at all?)")
     p.add_argument("--augment", action="store_true",
                    help="per pair: random horizontal flip and colour permutation/scale of both frames (against per-clip memorization)")
@@ -100,8 +104,8 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     size = 64
-    train = torch.stack([render_video(0, i, 48, size, sway=a.sway) for i in range(a.train_clips)])  # (V, T, 3, S, S)
-    heldout = [render_video(1000, i, 48, size, sway=a.sway) for i in range(8)]
+    train = torch.stack([render_video(0, i, 48, size, sway=a.sway, body=a.body, moves=a.moves) for i in range(a.train_clips)])  # (V, T, 3, S, S)
+    heldout = [render_video(1000, i, 48, size, sway=a.sway, body=a.body, moves=a.moves) for i in range(8)]
     G = Animator(size=size, style_dim=128, width=a.width, align_corners=a.align_corners, relative_latent=a.relative)
     if a.init != "random":
         G.init_copy_source(motion_gain=30.0 if a.init == "copy_amp" else 1.0)

@@ -61,6 +61,10 @@ def register(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=("mp4", "frames"), default="mp4", help="mp4 files or PNG frame folders")
     p.add_argument("--fps", type=float, default=25.0)
+    p.add_argument("--body", type=float, default=1.0,
+                   help="how much the figures' build and place differ between videos, 0..1 (default 1; leo demo: 0)")
+    p.add_argument("--moves", type=int, default=0,
+                   help="drive the joints by this many shared moves (default 0: every joint on its own; leo demo: 3)")
     p.set_defaults(func=run_make_synthetic)
 
 
@@ -71,7 +75,8 @@ def run_make_synthetic(args) -> int:
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be >= 1")
     try:
-        paths = write_dataset(args.out, args.videos, args.frames, args.size, args.seed, args.format, args.fps)
+        paths = write_dataset(args.out, args.videos, args.frames, args.size, args.seed, args.format, args.fps,
+                              body=args.body, moves=args.moves)
     except (ValueError, OSError) as exc:
         raise UserError(str(exc)) from None
     print(f"wrote {len(paths)} synthetic videos ({args.frames} frames, {args.size}x{args.size}) to {args.out}")

@@ -25,9 +25,18 @@ class _Figure:
     drift: np.ndarray       # (2, 3) amplitude, frequency, phase of the slow hip drift for x and y
     angles: np.ndarray      # (10, 4) base, amplitude, frequency, phase for every joint angle
     harm: np.ndarray        # (10, 2) second-harmonic amplitude and phase
+    moves: np.ndarray | None = None  # (K, 3) weight, frequency, phase of each shared move (None: free joints)
 
 
-def _figure(rng: np.random.Generator) -> _Figure:
+# A fixed repertoire of whole-body moves (like the forms of a dance or of tai chi): each is a
+# pattern of joint-angle amplitudes that every clip can perform, with its own weight and timing.
+_MOVE_AMPLITUDE = np.array([0.15, 1.0, 1.0, 0.8, 0.8, 0.35, 0.35, 0.45, 0.45, 0.2])
+_MOVES = np.random.default_rng(20240601).uniform(-1, 1, size=(16, 10)) * _MOVE_AMPLITUDE
+
+
+def _figure(rng: np.random.Generator, body: float = 1.0) -> _Figure:
+    """``body`` scales how much the figure's build and place differ from the average one (scale,
+    centre, resting joint angles); 0 gives every clip the same body, 1 the original spread."""
     skin = np.array([0.85, 0.65, 0.5]) * rng.uniform(0.6, 1.1)
     shirt, pants, hair = rng.uniform(0.05, 0.95, size=(3, 3))
     colors = np.stack([skin, shirt, pants, shirt * 0.7, pants * 0.7, hair]).clip(0, 1)
@@ -36,11 +45,16 @@ def _figure(rng: np.random.Generator) -> _Figure:
     amp = np.array([0.15, 1.0, 1.0, 0.8, 0.8, 0.35, 0.35, 0.45, 0.45, 0.2]) * rng.uniform(0.5, 1.2, 10)
     freq = rng.uniform(0.3, 1.2, 10)  # cycles per 25 frames: smooth at any frame rate we write
     phase = rng.uniform(0, 2 * math.pi, 10)
-    angles = np.stack([base + rng.normal(0, 0.15, 10), amp, freq, phase], axis=1)
+    angles = np.stack([base + body * rng.normal(0, 0.15, 10), amp, freq, phase], axis=1)
     harm = np.stack([rng.uniform(0, 0.3, 10), rng.uniform(0, 2 * math.pi, 10)], axis=1)
     drift = np.stack([rng.uniform(0.02, 0.1, 2), rng.uniform(0.05, 0.25, 2), rng.uniform(0, 2 * math.pi, 2)], axis=1)
-    return _Figure(colors, float(rng.uniform(0.55, 0.8)), np.array([rng.uniform(0.4, 0.6), rng.uniform(0.55, 0.65)]),
-                   drift, angles, harm)
+
+    def spread(value, mean):  # exact at body == 1, so existing (seed, index) videos do not change
+        return value if body == 1 else mean + body * (value - mean)
+
+    scale = spread(rng.uniform(0.55, 0.8), 0.675)
+    center = spread(np.array([rng.uniform(0.4, 0.6), rng.uniform(0.55, 0.65)]), np.array([0.5, 0.6]))
+    return _Figure(colors, float(scale), center, drift, angles, harm)
 
 
 def _background(rng: np.random.Generator):
@@ -78,6 +92,10 @@ def _joint_angles(fig: _Figure, t: np.ndarray) -> np.ndarray:
     b, a, f, p = (fig.angles[:, i][None] for i in range(4))
     h_amp, h_ph = fig.harm[:, 0][None], fig.harm[:, 1][None]
     tt = t[:, None]
+    if fig.moves is not None:  # joints follow the shared moves
+        w, fm, pm = (fig.moves[:, i][:, None] for i in range(3))  # (K, 1)
+        k = len(fig.moves)
+        return b + (w[None] * _MOVES[None, :k] * np.sin(2 * math.pi * fm[None] * tt[:, :, None] + pm[None])).sum(1)
     return b + a * np.sin(2 * math.pi * f * tt + p) + a * h_amp * np.sin(4 * math.pi * f * tt + h_ph)
 
 
@@ -119,13 +137,17 @@ def _segments(fig: _Figure, t: np.ndarray):
 
 
 def render_video(seed: int, index: int = 0, num_frames: int = 32, size: int = 64, fps: float = 25.0,
-                 camera: float = 0.0, sway: float = 1.0) -> torch.Tensor:
+                 camera: float = 0.0, sway: float = 1.0, body: float = 1.0,
+                 moves: int = 0) -> torch.Tensor:
     """Render synthetic video ``index`` of ``seed``: (T, 3, size, size) float32 in [-1, 1].
 
     ``camera``: amplitude (in frame units) of a smooth hand-held camera motion that moves the
     whole scene, background included (0: a static camera, the figure alone moves).
     ``sway``: scales how far the figure itself travels (its hip drift and slow pan); 1 is the
     original generator, larger values make the figure walk and sway across the frame.
+    ``body``: how much the figure's build and place (scale, centre, resting pose) differ between
+    clips; 1 is the original spread, 0 gives every clip the same body (colours, background and
+    motion still differ).
     """
     for name, v in (("num_frames", num_frames), ("size", size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -136,12 +158,19 @@ def render_video(seed: int, index: int = 0, num_frames: int = 32, size: int = 64
         raise ValueError(f"camera must be in [0, 0.5] (frame units), got {camera!r}")
     if not 0 <= sway <= 5:
         raise ValueError(f"sway must be in [0, 5], got {sway!r}")
+    if isinstance(moves, bool) or not isinstance(moves, int) or not 0 <= moves <= len(_MOVES):
+        raise ValueError(f"moves must be an int in [0, {len(_MOVES)}], got {moves!r}")
+    if not 0 <= body <= 1:
+        raise ValueError(f"body must be in [0, 1], got {body!r}")
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index)])
-    fig = _figure(rng)
+    fig = _figure(rng, body)
     fig.drift[:, 0] *= sway
     paint = _background(rng)
     pan = rng.uniform(-0.03, 0.03, size=2) * sway  # slow drift of the figure, in frame units
     cam_freq, cam_phase = rng.uniform(0.2, 0.6, size=2), rng.uniform(0, 2 * math.pi, size=2)
+    if moves:
+        fig.moves = np.stack([rng.uniform(0.4, 1.2, moves), rng.uniform(0.3, 1.2, moves),
+                              rng.uniform(0, 2 * math.pi, moves)], axis=1)
     t = np.arange(num_frames, dtype=np.float64) * (25.0 / fps) / 25.0
     segs = _segments(fig, t)
     # camera offset per frame (0 at t = 0): the scene moves by -offset in the image
@@ -171,16 +200,18 @@ def render_video(seed: int, index: int = 0, num_frames: int = 32, size: int = 64
 
 
 def iter_videos(num_videos: int, num_frames: int = 32, size: int = 64, seed: int = 0,
-                camera: float = 0.0) -> Iterator[torch.Tensor]:
-    """Yield ``num_videos`` synthetic videos (T, 3, S, S) in [-1, 1]."""
+                camera: float = 0.0, body: float = 1.0, moves: int = 0) -> Iterator[torch.Tensor]:
+    """Yield ``num_videos`` synthetic videos (T, 3, S, S) in [-1, 1] (options: render_video's)."""
     for i in range(num_videos):
-        yield render_video(seed, i, num_frames, size, camera=camera)
+        yield render_video(seed, i, num_frames, size, camera=camera, body=body, moves=moves)
 
 
 def write_dataset(out_dir: str | os.PathLike, num_videos: int = 16, num_frames: int = 48, size: int = 64,
-                  seed: int = 0, fmt: str = "mp4", fps: float = 25.0, camera: float = 0.0) -> list[str]:
+                  seed: int = 0, fmt: str = "mp4", fps: float = 25.0, camera: float = 0.0, body: float = 1.0,
+                  moves: int = 0) -> list[str]:
     """Write synthetic videos into ``out_dir`` as mp4 files (``fmt="mp4"``) or PNG frame folders
-    (``fmt="frames"``); returns the written paths. Existing identical names are overwritten."""
+    (``fmt="frames"``); returns the written paths. Existing identical names are overwritten.
+    camera, body, moves: render_video's options."""
     from leo.media import VideoWriter, save_image
 
     if fmt not in ("mp4", "frames"):
@@ -190,7 +221,7 @@ def write_dataset(out_dir: str | os.PathLike, num_videos: int = 16, num_frames: 
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for i in range(num_videos):
-        frames = render_video(seed, i, num_frames, size, fps, camera=camera)
+        frames = render_video(seed, i, num_frames, size, fps, camera=camera, body=body, moves=moves)
         name = os.path.join(os.fspath(out_dir), f"synthetic_{i:04d}")
         if fmt == "mp4":
             path = name + ".mp4"
