@@ -31,6 +31,7 @@ from _timing import FULL, compare
 from leo.animator import Animator
 from leo.discriminator import Discriminator
 from leo.train import losses
+from leo.train.common import adam
 from leo.train.stage1 import reconstruction_loss
 
 _CUDA = torch.cuda.is_available()
@@ -70,8 +71,8 @@ class Trainer:
         self.G = Animator(size=SIZE, style_dim=STYLE_DIM, motion_dim=MOTION_DIM, width=WIDTH, kernels=kernels,
                           align_corners=True, relative_latent=True).init_copy_source(motion_gain=30.0).to(DEV)
         self.D = Discriminator(size=SIZE, width=WIDTH, kernels=kernels).to(DEV)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=LR, betas=(0.0, 0.99))
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=LR, betas=(0.0, 0.99))
+        self.opt_g = adam(self.G.parameters(), lr=LR, betas=(0.0, 0.99))  # leo.train.stage1's optimizer
+        self.opt_d = adam(self.D.parameters(), lr=LR, betas=(0.0, 0.99))
         self.env = env
 
     def step(self, src, tgt):

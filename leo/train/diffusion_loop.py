@@ -97,7 +97,7 @@ def _run(cfg: LoopConfig, task: DiffusionTask, ctx: common.DistributedContext, h
     common.seed_everything(cfg.seed + ctx.rank)
     model = task.model.to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = common.adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, decoupled=True)
     payload, start = run_dir.payload, run_dir.start_step
     if payload is not None:
         if task.data_key is not None and payload.get("data_key") not in (None, task.data_key):

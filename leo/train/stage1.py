@@ -37,6 +37,7 @@ from leo.train.common import (
     StreamSampler,
     TrainConfig,
     TrainLogger,
+    adam,
     ema_update,
     gather_rng,
     open_run,
@@ -266,8 +267,8 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
         G.init_copy_source(motion_gain=cfg.motion_gain if cfg.relative_latent else 1.0)
     G = G.to(device)
     D = Discriminator(size=cfg.size, width=cfg.d_width or cfg.width).to(device)
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.d_lr or cfg.lr, betas=tuple(cfg.betas))
+    opt_g = adam(G.parameters(), lr=cfg.lr, betas=cfg.betas)
+    opt_d = adam(D.parameters(), lr=cfg.d_lr or cfg.lr, betas=cfg.betas)
     perceptual = None
     if cfg.vgg19:
         perceptual = losses.PerceptualLoss(losses.VGG19Features.from_file(cfg.vgg19)).to(device)
