@@ -1,9 +1,9 @@
 """Synthetic human-like videos, so tests and the demo need no downloaded data.
 
 Each video shows one articulated figure (head, torso, two-segment arms and legs drawn as soft
-capsules) whose joint angles follow smooth sums of sinusoids, drifting slowly over a textured
-background (gratings + smooth colour gradient + blobs). Everything (colours, proportions, motion,
-background) is drawn from ``numpy.random.default_rng([seed, index])``, so a (seed, index) pair
+capsules) whose joint angles follow smooth sums of sinusoids (per joint, or through a repertoire of
+whole-body moves shared by all clips), drifting slowly over a textured background (gratings +
+smooth colour gradient + blobs). Everything (colours, proportions, motion, background) is drawn from ``numpy.random.default_rng([seed, index])``, so a (seed, index) pair
 always renders the same frames, at any size.
 """
 from __future__ import annotations
@@ -28,10 +28,11 @@ class _Figure:
     moves: np.ndarray | None = None  # (K, 3) weight, frequency, phase of each shared move (None: free joints)
 
 
+# Typical swing (radians) of each joint angle (order: _figure's joints).
+_JOINT_AMPLITUDE = np.array([0.15, 1.0, 1.0, 0.8, 0.8, 0.35, 0.35, 0.45, 0.45, 0.2])
 # A fixed repertoire of whole-body moves (like the forms of a dance or of tai chi): each is a
 # pattern of joint-angle amplitudes that every clip can perform, with its own weight and timing.
-_MOVE_AMPLITUDE = np.array([0.15, 1.0, 1.0, 0.8, 0.8, 0.35, 0.35, 0.45, 0.45, 0.2])
-_MOVES = np.random.default_rng(20240601).uniform(-1, 1, size=(16, 10)) * _MOVE_AMPLITUDE
+_MOVES = np.random.default_rng(20240601).uniform(-1, 1, size=(16, 10)) * _JOINT_AMPLITUDE
 
 
 def _figure(rng: np.random.Generator, body: float = 1.0) -> _Figure:
@@ -42,7 +43,7 @@ def _figure(rng: np.random.Generator, body: float = 1.0) -> _Figure:
     colors = np.stack([skin, shirt, pants, shirt * 0.7, pants * 0.7, hair]).clip(0, 1)
     # joints: torso lean, upper arm L/R, forearm L/R (relative), thigh L/R, shin L/R (relative), head tilt
     base = np.array([0.0, 0.5, -0.5, 0.4, -0.4, 0.15, -0.15, -0.2, 0.2, 0.0])
-    amp = np.array([0.15, 1.0, 1.0, 0.8, 0.8, 0.35, 0.35, 0.45, 0.45, 0.2]) * rng.uniform(0.5, 1.2, 10)
+    amp = _JOINT_AMPLITUDE * rng.uniform(0.5, 1.2, 10)
     freq = rng.uniform(0.3, 1.2, 10)  # cycles per 25 frames: smooth at any frame rate we write
     phase = rng.uniform(0, 2 * math.pi, 10)
     angles = np.stack([base + body * rng.normal(0, 0.15, 10), amp, freq, phase], axis=1)
@@ -148,6 +149,9 @@ def render_video(seed: int, index: int = 0, num_frames: int = 32, size: int = 64
     ``body``: how much the figure's build and place (scale, centre, resting pose) differ between
     clips; 1 is the original spread, 0 gives every clip the same body (colours, background and
     motion still differ).
+    ``moves``: 0 moves every joint on its own sinusoids (the original generator); K > 0 drives all
+    joints by the first K moves of a fixed repertoire shared by every clip, each clip with its own
+    weights, frequencies and phases.
     """
     for name, v in (("num_frames", num_frames), ("size", size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
