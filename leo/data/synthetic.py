@@ -3,8 +3,9 @@
 Each video shows one articulated figure (head, torso, two-segment arms and legs drawn as soft
 capsules) whose joint angles follow smooth sums of sinusoids (per joint, or through a repertoire of
 whole-body moves shared by all clips), drifting slowly over a textured background (gratings +
-smooth colour gradient + blobs). Everything (colours, proportions, motion, background) is drawn from ``numpy.random.default_rng([seed, index])``, so a (seed, index) pair
-always renders the same frames, at any size.
+smooth colour gradient + blobs). Everything (colours, proportions, motion, background) is drawn
+from ``numpy.random.default_rng([seed, index])``, so a (seed, index) pair always renders the same
+frames, at any size.
 """
 from __future__ import annotations
 
