@@ -329,3 +329,17 @@ def test_images_beside_videos_are_stills_not_a_clip(tmp_path):
     (tmp_path / "frames").mkdir()  # a folder of images alone is still a clip
     save_image(tmp_path / "frames" / "0.png", render_video(2, 0, 1, 16)[0])
     assert "frames" in [c.name for c in find_clips(tmp_path)]
+
+
+def test_make_synthetic_cli_writes_the_demo_kind_of_clips(tmp_path, capsys):
+    from leo.cli import main
+    from leo.media import read_image
+
+    out = tmp_path / "synth"
+    assert main(["make-synthetic", "--out", str(out), "--videos", "2", "--frames", "3", "--size", "16",
+                 "--body", "0", "--moves", "3", "--format", "frames"]) == 0
+    frame = read_image(str(out / "synthetic_0001" / "00002.png"), 16)
+    expected = render_video(0, 1, 3, 16, body=0.0, moves=3)[2]
+    assert (frame - expected).abs().max() <= 1.5 / 255 * 2, "the PNG holds the rendered frame (uint8 rounding only)"
+    assert main(["make-synthetic", "--out", str(out), "--videos", "1", "--moves", "99"]) == 2
+    assert "moves" in capsys.readouterr().err
