@@ -117,7 +117,7 @@ class TrainConfig:
         return cls(**cls.current_keys(d))
 
 
-# --------------------------------------------------------------------------- seeding / RNG
+# --------------------------------------------------------------------------- optimizer
 
 
 def adam(params, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0, decoupled: bool = False) -> torch.optim.Optimizer:
@@ -126,6 +126,9 @@ def adam(params, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0, decou
     rule; the stage-1 training step at the demo's settings is ~5% faster on 2 CPU cores."""
     cls = torch.optim.AdamW if decoupled else torch.optim.Adam
     return cls(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=True)
+
+
+# --------------------------------------------------------------------------- seeding / RNG
 
 
 def seed_everything(seed: int) -> None:
