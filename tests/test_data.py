@@ -331,6 +331,12 @@ def test_images_beside_videos_are_stills_not_a_clip(tmp_path):
     assert "frames" in [c.name for c in find_clips(tmp_path)]
 
 
+def test_write_dataset_frames_replaces_an_older_clip_of_the_same_name(tmp_path):
+    write_dataset(tmp_path, num_videos=1, num_frames=5, size=8, fmt="frames")
+    write_dataset(tmp_path, num_videos=1, num_frames=2, size=8, fmt="frames")
+    assert sorted(os.listdir(tmp_path / "synthetic_0000")) == ["00000.png", "00001.png"]
+
+
 def test_make_synthetic_cli_writes_the_demo_kind_of_clips(tmp_path, capsys):
     from leo.cli import main
     from leo.media import read_image

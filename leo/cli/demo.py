@@ -7,9 +7,11 @@ unconditional video, a contact sheet of all of them and the loss curves.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import pathlib
+import shutil
 import sys
 import time
 
@@ -174,6 +176,11 @@ def run(args) -> int:
         from leo.data.synthetic import write_dataset
 
         data = os.path.join(out, "data")
+        for old in glob.glob(os.path.join(data, "synthetic_*")):  # an earlier demo's clips must not mix in
+            if os.path.isdir(old):
+                shutil.rmtree(old)
+            else:
+                os.remove(old)
         _step(f"1/5 writing {p['videos']} synthetic videos ({p['frames']} frames, {p['size']}x{p['size']}) to {data}")
         write_dataset(data, num_videos=p["videos"], num_frames=p["frames"], size=p["size"], seed=args.seed,
                       fmt="frames", **SYNTHETIC)

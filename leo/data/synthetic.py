@@ -9,6 +9,7 @@ frames, at any size.
 """
 from __future__ import annotations
 
+import glob
 import math
 import os
 from dataclasses import dataclass
@@ -215,7 +216,8 @@ def write_dataset(out_dir: str | os.PathLike, num_videos: int = 16, num_frames: 
                   seed: int = 0, fmt: str = "mp4", fps: float = 25.0, camera: float = 0.0, body: float = 1.0,
                   moves: int = 0) -> list[str]:
     """Write synthetic videos into ``out_dir`` as mp4 files (``fmt="mp4"``) or PNG frame folders
-    (``fmt="frames"``); returns the written paths. Existing identical names are overwritten.
+    (``fmt="frames"``); returns the written paths. Existing identical names are overwritten (a frame
+    folder loses its old frames).
     camera, body, moves: render_video's options."""
     from leo.media import VideoWriter, save_image
 
@@ -235,6 +237,8 @@ def write_dataset(out_dir: str | os.PathLike, num_videos: int = 16, num_frames: 
         else:
             path = name
             os.makedirs(path, exist_ok=True)
+            for old in glob.glob(os.path.join(path, "[0-9][0-9][0-9][0-9][0-9].png")):
+                os.remove(old)  # a longer clip written here before must not leave frames behind
             for j, f in enumerate(frames):
                 save_image(os.path.join(path, f"{j:05d}.png"), f)
         paths.append(path)
