@@ -91,8 +91,10 @@ def main(argv=None):
     p.add_argument("--moves", type=int, default=0,
                    help="joints follow this many shared moves (render_video's moves; 0: free joints)")
     p.add_argument("--train-clips", type=int, default=24, help="number of training clips (1: can it fit one clip at all?)")
-    p.add_argument("--augment", action="store_true",
-                   help="per pair: random horizontal flip and colour permutation/scale of both frames (against per-clip memorization)")
+    p.add_argument("--augment", nargs="?", const="all", choices=("all", "colour"), default=None,
+                   help="per pair, the same for both frames (against per-clip memorization): 'all' (the default "
+                        "when given without a value) a random horizontal flip and colour permutation/scale, "
+                        "'colour' the colour change only")
     p.add_argument("--width", type=float, default=0.125, help="channel width multiplier of the animator")
     p.add_argument("--eval-train", action="store_true",
                    help="also report gain and motion on 8 training clips (train_ keys): fit vs generalization")
@@ -140,7 +142,7 @@ def main(argv=None):
         vi, si, ti = rng.integers(V, size=a.batch), rng.integers(T, size=a.batch), rng.integers(T, size=a.batch)
         src, tgt = train[vi, si], train[vi, ti].clone()
         if a.augment:  # the same random flip and colour change for both frames of a pair
-            flip = torch.from_numpy(rng.random(a.batch) < 0.5).view(-1, 1, 1, 1)
+            flip = torch.from_numpy(rng.random(a.batch) < (0.5 if a.augment == "all" else 0.0)).view(-1, 1, 1, 1)
             perm = torch.stack([torch.from_numpy(rng.permutation(3)) for _ in range(a.batch)])
             gain = torch.from_numpy(rng.uniform(0.7, 1.0, (a.batch, 3, 1, 1))).float()
 
