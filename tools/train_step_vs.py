@@ -1,0 +1,104 @@
+"""Stage-1 training steps per second of two source trees (e.g. a worktree of an older commit and
+this one), each timed in its own process, the processes alternating: issue 11's "against the
+current main, same session, same machine, interleaved".
+
+    git worktree add /tmp/old 48a9538 && (cd /tmp/old && python setup.py build_ext --inplace)
+    python tools/train_step_vs.py /tmp/old . --pairs 3 --seconds 15 --threads 1
+
+Each process builds the step of `leo demo`'s stage 1 (64x64, width 0.125, style_dim 128, batch 4,
+copy init, relative latent, pyramid 3, adversarial weight 0.05; generator then discriminator, each
+with its tree's Adam) from the tree's own leo, runs 5 warm-up steps and counts steps for --seconds.
+Prints each pair's steps/s and the median ratio new / old.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+def _child(seconds: float, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    from leo.animator import Animator
+    from leo.discriminator import Discriminator
+    from leo.train import losses, stage1
+    from leo.train.stage1 import reconstruction_loss
+
+    torch.manual_seed(0)
+    G = Animator(size=64, style_dim=128, motion_dim=20, width=0.125, align_corners=True,
+                 relative_latent=True).init_copy_source(motion_gain=30.0)
+    D = Discriminator(size=64, width=0.125)
+    if "opt_g = adam(" in inspect.getsource(stage1):  # the tree's own optimizer
+        from leo.train.common import adam
+    else:
+        def adam(params, lr, betas):
+            return torch.optim.Adam(params, lr=lr, betas=betas)
+    opt_g, opt_d = adam(G.parameters(), lr=2e-4, betas=(0.0, 0.99)), adam(D.parameters(), lr=2e-4, betas=(0.0, 0.99))
+    g = torch.Generator().manual_seed(1)
+
+    def image():
+        x = torch.rand(4, 3, 8, 8, generator=g) * 2 - 1
+        return torch.nn.functional.interpolate(x, size=(64, 64), mode="bicubic", align_corners=False).clamp(-1, 1)
+
+    src, tgt = image(), image()
+
+    def step():
+        G.train()
+        D.requires_grad_(False)
+        opt_g.zero_grad(set_to_none=True)
+        recon = G(src, tgt)
+        (reconstruction_loss(recon, tgt, 3) + 0.05 * losses.g_nonsaturating(D(recon))).backward()
+        opt_g.step()
+        D.requires_grad_(True)
+        opt_d.zero_grad(set_to_none=True)
+        logits = D(torch.cat([tgt, recon.detach()]), 4)
+        losses.d_logistic(logits[:4], logits[4:]).backward()
+        opt_d.step()
+
+    for _ in range(5):
+        step()
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        step()
+        n += 1
+    print(n / (time.perf_counter() - t0))
+
+
+def _rate(tree: str, seconds: float, threads: int) -> float:
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(tree), OMP_NUM_THREADS=str(threads))
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", str(seconds), str(threads)],
+                         env=env, cwd=os.path.abspath(tree), capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"timing {tree} failed:\n{out.stderr[-2000:]}")
+    return float(out.stdout.split()[-1])
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        _child(float(argv[1]), int(argv[2]))
+        return 0
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("old", help="source tree of the baseline (extensions built in place)")
+    p.add_argument("new", help="source tree measured against it")
+    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=15.0, help="timed seconds per process")
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    ratios = []
+    for i in range(a.pairs):
+        old, new = _rate(a.old, a.seconds, a.threads), _rate(a.new, a.seconds, a.threads)
+        ratios.append(new / old)
+        print(f"pair {i + 1}: old {old:.3f} steps/s, new {new:.3f} steps/s, ratio {new / old:.2f}", flush=True)
+    print(f"median ratio new / old: {statistics.median(ratios):.2f} ({a.threads} thread(s), {a.pairs} pairs)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
