@@ -123,7 +123,8 @@ class TrainConfig:
 def adam(params, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0, decoupled: bool = False) -> torch.optim.Optimizer:
     """Adam (AdamW with ``decoupled``) in its fused form: one kernel over all parameters instead of
     ~8 small ops per parameter tensor (on CPU the default is that per-tensor loop). Same update
-    rule; the stage-1 training step at the demo's settings is ~5% faster on 2 CPU cores."""
+    rule; at the demo's stage-1 settings (G + D, 139 tensors) one update takes 2.1 ms instead of
+    6.4 ms on 1 CPU thread, about 2% of a training step."""
     cls = torch.optim.AdamW if decoupled else torch.optim.Adam
     return cls(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=True)
 
