@@ -98,6 +98,8 @@ def main(argv=None):
     p.add_argument("--width", type=float, default=0.125, help="channel width multiplier of the animator")
     p.add_argument("--eval-train", action="store_true",
                    help="also report gain and motion on 8 training clips (train_ keys): fit vs generalization")
+    p.add_argument("--identity", type=int, default=0,
+                   help="this many samples per batch have target = source (zero motion must render the source)")
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON file for the log (default: ablation_NAME.json)")
@@ -124,8 +126,16 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     log, t0 = [], time.time()
 
+    def idle_error(model, clips):
+        """L1(animator(frame, frame), frame) / copy L1 on held-out pairs: damage done at zero motion."""
+        src = torch.stack([c[0] for c in clips])
+        copy_l1 = torch.stack([(c[1:] - c[0]).abs().mean() for c in clips]).mean()
+        with torch.no_grad():
+            return float((model(src, src) - src).abs().mean() / copy_l1)
+
     def evaluate(step):
         r = {k: round(v, 4) for k, v in animator_report(G, heldout, pairs_per_clip=8).items()}
+        r["ema_idle" if a.ema > 0 else "idle"] = round(idle_error(G_ema or G, heldout), 4)
         if a.ema > 0:
             r.update({"ema_" + k: round(v, 4) for k, v in animator_report(G_ema, heldout, pairs_per_clip=8).items()
                       if k in ("l1", "gain", "motion_ratio", "psnr")})
@@ -140,6 +150,8 @@ def main(argv=None):
     V, T = train.shape[:2]
     for step in range(1, a.steps + 1):
         vi, si, ti = rng.integers(V, size=a.batch), rng.integers(T, size=a.batch), rng.integers(T, size=a.batch)
+        if a.identity:
+            ti[:a.identity] = si[:a.identity]
         src, tgt = train[vi, si], train[vi, ti].clone()
         if a.augment:  # the same random flip and colour change for both frames of a pair
             flip = torch.from_numpy(rng.random(a.batch) < (0.5 if a.augment == "all" else 0.0)).view(-1, 1, 1, 1)
