@@ -607,7 +607,12 @@ FAST_PATH_SHAPES = [
     (2, 5, 70, 62, True),
     (1, 11, 96, 48, True),
     (3, 3, 37, 130, False),
+    (1, 24, 18, 29, False),  # whole 8 x 8 blocks of the NHWC staging (channels and pixels) plus tails
 ]
+# The float32 NCHW forwards of warp_inpaint and grid_sample can stage through NHWC (scattered flows,
+# batches of small images; csrc/cpu/warp_cpu.cpp): LEO_WARP_CPU_STAGED forces it ("1") or the tile
+# kernels ("0").
+STAGED = ["0", "1"]
 
 
 def _smooth_logits(n, h, w, g, pixels=3.0, dtype=torch.float32):
@@ -671,7 +676,9 @@ def _check_fast_path_grid_sample(shape, flow, layout, padding, align, seed):
 @pytest.mark.parametrize("shape", FAST_PATH_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("flow", ["smooth", "random"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_warp_inpaint_fast_paths(backend, shape, flow, layout):
+@pytest.mark.parametrize("staged", STAGED, ids=lambda v: f"staged={v}")
+def test_warp_inpaint_fast_paths(backend, shape, flow, layout, staged, monkeypatch):
+    monkeypatch.setenv("LEO_WARP_CPU_STAGED", staged)
     for seed, align in enumerate((False, True)):
         _check_fast_path_warp(shape, flow, layout, align, seed)
 
@@ -680,7 +687,9 @@ def test_warp_inpaint_fast_paths(backend, shape, flow, layout):
 @pytest.mark.parametrize("shape", FAST_PATH_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("flow", ["smooth", "random"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_grid_sample_fast_paths(backend, shape, flow, layout):
+@pytest.mark.parametrize("staged", STAGED, ids=lambda v: f"staged={v}")
+def test_grid_sample_fast_paths(backend, shape, flow, layout, staged, monkeypatch):
+    monkeypatch.setenv("LEO_WARP_CPU_STAGED", staged)
     for seed, (padding, align) in enumerate(zip(PADDINGS, (False, True, False))):
         _check_fast_path_grid_sample(shape, flow, layout, padding, align, seed)
 
@@ -688,7 +697,9 @@ def test_grid_sample_fast_paths(backend, shape, flow, layout):
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("flow", ["smooth", "random"])
-def test_fast_paths_nonfinite_features(backend, layout, flow):
+@pytest.mark.parametrize("staged", STAGED, ids=lambda v: f"staged={v}")
+def test_fast_paths_nonfinite_features(backend, layout, flow, staged, monkeypatch):
+    monkeypatch.setenv("LEO_WARP_CPU_STAGED", staged)
     # Over several tiles, NaN/Inf pixels on the border and inside: next to window groups (smooth
     # flows), and under scattered groups whose pairs of corners start or end outside (random flows).
     g = _fresh(31)
