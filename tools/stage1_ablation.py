@@ -100,6 +100,8 @@ def main(argv=None):
                    help="also report gain and motion on 8 training clips (train_ keys): fit vs generalization")
     p.add_argument("--identity", type=int, default=0,
                    help="this many samples per batch have target = source (zero motion must render the source)")
+    p.add_argument("--wa-invariance", type=float, default=0.0,
+                   help="weight of a loss tying the source's code wa to that of a recoloured copy (look-free codes)")
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON file for the log (default: ablation_NAME.json)")
@@ -176,6 +178,12 @@ def main(argv=None):
             moving = (tgt - src).abs().mean(1, keepdim=True)
             moving = moving / moving.mean((2, 3), keepdim=True).clamp_min(1e-6)
             loss = loss + a.motion_weight * (moving * (recon - tgt).abs()).mean()
+        if a.wa_invariance > 0:  # the code of a recoloured source must not change: wa carries pose, not colour
+            perm = torch.stack([torch.from_numpy(rng.permutation(3)) for _ in range(a.batch)])
+            scale = torch.from_numpy(rng.uniform(0.6, 1.0, (a.batch, 3, 1, 1))).float()
+            recol = torch.gather(src, 1, perm.view(-1, 3, 1, 1).expand_as(src)) * scale
+            wa_r, _ = G.enc.net_app(recol, with_feats=False)
+            loss = loss + a.wa_invariance * (wa_r - wa).pow(2).mean() / wa.detach().pow(2).mean().clamp_min(1e-8)
         if a.code_floor > 0:
             loss = loss + torch.relu(a.code_floor - (alpha_t - alpha_s).abs().mean())
         if ne:
