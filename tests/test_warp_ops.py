@@ -732,6 +732,40 @@ def test_fast_paths_nonfinite_features(backend, layout, flow, staged, monkeypatc
 
 
 @pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("align", [False, True])
+def test_nonfinite_coordinates_read_nothing(backend, align):
+    # docs/OPS.md: on the cpu backend a NaN or infinite sampling coordinate reads no corner (0),
+    # where F.grid_sample gives NaN; the vectorized (AVX-512) and scalar coordinate code agree.
+    g = _fresh(41)
+    inp = _randn(2, 5, 20, 37, g=g)
+    grid = _grid(2, 20, 37, torch.float32, g, 1.2)
+    bad = [(0, 3, 5, 0, float("nan")), (0, 4, 6, 1, float("inf")), (1, 5, 7, 0, -float("inf")), (1, 6, 20, 1, float("nan"))]
+    for n, i, j, k, v in bad:
+        grid[n, i, j, k] = v
+    out = leo_kernels.grid_sample(inp, grid, align_corners=align, backend=backend)
+    ref = reference.grid_sample(inp, grid, align_corners=align)
+    hit = torch.zeros(2, 20, 37, dtype=torch.bool)
+    for n, i, j, _, _ in bad:
+        hit[n, i, j] = True
+    assert torch.equal(out.permute(0, 2, 3, 1)[hit], torch.zeros(len(bad), 5))
+    assert_close(out.permute(0, 2, 3, 1)[~hit], ref.permute(0, 2, 3, 1)[~hit], torch.float32, name="finite pixels")
+    # warp_inpaint: a NaN flow logit samples nothing (warped 0); a NaN mask logit makes the pixel NaN
+    feat, x = _randn(2, 5, 20, 38, g=g), _randn(2, 5, 20, 38, g=g)
+    logits = _randn(2, 3, 20, 38, g=g)
+    logits[0, 0, 3, 5] = float("nan")
+    logits[1, 1, 9, 30] = float("nan")
+    logits[1, 2, 5, 7] = float("nan")
+    warped, blended, _ = leo_kernels.warp_inpaint(feat, x, logits, align_corners=align, backend=backend)
+    rw, rb, _ = reference.warp_inpaint(feat, x, logits, align_corners=align)
+    assert torch.equal(warped[0, :, 3, 5], torch.zeros(5)) and torch.equal(warped[1, :, 9, 30], torch.zeros(5))
+    assert warped[1, :, 5, 7].isnan().all() and blended[1, :, 5, 7].isnan().all()
+    keep = torch.ones(2, 20, 38, dtype=torch.bool)
+    keep[0, 3, 5] = keep[1, 9, 30] = keep[1, 5, 7] = False
+    for got, want, name in ((warped, rw, "warped"), (blended, rb, "blended")):
+        assert_close(got.permute(0, 2, 3, 1)[keep], want.permute(0, 2, 3, 1)[keep], torch.float32, name=name)
+
+
+@pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("isa", ["avx2", "scalar"])
 def test_fast_paths_without_avx512(backend, isa):
     # This machine's widest kernels ran above; the AVX2-only and scalar ones (other CPUs) run here.
@@ -742,6 +776,7 @@ def test_fast_paths_without_avx512(backend, isa):
     env = dict(os.environ, LEO_WARP_CPU_ISA=isa)
     tests = [f"{__file__}::{name}" for name in ("test_warp_inpaint_fast_paths", "test_grid_sample_fast_paths",
                                                   "test_fast_paths_nonfinite_features",
+                                                  "test_nonfinite_coordinates_read_nothing",
                                                   "test_warp_inpaint_nonfinite_features")]
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], env=env,
                           capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))

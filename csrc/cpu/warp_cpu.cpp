@@ -615,6 +615,12 @@ bool cpu_has_avx512() {
   return ok;
 }
 
+// The vectorized flow rows also use AVX-512 DQ (64-bit multiplies) and BW (byte stores).
+bool cpu_has_avx512_flow() {
+  static const bool ok = cpu_has_avx512() && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
+  return ok;
+}
+
 bool cpu_has_avx2() {
   static const bool ok = isa_cap() >= 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return ok;
@@ -889,6 +895,158 @@ void check_cpu(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor");
 }
 
+#ifdef LEO_WARP_AVX2
+// ------------------------------------------------- vectorized flow rows (AVX-512, float32)
+// tanh, sigmoid and the bilinear taps of a row, 16 pixels at a time: per pixel two tanh, one exp
+// and the taps cost ~20 ns scalar, as much as sampling 64 channels channels_last.
+// exp(x) to ~1 ulp: x = n ln2 + r (|r| <= ln2 / 2), e^r by its degree-7 Taylor polynomial,
+// times 2^n. max/min take x as their second operand so a NaN passes through.
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma"))) inline __m512 exp_avx512(__m512 x) {
+  x = _mm512_min_ps(_mm512_set1_ps(88.7f), _mm512_max_ps(_mm512_set1_ps(-87.3f), x));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);  // ln 2 in two parts
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+  __m512 p = _mm512_set1_ps(1.f / 5040);
+  for (const float c : {1.f / 720, 1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  return _mm512_scalef_ps(p, n);
+}
+
+// tanh to a few ulp: an odd polynomial below |x| = 0.625 (Cephes' tanhf coefficients), else
+// (1 - e) / (1 + e) with e = exp(-2|x|), the sign put back.
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma"))) inline __m512 tanh_avx512(__m512 x) {
+  const __m512 ax = _mm512_abs_ps(x), z = _mm512_mul_ps(x, x);
+  __m512 p = _mm512_set1_ps(-5.70498872745e-3f);
+  for (const float c : {2.06390887954e-2f, -5.37397155531e-2f, 1.33314422036e-1f, -3.33332819422e-1f})
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(c));
+  const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), x, x);
+  const __m512 e = exp_avx512(_mm512_mul_ps(_mm512_set1_ps(-2.f), ax));
+  const __m512 one = _mm512_set1_ps(1.f);
+  __m512 big = _mm512_div_ps(_mm512_sub_ps(one, e), _mm512_add_ps(one, e));
+  big = _mm512_or_ps(big, _mm512_and_ps(x, _mm512_set1_ps(-0.f)));  // sign of x
+  // NaN compares false: it takes the polynomial branch, which keeps it NaN
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.625f), _CMP_GE_OQ), small, big);
+}
+
+// Pixel coordinate of normalized coordinate g along an axis of `size` (zeros padding), with
+// d(pixel)/d(g) in *d: source_index's arithmetic, far-away and NaN samples clamped to -2 (d 0).
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma"))) inline __m512 source_index_avx512(
+    __m512 g, int64_t size, bool align, __m512* d) {
+  const float fs = static_cast<float>(size);
+  __m512 x;
+  if (align) {
+    x = _mm512_mul_ps(_mm512_div_ps(_mm512_add_ps(g, _mm512_set1_ps(1.f)), _mm512_set1_ps(2.f)),
+                      _mm512_set1_ps(fs - 1));
+    *d = _mm512_set1_ps((fs - 1) / 2);
+  } else {
+    x = _mm512_div_ps(_mm512_sub_ps(_mm512_mul_ps(_mm512_add_ps(g, _mm512_set1_ps(1.f)), _mm512_set1_ps(fs)),
+                                    _mm512_set1_ps(1.f)),
+                      _mm512_set1_ps(2.f));
+    *d = _mm512_set1_ps(fs / 2);
+  }
+  const __mmask16 low = ~_mm512_cmp_ps_mask(x, _mm512_set1_ps(-2.f), _CMP_GE_OQ);  // also NaN
+  const __mmask16 high = _mm512_cmp_ps_mask(x, _mm512_set1_ps(fs + 1), _CMP_GT_OQ);
+  x = _mm512_mask_blend_ps(low, _mm512_mask_blend_ps(high, x, _mm512_set1_ps(fs + 1)), _mm512_set1_ps(-2.f));
+  *d = _mm512_maskz_mov_ps(static_cast<__mmask16>(~(low | high)), *d);
+  return x;
+}
+
+// Taps::set with zeros padding for pixels [j, j + 16) (lanes outside mask m are not stored) from
+// their normalized sampling coordinates gx, gy.
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma"))) void taps_avx512(
+    __m512 gx, __m512 gy, int64_t j, __mmask16 m, int64_t H, int64_t W, int64_t sH, int64_t sW, bool align,
+    Taps<float>& tp) {
+    const __m512 one = _mm512_set1_ps(1.f);
+    __m512 dx, dy;
+    const __m512 x = source_index_avx512(gx, W, align, &dx);
+    const __m512 y = source_index_avx512(gy, H, align, &dy);
+    const __m512 xf = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __m512 yf = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __m512 fx = _mm512_sub_ps(x, xf), fy = _mm512_sub_ps(y, yf);
+    _mm512_mask_storeu_ps(tp.tx.data() + j, m, fx);
+    _mm512_mask_storeu_ps(tp.ty.data() + j, m, fy);
+    _mm512_mask_storeu_ps(tp.dx.data() + j, m, dx);
+    _mm512_mask_storeu_ps(tp.dy.data() + j, m, dy);
+    const __m512i x0 = _mm512_cvttps_epi32(xf), y0 = _mm512_cvttps_epi32(yf);
+    const __m512 wx[2] = {_mm512_sub_ps(one, fx), fx}, wy[2] = {_mm512_sub_ps(one, fy), fy};
+    for (int k = 0; k < 4; ++k) {
+      const __m512i yy = _mm512_add_epi32(y0, _mm512_set1_epi32(k >> 1)), xx = _mm512_add_epi32(x0, _mm512_set1_epi32(k & 1));
+      const __mmask16 in = _mm512_cmpge_epi32_mask(yy, _mm512_setzero_si512()) &
+                           _mm512_cmplt_epi32_mask(yy, _mm512_set1_epi32(static_cast<int32_t>(H))) &
+                           _mm512_cmpge_epi32_mask(xx, _mm512_setzero_si512()) &
+                           _mm512_cmplt_epi32_mask(xx, _mm512_set1_epi32(static_cast<int32_t>(W)));
+      _mm512_mask_storeu_ps(tp.w[k].data() + j, m, _mm512_maskz_mul_ps(in, wy[k >> 1], wx[k & 1]));
+      // offsets in 64 bits (yy * sH + xx * sW can pass 2^31 in big images), 8 lanes at a time
+      for (int h = 0; h < 2; ++h) {
+        const __m512i y64 = _mm512_cvtepi32_epi64(h ? _mm512_extracti64x4_epi64(yy, 1) : _mm512_castsi512_si256(yy));
+        const __m512i x64 = _mm512_cvtepi32_epi64(h ? _mm512_extracti64x4_epi64(xx, 1) : _mm512_castsi512_si256(xx));
+        const __m512i off = _mm512_add_epi64(_mm512_mullo_epi64(y64, _mm512_set1_epi64(sH)),
+                                             _mm512_mullo_epi64(x64, _mm512_set1_epi64(sW)));
+        const __mmask8 in8 = static_cast<__mmask8>(in >> (8 * h)), m8 = static_cast<__mmask8>(m >> (8 * h));
+        _mm512_mask_storeu_epi64(tp.off[k].data() + j + 8 * h, m8, _mm512_maskz_mov_epi64(in8, off));
+      }
+      // ok[k][j] = in (one byte per pixel)
+      const __m128i bytes = _mm512_cvtepi32_epi8(_mm512_maskz_set1_epi32(in, 1));
+      _mm_mask_storeu_epi8(tp.ok[k].data() + j, m, bytes);
+    }
+}
+
+// Pixels [j, j + 16) of a flow row (Taps::set with zeros padding, FlowRow's tanh and mask).
+// Lanes past W (the last partial group) are computed from zeros and stored nowhere (masked).
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma"))) void flow_row_avx512(
+    const float* c0, const float* c1, const float* c2, int64_t i, int64_t H, int64_t W, int64_t sH, int64_t sW,
+    bool align, Taps<float>& tp, float* t0, float* t1, float* mask) {
+  const float gy = linspace_pm1<float>(i, H);
+  const float step = W > 1 ? 2.f / static_cast<float>(W - 1) : 0.f;
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (int64_t j = 0; j < W; j += 16) {
+    const __mmask16 m = W - j >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (W - j)) - 1);
+    const __m512 a = tanh_avx512(_mm512_maskz_loadu_ps(m, c0 + j)), b = tanh_avx512(_mm512_maskz_loadu_ps(m, c1 + j));
+    const __m512 one = _mm512_set1_ps(1.f);
+    const __m512 mk = _mm512_div_ps(one, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(),
+                                                                                    _mm512_maskz_loadu_ps(m, c2 + j)))));
+    _mm512_mask_storeu_ps(t0 + j, m, a);
+    _mm512_mask_storeu_ps(t1 + j, m, b);
+    _mm512_mask_storeu_ps(mask + j, m, mk);
+    // linspace(-1, 1, W)[j] as linspace_pm1 computes it (from both ends)
+    const __m512i jj = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(j)), lane);
+    const __m512 lo = _mm512_add_ps(_mm512_set1_ps(-1.f), _mm512_mul_ps(_mm512_set1_ps(step), _mm512_cvtepi32_ps(jj)));
+    const __m512 hi = _mm512_sub_ps(
+        one, _mm512_mul_ps(_mm512_set1_ps(step),
+                           _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_set1_epi32(static_cast<int32_t>(W - 1)), jj))));
+    __m512 lin = _mm512_mask_blend_ps(_mm512_cmplt_epi32_mask(jj, _mm512_set1_epi32(static_cast<int32_t>(W / 2))), hi, lo);
+    if (W == 1) lin = _mm512_set1_ps(-1.f);
+    taps_avx512(_mm512_add_ps(a, lin), _mm512_add_ps(b, _mm512_set1_ps(gy)), j, m, H, W, sH, sW, align, tp);
+  }
+}
+
+// A row of grid_sample taps (zeros padding) from Wo interleaved (x, y) grid coordinates.
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma"))) void grid_row_avx512(
+    const float* grow, int64_t Wo, int64_t H, int64_t W, int64_t sH, int64_t sW, bool align, Taps<float>& tp) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  for (int64_t j = 0; j < Wo; j += 16) {
+    const int64_t n = std::min<int64_t>(16, Wo - j);
+    const __mmask16 m = n == 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+    const __mmask16 m0 = n >= 8 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (2 * n)) - 1);
+    const __mmask16 m1 = n <= 8 ? __mmask16(0) : static_cast<__mmask16>((1u << (2 * (n - 8))) - 1);
+    const __m512 lo = _mm512_maskz_loadu_ps(m0, grow + 2 * j), hi = _mm512_maskz_loadu_ps(m1, grow + 2 * j + 16);
+    taps_avx512(_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi), j, m, H, W, sH, sW, align,
+                tp);
+  }
+}
+#endif
+
+// Taps of one row of Wo output pixels from interleaved float32 (x, y) grid coordinates.
+inline void grid_taps_row(const float* grow, int64_t Wo, int64_t H, int64_t W, int64_t sH, int64_t sW, int64_t pad,
+                          bool align, Taps<float>& tp) {
+#ifdef LEO_WARP_AVX2
+  if (pad == kZeros && cpu_has_avx512_flow() && H < (int64_t(1) << 24) && W < (int64_t(1) << 24))
+    return grid_row_avx512(grow, Wo, H, W, sH, sW, align, tp);
+#endif
+  for (int64_t j = 0; j < Wo; ++j) tp.set(j, grow[2 * j], grow[2 * j + 1], H, W, sH, sW, pad, align);
+}
+
 // --------------------------------------------------------------------------- grid_sample
 template <typename scalar_t, bool CL>
 void grid_sample_fwd_impl(const at::Tensor& input, const at::Tensor& grid, at::Tensor& out, int64_t pad, bool align) {
@@ -905,7 +1063,7 @@ void grid_sample_fwd_impl(const at::Tensor& input, const at::Tensor& grid, at::T
 #ifdef LEO_WARP_AVX2
       auto grid_row = [&](Taps<float>& tp, int64_t n, int64_t i, int64_t tH, int64_t tW) {
         const float* grow = g + (n * Ho + i) * Wo * 2;
-        for (int64_t j = 0; j < Wo; ++j) tp.set(j, grow[2 * j], grow[2 * j + 1], H, W, tH, tW, pad, align);
+        grid_taps_row(grow, Wo, H, W, tH, tW, pad, align, tp);
       };
       if (isH == W && use_staging(staged_override(), window_span(), N, Ho, Wo, H, W, isH,
                                   [&](Taps<float>& tp, RowTaps32& rt, int64_t n, int64_t i) {
@@ -940,7 +1098,7 @@ void grid_sample_fwd_impl(const at::Tensor& input, const at::Tensor& grid, at::T
           const int64_t n = t / ntiles, i0 = (t % ntiles) * R, i1 = std::min(Ho, i0 + R);
           for (int64_t i = i0; i < i1; ++i) {
             const float* grow = g + (n * Ho + i) * Wo * 2;
-            for (int64_t j = 0; j < Wo; ++j) tp.set(j, grow[2 * j], grow[2 * j + 1], H, W, isH, isW, pad, align);
+            grid_taps_row(grow, Wo, H, W, isH, isW, pad, align, tp);
             rt.fill(tp, Wo, nullptr, (i - i0) * Wo);
           }
           const int64_t npx = (i1 - i0) * Wo;
@@ -959,7 +1117,7 @@ void grid_sample_fwd_impl(const at::Tensor& input, const at::Tensor& grid, at::T
         for (int64_t r = begin; r < end; ++r) {
           const int64_t n = r / Ho, i = r % Ho;
           const float* grow = g + r * Wo * 2;
-          for (int64_t j = 0; j < Wo; ++j) tp.set(j, grow[2 * j], grow[2 * j + 1], H, W, isH, isW, pad, align);
+          grid_taps_row(grow, Wo, H, W, isH, isW, pad, align, tp);
           sample_row_cl<false>(tp, nullptr, Wo, osW, C, in + n * isN, zero_row.data(), o + n * osN + i * osH, nullptr,
                                nullptr);
         }
@@ -1390,7 +1548,7 @@ struct GsBwdPolicy {
   Row row() const { return Row(Wo); }
   void set(Row& r, int64_t n, int64_t i) const {
     const float* grow = g + (n * Ho + i) * Wo * 2;
-    for (int64_t j = 0; j < Wo; ++j) r.tp.set(j, grow[2 * j], grow[2 * j + 1], H, W, isH, isW, pad, align);
+    grid_taps_row(grow, Wo, H, W, isH, isW, pad, align, r.tp);
   }
   void finish(const Row& r, int64_t n, int64_t i, const float* ax, const float* ay, const float*) const {
     float* out = gg + (n * Ho + i) * Wo * 2;
@@ -1589,6 +1747,7 @@ void check_warp_inpaint(const at::Tensor& feat, const at::Tensor& x, const at::T
   }
 }
 
+
 // Per-row state of warp_inpaint: taps of the flow grid plus tanh values and the mask.
 template <typename T>
 struct FlowRow {
@@ -1598,6 +1757,14 @@ struct FlowRow {
   // c0, c1, c2: the composed logits of row i (length W).
   template <typename S>
   void set(const S* c0, const S* c1, const S* c2, int64_t i, int64_t H, int64_t W, int64_t sH, int64_t sW, bool align) {
+#ifdef LEO_WARP_AVX2
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<S, float>) {
+      if (cpu_has_avx512_flow() && H < (int64_t(1) << 24) && W < (int64_t(1) << 24)) {  // exact float indices
+        flow_row_avx512(c0, c1, c2, i, H, W, sH, sW, align, tp, t0.data(), t1.data(), mask.data());
+        return;
+      }
+    }
+#endif
     const T gy = linspace_pm1<T>(i, H);
     for (int64_t j = 0; j < W; ++j) {
       const T a = std::tanh(static_cast<T>(c0[j])), b = std::tanh(static_cast<T>(c1[j]));
