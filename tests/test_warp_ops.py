@@ -608,6 +608,7 @@ FAST_PATH_SHAPES = [
     (1, 11, 96, 48, True),
     (3, 3, 37, 130, False),
     (1, 24, 18, 29, False),  # whole 8 x 8 blocks of the NHWC staging (channels and pixels) plus tails
+    (1, 40, 43, 201, False),  # staging: several 512-pixel chunks and row tiles, a partial last one
 ]
 # The float32 NCHW forwards of warp_inpaint and grid_sample can stage through NHWC (scattered flows,
 # batches of small images; csrc/cpu/warp_cpu.cpp): LEO_WARP_CPU_STAGED forces it ("1") or the tile

@@ -723,11 +723,11 @@ inline void sample_row_cl(const Taps<float>& tp, const float* scale, int64_t W, 
 // gathers per group of 8 outputs and plane, most of them L2 misses. Staged channels_last, the four
 // corners of a pixel are four contiguous runs of C values (sample_row_cl), so the NCHW forward
 // transposes the features of one image into a scratch NHWC copy, samples each output row into a
-// W x C row buffer, and transposes that back into the C output planes (with the blend). Both
-// transposes move data through registers in 8 x 8 blocks.
+// W x C row buffer, and transposes a tile of such rows back into the C output planes (with the
+// blend). Both transposes move data through registers in 8 x 8 blocks.
 //
-// LEO_WARP_CPU_STAGED=1 or =0 forces or forbids the staged path (tests run both); unset, it is
-// taken when most groups of 8 outputs in a sample of rows are scattered.
+// LEO_WARP_CPU_STAGED=1 or =0 forces or forbids the staged path (tests run both); unset,
+// use_staging decides.
 int staged_override() {
   const char* e = std::getenv("LEO_WARP_CPU_STAGED");  // read per call: tests flip it in-process
   if (e == nullptr || *e == '\0') return -1;
@@ -763,73 +763,79 @@ __attribute__((target("avx2,fma"))) inline void transpose8x8(__m256 r[8]) {
   }
 }
 
-// dst[p * C + c] = src[c * cs + p] for pixels [p0, p1) and every channel c.
+// dst[p * C + c] = src[c * cs + p] for pixels [p0, p1) and every channel c. Chunks of 512 pixels,
+// 8 channels at a time, so 8 planes are read in long runs while the chunk's NHWC rows (128 KB at
+// C = 64) stay in L2.
 __attribute__((target("avx2,fma"))) void stage_nhwc(const float* src, int64_t cs, int64_t C, int64_t p0, int64_t p1,
                                                    float* dst) {
   const int64_t C8 = C & ~int64_t(7);
-  int64_t p = p0;
-  for (; p + 8 <= p1; p += 8) {
-    for (int64_t c = 0; c < C8; c += 8) {
-      __m256 r[8];
-      for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src + (c + k) * cs + p);
-      transpose8x8(r);
-      for (int k = 0; k < 8; ++k) _mm256_storeu_ps(dst + (p + k) * C + c, r[k]);
-    }
+  for (int64_t q0 = p0; q0 < p1; q0 += 512) {
+    const int64_t q1 = std::min(p1, q0 + 512), q8 = q0 + ((q1 - q0) & ~int64_t(7));
+    for (int64_t c = 0; c < C8; c += 8)
+      for (int64_t p = q0; p < q8; p += 8) {
+        __m256 r[8];
+        for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src + (c + k) * cs + p);
+        transpose8x8(r);
+        for (int k = 0; k < 8; ++k) _mm256_storeu_ps(dst + (p + k) * C + c, r[k]);
+      }
     for (int64_t c = C8; c < C; ++c)
-      for (int k = 0; k < 8; ++k) dst[(p + k) * C + c] = src[c * cs + p + k];
+      for (int64_t p = q0; p < q8; ++p) dst[p * C + c] = src[c * cs + p];
+    for (int64_t p = q8; p < q1; ++p)
+      for (int64_t c = 0; c < C; ++c) dst[p * C + c] = src[c * cs + p];
   }
-  for (; p < p1; ++p)
-    for (int64_t c = 0; c < C; ++c) dst[p * C + c] = src[c * cs + p];
 }
 
-// The row buffer rb (W x C, from sample_row_cl with the mask folded in) into C output rows cs
-// apart: warped[c][j] = rb[j][c], and with x also blended[c][j] = rb[j][c] + x[c][j] * keep[j].
+// A tile buffer rb (P pixels x C, from sample_row_cl with the mask folded in) into C output planes
+// cs apart, at pixels [0, P) of each: warped[c][p] = rb[p][c], and with x also
+// blended[c][p] = rb[p][c] + x[c][p] * keep[p]. 8 channels at a time over the whole tile, so each
+// plane is written (and x read) in one run of P values.
 template <bool X>
-__attribute__((target("avx2,fma"))) void unstage_row(const float* rb, int64_t W, int64_t C, const float* keep,
-                                                    const float* xp, float* wp, float* bp, int64_t cs) {
-  const int64_t C8 = C & ~int64_t(7);
-  int64_t j = 0;
-  for (; j + 8 <= W; j += 8) {
-    const __m256 kv = X ? _mm256_loadu_ps(keep + j) : _mm256_setzero_ps();
-    for (int64_t c = 0; c < C8; c += 8) {
+__attribute__((target("avx2,fma"))) void unstage_tile(const float* rb, int64_t P, int64_t C, const float* keep,
+                                                     const float* xp, float* wp, float* bp, int64_t cs) {
+  const int64_t C8 = C & ~int64_t(7), P8 = P & ~int64_t(7);
+  for (int64_t c = 0; c < C8; c += 8)
+    for (int64_t p = 0; p < P8; p += 8) {
       __m256 r[8];
-      for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(rb + (j + k) * C + c);
+      for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(rb + (p + k) * C + c);
       transpose8x8(r);
+      const __m256 kv = X ? _mm256_loadu_ps(keep + p) : _mm256_setzero_ps();
       for (int k = 0; k < 8; ++k) {
-        const int64_t o = (c + k) * cs + j;
+        const int64_t o = (c + k) * cs + p;
         _mm256_storeu_ps(wp + o, r[k]);
         if constexpr (X) _mm256_storeu_ps(bp + o, _mm256_fmadd_ps(_mm256_loadu_ps(xp + o), kv, r[k]));
       }
     }
-    for (int64_t c = C8; c < C; ++c)
-      for (int k = 0; k < 8; ++k) {
-        const float v = rb[(j + k) * C + c];
-        wp[c * cs + j + k] = v;
-        if constexpr (X) bp[c * cs + j + k] = v + xp[c * cs + j + k] * keep[j + k];
-      }
-  }
-  for (; j < W; ++j)
-    for (int64_t c = 0; c < C; ++c) {
-      const float v = rb[j * C + c];
-      wp[c * cs + j] = v;
-      if constexpr (X) bp[c * cs + j] = v + xp[c * cs + j] * keep[j];
-    }
+  auto one = [&](int64_t p, int64_t c) {
+    const float v = rb[p * C + c];
+    wp[c * cs + p] = v;
+    if constexpr (X) bp[c * cs + p] = v + xp[c * cs + p] * keep[p];
+  };
+  for (int64_t c = C8; c < C; ++c)
+    for (int64_t p = 0; p < P8; ++p) one(p, c);
+  for (int64_t p = P8; p < P; ++p)
+    for (int64_t c = 0; c < C; ++c) one(p, c);
+}
+
+// Rows per tile of the staged forward: its W x C row buffers (~256 KB) stay in L2.
+inline int64_t staged_tile_rows(int64_t W, int64_t C) {
+  return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, W * C));
 }
 #endif
 
 // Whether the NCHW float32 forward stages through NHWC: forced by `override` (1 / 0), else for
-// batches of small images (N >= 2, at most 192 x 192 outputs: there the staged copy stays in cache
-// and even smooth flows sample faster from it) and when more than half of the groups of 8 outputs
-// in a sample of rows (every 8th of every image) are scattered (kind 0). Measured interleaved,
-// 2 threads, float32 (tiles / staged time): random flows 1.5-2.0x at (4,64,128,128) and
-// (8,64,256,256); smooth flows 1.2-1.35x at (4,64,128,128), (2,64,192,192), (4,32,64,64),
-// (4,256,32,32), but 0.7-0.9x at (8,64,256,256) and at batch 1 (128 x 128, 256 x 256). row_taps(s, rt, n, i) fills rt with the taps of output row i of image n;
+// batches (N >= 2) and when more than half of the groups of 8 outputs in a sample of rows (every
+// 8th of every image) are scattered (kind 0). Measured interleaved, 2 threads, warp_inpaint
+// (tiles / staged time): random flows 1.9x at (4,64,128,128), 3.2x at (8,64,256,256); smooth flows
+// 2.0x at (4,64,128,128), 1.16x at (8,64,256,256), 1.25-1.35x at (2,64,192,192) and (4,32,64,64),
+// 1.0x at (4,128,128,128) and (4,256,32,32); at batch 1 0.7x at (1,64,256,256), so single images
+// with smooth flows keep the tiles. row_taps(s, rt, n, i) fills rt with the taps of output row i of image n;
 // make_scratch() gives its per-task state. span: window_span() (0: no window kernels, no staging).
+// grid_sample stages single images too (`always`): 1.44x at (1,64,256,256) with smooth flows.
 template <typename RowTaps, typename MakeScratch>
-bool use_staging(int override, int64_t span, int64_t N, int64_t Ho, int64_t Wo, int64_t Hin, int64_t Win, int64_t rs,
-                 RowTaps row_taps, MakeScratch make_scratch) {
+bool use_staging(int override, bool always, int64_t span, int64_t N, int64_t Ho, int64_t Wo, int64_t Hin, int64_t Win,
+                 int64_t rs, RowTaps row_taps, MakeScratch make_scratch) {
   if (span == 0 || override == 0) return false;
-  if (override == 1 || (N >= 2 && Ho * Wo <= 192 * 192)) return true;
+  if (override == 1 || always || N >= 2) return true;
   if (Wo < 8) return false;
   auto s = make_scratch();
   RowTaps32 rt(Wo);
@@ -1065,7 +1071,7 @@ void grid_sample_fwd_impl(const at::Tensor& input, const at::Tensor& grid, at::T
         const float* grow = g + (n * Ho + i) * Wo * 2;
         grid_taps_row(grow, Wo, H, W, tH, tW, pad, align, tp);
       };
-      if (isH == W && use_staging(staged_override(), window_span(), N, Ho, Wo, H, W, isH,
+      if (isH == W && use_staging(staged_override(), true, window_span(), N, Ho, Wo, H, W, isH,
                                   [&](Taps<float>& tp, RowTaps32& rt, int64_t n, int64_t i) {
                                     grid_row(tp, n, i, isH, isW);
                                     rt.fill(tp, Wo, nullptr);
@@ -1076,13 +1082,18 @@ void grid_sample_fwd_impl(const at::Tensor& input, const at::Tensor& grid, at::T
           at::parallel_for(0, (H * W + 7) / 8, grain_for(8 * C), [&](int64_t b0, int64_t b1) {
             stage_nhwc(in + n * isN, isC, C, 8 * b0, std::min(H * W, 8 * b1), st);
           });
-          at::parallel_for(0, Ho, grain_for(C * Wo), [&](int64_t i0, int64_t i1) {
+          const int64_t R = staged_tile_rows(Wo, C), ntiles = (Ho + R - 1) / R;
+          at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
             Taps<float> tp(Wo);
-            std::vector<float> rb(Wo * C);
-            for (int64_t i = i0; i < i1; ++i) {
-              grid_row(tp, n, i, W * C, C);
-              sample_row_cl<false>(tp, nullptr, Wo, C, C, st, zero_row.data(), rb.data(), nullptr, nullptr);
-              unstage_row<false>(rb.data(), Wo, C, nullptr, nullptr, o + n * osN + i * Wo, nullptr, osC);
+            std::vector<float> rb(R * Wo * C);
+            for (int64_t t = t0; t < t1; ++t) {
+              const int64_t i0 = t * R, i1 = std::min(Ho, i0 + R);
+              for (int64_t i = i0; i < i1; ++i) {
+                grid_row(tp, n, i, W * C, C);
+                sample_row_cl<false>(tp, nullptr, Wo, C, C, st, zero_row.data(), rb.data() + (i - i0) * Wo * C,
+                                     nullptr, nullptr);
+              }
+              unstage_tile<false>(rb.data(), (i1 - i0) * Wo, C, nullptr, nullptr, o + n * osN + i0 * Wo, nullptr, osC);
             }
           });
         }
@@ -1817,7 +1828,7 @@ void warp_inpaint_fwd_impl(const at::Tensor& feat, const at::Tensor& x, const at
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (!CL && H * W < (int64_t(1) << 31) && sW == 1 && sH == W) {
 #ifdef LEO_WARP_AVX2
-      if (use_staging(staged_override(), window_span(), N, H, W, H, W, sH, [&](Scratch& s, RowTaps32& rt, int64_t n, int64_t i) {
+      if (use_staging(staged_override(), false, window_span(), N, H, W, H, W, sH, [&](Scratch& s, RowTaps32& rt, int64_t n, int64_t i) {
             flow_row(s, n, i, sH, sW);
             rt.fill(s.fr.tp, W, nullptr);
           }, [&] { return Scratch(W, Wc); })) {
@@ -1828,16 +1839,20 @@ void warp_inpaint_fwd_impl(const at::Tensor& feat, const at::Tensor& x, const at
           at::parallel_for(0, (H * W + 7) / 8, grain_for(8 * C), [&](int64_t b0, int64_t b1) {
             stage_nhwc(fp + n * sN, sC, C, 8 * b0, std::min(H * W, 8 * b1), st);
           });
-          at::parallel_for(0, H, grain_for(C * W), [&](int64_t i0, int64_t i1) {
+          const int64_t R = staged_tile_rows(W, C), ntiles = (H + R - 1) / R;
+          at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
             Scratch s(W, Wc);
-            std::vector<float> rb(W * C), keep(W);
-            for (int64_t i = i0; i < i1; ++i) {
-              flow_row(s, n, i, W * C, C);
-              sample_row_cl<false>(s.fr.tp, s.fr.mask.data(), W, C, C, st, zero_row.data(), rb.data(), nullptr,
-                                   nullptr);
-              for (int64_t j = 0; j < W; ++j) keep[j] = 1.f - s.fr.mask[j];
-              const int64_t o = n * sN + i * W;
-              unstage_row<true>(rb.data(), W, C, keep.data(), xp + o, wp + o, bp + o, sC);
+            std::vector<float> rb(R * W * C), keep(R * W);
+            for (int64_t t = t0; t < t1; ++t) {
+              const int64_t i0 = t * R, i1 = std::min(H, i0 + R);
+              for (int64_t i = i0; i < i1; ++i) {
+                flow_row(s, n, i, W * C, C);
+                sample_row_cl<false>(s.fr.tp, s.fr.mask.data(), W, C, C, st, zero_row.data(),
+                                     rb.data() + (i - i0) * W * C, nullptr, nullptr);
+                for (int64_t j = 0; j < W; ++j) keep[(i - i0) * W + j] = 1.f - s.fr.mask[j];
+              }
+              const int64_t o = n * sN + i0 * W;
+              unstage_tile<true>(rb.data(), (i1 - i0) * W, C, keep.data(), xp + o, wp + o, bp + o, sC);
             }
           });
         }
