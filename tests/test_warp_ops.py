@@ -733,6 +733,17 @@ def test_fast_paths_nonfinite_features(backend, layout, flow, staged, monkeypatc
 
 
 @pytest.mark.parametrize("backend", FAST)
+def test_staged_image_beyond_the_kept_buffer(backend, monkeypatch):
+    # An image of more than 64 MB is staged in a buffer of its own for the call (csrc: staging_buffer).
+    monkeypatch.setenv("LEO_WARP_CPU_STAGED", "1")
+    g = _fresh(43)
+    inp = _randn(1, 257, 256, 256, g=g)
+    grid = _grid(1, 64, 96, torch.float32, g, 1.1)
+    assert_close(leo_kernels.grid_sample(inp, grid, backend=backend), reference.grid_sample(inp, grid), torch.float32,
+                 name="out")
+
+
+@pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("align", [False, True])
 def test_nonfinite_coordinates_read_nothing(backend, align):
     # docs/OPS.md: on the cpu backend a NaN or infinite sampling coordinate reads no corner (0),

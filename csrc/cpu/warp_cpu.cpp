@@ -734,9 +734,15 @@ int staged_override() {
   return e[0] == '1' ? 1 : 0;
 }
 
-// The NHWC scratch copy of one image, kept per calling thread between calls: a fresh one would be
-// faulted in page by page on every call, which cost more than the staging saved at batch 1.
-float* staging_buffer(int64_t n) {
+// The NHWC scratch copy of one image: up to 64 MB kept per calling thread between calls (a fresh one
+// would be faulted in page by page on every call, which cost more than the staging saved at batch
+// 1); bigger images get a buffer of their own for the call, in `own`.
+float* staging_buffer(int64_t n, std::vector<float>& own) {
+  constexpr int64_t kKeep = (int64_t(64) << 20) / sizeof(float);
+  if (n > kKeep) {
+    own.resize(n);
+    return own.data();
+  }
   thread_local std::vector<float> buf;
   if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
   return buf.data();
@@ -1076,7 +1082,8 @@ void grid_sample_fwd_impl(const at::Tensor& input, const at::Tensor& grid, at::T
                                     grid_row(tp, n, i, isH, isW);
                                     rt.fill(tp, Wo, nullptr);
                                   }, [&] { return Taps<float>(Wo); })) {
-        float* st = staging_buffer(H * W * C);  // NHWC staging, as in warp_inpaint's forward
+        std::vector<float> own;
+        float* st = staging_buffer(H * W * C, own);  // NHWC staging, as in warp_inpaint's forward
         const std::vector<float> zero_row(C, 0.f);
         for (int64_t n = 0; n < N; ++n) {
           at::parallel_for(0, (H * W + 7) / 8, grain_for(8 * C), [&](int64_t b0, int64_t b1) {
@@ -1833,7 +1840,8 @@ void warp_inpaint_fwd_impl(const at::Tensor& feat, const at::Tensor& x, const at
             rt.fill(s.fr.tp, W, nullptr);
           }, [&] { return Scratch(W, Wc); })) {
         // NHWC staging (see stage_nhwc): one image at a time, so the scratch copy stays in cache.
-        float* st = staging_buffer(H * W * C);
+        std::vector<float> own;
+        float* st = staging_buffer(H * W * C, own);
         const std::vector<float> zero_row(C, 0.f);
         for (int64_t n = 0; n < N; ++n) {
           at::parallel_for(0, (H * W + 7) / 8, grain_for(8 * C), [&](int64_t b0, int64_t b1) {
