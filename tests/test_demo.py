@@ -53,3 +53,15 @@ def test_demo_bad_arguments(tmp_path, capsys):
     assert "--data" in capsys.readouterr().err
     assert leo_main(["demo", "--quick", "--out", str(tmp_path / "o"), "--lmdm-steps", "0"]) == 2
     assert "--lmdm-steps" in capsys.readouterr().err
+
+
+def test_demo_runs_again_in_the_same_folder(demo_out, capsys):
+    # Same settings: the clips are kept (unchanged files), so every stage resumes and the videos are rewritten.
+    capsys.readouterr()
+    assert leo_main(["demo", "--quick", "--out", str(demo_out), "--device", "cpu"]) == 0
+    assert "reusing the 4 synthetic videos" in capsys.readouterr().out
+    # Other settings (another seed): new clips, and no stage resumes from checkpoints trained on the old ones.
+    assert leo_main(["demo", "--quick", "--out", str(demo_out), "--device", "cpu", "--seed", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "writing 4 synthetic videos" in printed and "starts afresh" in printed
+    assert _count(demo_out / "conditional.mp4") > 0

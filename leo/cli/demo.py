@@ -55,6 +55,29 @@ def _step(msg):
     print(f"[leo demo] {msg}", flush=True)
 
 
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _fingerprint(path):
+    from leo.train.video_source import file_fingerprint
+
+    return file_fingerprint(path) if os.path.isfile(path) else None
+
+
+def _remove_checkpoints(out, stages):
+    """Drop the resumable checkpoints of these stages (their exported weights stay until retrained)."""
+    for stage in stages:
+        ckpt = os.path.join(out, stage, "checkpoint.pt")
+        if os.path.exists(ckpt):
+            _step(f"   {os.path.relpath(ckpt)} was trained on other inputs: {stage} starts afresh")
+            os.remove(ckpt)
+
+
 def _recolor(img):
     """A visible appearance edit: rotate the color channels and brighten (the motion is untouched)."""
     return (img[[2, 0, 1]] * 0.8 + 0.2).clamp(-1, 1)
@@ -176,14 +199,24 @@ def run(args) -> int:
         from leo.data.synthetic import write_dataset
 
         data = os.path.join(out, "data")
-        for old in glob.glob(os.path.join(data, "synthetic_*")):  # an earlier demo's clips must not mix in
-            if os.path.isdir(old):
-                shutil.rmtree(old)
-            else:
-                os.remove(old)
-        _step(f"1/5 writing {p['videos']} synthetic videos ({p['frames']} frames, {p['size']}x{p['size']}) to {data}")
-        write_dataset(data, num_videos=p["videos"], num_frames=p["frames"], size=p["size"], seed=args.seed,
-                      fmt="frames", **SYNTHETIC)
+        spec = dict(videos=p["videos"], frames=p["frames"], size=p["size"], seed=args.seed, fmt="frames", **SYNTHETIC)
+        manifest = os.path.join(data, "synthetic.json")
+        if _read_json(manifest) == spec:  # an earlier run's clips, same settings: kept, so its stages resume
+            _step(f"1/5 reusing the {p['videos']} synthetic videos in {data}")
+        else:
+            for old in glob.glob(os.path.join(data, "synthetic_*")):  # an earlier demo's clips must not mix in
+                if os.path.isdir(old):
+                    shutil.rmtree(old)
+                else:
+                    os.remove(old)
+            # Checkpoints of an earlier run were trained on other data: start every stage afresh.
+            _remove_checkpoints(out, ("animator", "lmdm", "first_frame"))
+            _step(f"1/5 writing {p['videos']} synthetic videos ({p['frames']} frames, {p['size']}x{p['size']}) to {data}")
+            write_dataset(data, num_videos=p["videos"], num_frames=p["frames"], size=p["size"], seed=args.seed,
+                          fmt="frames", **SYNTHETIC)
+            from leo.checkpoint_io import atomic_write
+
+            atomic_write(manifest, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(spec)))
     else:
         _step(f"1/5 using the videos in {data}")
 
@@ -191,6 +224,7 @@ def run(args) -> int:
     from leo.train.stage1 import Stage1Config, train_stage1
 
     _step(f"2/5 training the animator ({p['animator_steps']} steps)")
+    animator_before = _fingerprint(os.path.join(out, "animator", "animator.safetensors"))
     s1 = train_stage1(Stage1Config(
         out=os.path.join(out, "animator"), data=data, size=p["size"], width=p["width"], style_dim=p["style_dim"],
         steps=p["animator_steps"], batch=p["animator_batch"], save_every=max(50, p["animator_steps"]),
@@ -199,6 +233,8 @@ def run(args) -> int:
         resume=os.path.exists(os.path.join(out, "animator", "checkpoint.pt")),
     ))
     animator_path = s1.get("animator") or os.path.join(out, "animator", "animator.safetensors")
+    if _fingerprint(animator_path) != animator_before:  # an LMDM checkpoint holds codes of the old animator
+        _remove_checkpoints(out, ("lmdm",))
 
     # 3. stage 2: the LMDM on the animator's motion codes
     from leo.train.stage2 import Stage2Config, train_lmdm
