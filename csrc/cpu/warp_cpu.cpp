@@ -826,6 +826,33 @@ __attribute__((target("avx2,fma"))) void unstage_tile(const float* rb, int64_t P
 inline int64_t staged_tile_rows(int64_t W, int64_t C) {
   return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, W * C));
 }
+
+// The staged forward, shared by grid_sample and warp_inpaint. Per image n: its features (first plane
+// src(n), planes cs apart, Hin x Win contiguous) go to the NHWC scratch; then per tile of output rows,
+// sample_row(state, n, i, st, row, k) samples output row i (the tile's k-th) from the scratch st into
+// `row` (Wo x C), and finish_tile(state, n, i0, i1, tile) writes the tile back. make_state() gives
+// each task's scratch.
+template <typename Src, typename MakeState, typename SampleRow, typename FinishTile>
+void run_staged(int64_t N, int64_t C, int64_t HWin, int64_t cs, int64_t Ho, int64_t Wo, Src src, MakeState make_state,
+                SampleRow sample_row, FinishTile finish_tile) {
+  std::vector<float> own;
+  float* st = staging_buffer(HWin * C, own);
+  const int64_t R = staged_tile_rows(Wo, C), ntiles = (Ho + R - 1) / R;
+  for (int64_t n = 0; n < N; ++n) {
+    at::parallel_for(0, (HWin + 7) / 8, grain_for(8 * C), [&](int64_t b0, int64_t b1) {
+      stage_nhwc(src(n), cs, C, 8 * b0, std::min(HWin, 8 * b1), st);
+    });
+    at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
+      auto state = make_state();
+      std::vector<float> tile(R * Wo * C);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t i0 = t * R, i1 = std::min(Ho, i0 + R);
+        for (int64_t i = i0; i < i1; ++i) sample_row(state, n, i, st, tile.data() + (i - i0) * Wo * C, i - i0);
+        finish_tile(state, n, i0, i1, tile.data());
+      }
+    });
+  }
+}
 #endif
 
 // Whether the NCHW float32 forward stages through NHWC: forced by `override` (1 / 0), else for
@@ -1082,28 +1109,16 @@ void grid_sample_fwd_impl(const at::Tensor& input, const at::Tensor& grid, at::T
                                     grid_row(tp, n, i, isH, isW);
                                     rt.fill(tp, Wo, nullptr);
                                   }, [&] { return Taps<float>(Wo); })) {
-        std::vector<float> own;
-        float* st = staging_buffer(H * W * C, own);  // NHWC staging, as in warp_inpaint's forward
         const std::vector<float> zero_row(C, 0.f);
-        for (int64_t n = 0; n < N; ++n) {
-          at::parallel_for(0, (H * W + 7) / 8, grain_for(8 * C), [&](int64_t b0, int64_t b1) {
-            stage_nhwc(in + n * isN, isC, C, 8 * b0, std::min(H * W, 8 * b1), st);
-          });
-          const int64_t R = staged_tile_rows(Wo, C), ntiles = (Ho + R - 1) / R;
-          at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
-            Taps<float> tp(Wo);
-            std::vector<float> rb(R * Wo * C);
-            for (int64_t t = t0; t < t1; ++t) {
-              const int64_t i0 = t * R, i1 = std::min(Ho, i0 + R);
-              for (int64_t i = i0; i < i1; ++i) {
-                grid_row(tp, n, i, W * C, C);
-                sample_row_cl<false>(tp, nullptr, Wo, C, C, st, zero_row.data(), rb.data() + (i - i0) * Wo * C,
-                                     nullptr, nullptr);
-              }
-              unstage_tile<false>(rb.data(), (i1 - i0) * Wo, C, nullptr, nullptr, o + n * osN + i0 * Wo, nullptr, osC);
-            }
-          });
-        }
+        run_staged(
+            N, C, H * W, isC, Ho, Wo, [&](int64_t n) { return in + n * isN; }, [&] { return Taps<float>(Wo); },
+            [&](Taps<float>& tp, int64_t n, int64_t i, const float* st, float* row, int64_t) {
+              grid_row(tp, n, i, W * C, C);
+              sample_row_cl<false>(tp, nullptr, Wo, C, C, st, zero_row.data(), row, nullptr, nullptr);
+            },
+            [&](Taps<float>&, int64_t n, int64_t i0, int64_t i1, const float* tile) {
+              unstage_tile<false>(tile, (i1 - i0) * Wo, C, nullptr, nullptr, o + n * osN + i0 * Wo, nullptr, osC);
+            });
         return;
       }
 #endif
@@ -1840,30 +1855,23 @@ void warp_inpaint_fwd_impl(const at::Tensor& feat, const at::Tensor& x, const at
             rt.fill(s.fr.tp, W, nullptr);
           }, [&] { return Scratch(W, Wc); })) {
         // NHWC staging (see stage_nhwc): one image at a time, so the scratch copy stays in cache.
-        std::vector<float> own;
-        float* st = staging_buffer(H * W * C, own);
+        struct State {
+          Scratch s;
+          std::vector<float> keep;
+        };
         const std::vector<float> zero_row(C, 0.f);
-        for (int64_t n = 0; n < N; ++n) {
-          at::parallel_for(0, (H * W + 7) / 8, grain_for(8 * C), [&](int64_t b0, int64_t b1) {
-            stage_nhwc(fp + n * sN, sC, C, 8 * b0, std::min(H * W, 8 * b1), st);
-          });
-          const int64_t R = staged_tile_rows(W, C), ntiles = (H + R - 1) / R;
-          at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
-            Scratch s(W, Wc);
-            std::vector<float> rb(R * W * C), keep(R * W);
-            for (int64_t t = t0; t < t1; ++t) {
-              const int64_t i0 = t * R, i1 = std::min(H, i0 + R);
-              for (int64_t i = i0; i < i1; ++i) {
-                flow_row(s, n, i, W * C, C);
-                sample_row_cl<false>(s.fr.tp, s.fr.mask.data(), W, C, C, st, zero_row.data(),
-                                     rb.data() + (i - i0) * W * C, nullptr, nullptr);
-                for (int64_t j = 0; j < W; ++j) keep[(i - i0) * W + j] = 1.f - s.fr.mask[j];
-              }
+        run_staged(
+            N, C, H * W, sC, H, W, [&](int64_t n) { return fp + n * sN; },
+            [&] { return State{Scratch(W, Wc), std::vector<float>(staged_tile_rows(W, C) * W)}; },
+            [&](State& a, int64_t n, int64_t i, const float* st, float* row, int64_t k) {
+              flow_row(a.s, n, i, W * C, C);
+              sample_row_cl<false>(a.s.fr.tp, a.s.fr.mask.data(), W, C, C, st, zero_row.data(), row, nullptr, nullptr);
+              for (int64_t j = 0; j < W; ++j) a.keep[k * W + j] = 1.f - a.s.fr.mask[j];
+            },
+            [&](State& a, int64_t n, int64_t i0, int64_t i1, const float* tile) {
               const int64_t o = n * sN + i0 * W;
-              unstage_tile<true>(rb.data(), (i1 - i0) * W, C, keep.data(), xp + o, wp + o, bp + o, sC);
-            }
-          });
-        }
+              unstage_tile<true>(tile, (i1 - i0) * W, C, a.keep.data(), xp + o, wp + o, bp + o, sC);
+            });
         return;
       }
 #endif
