@@ -45,6 +45,13 @@ def affine_targets(src, rng, magnitude):
     return F.grid_sample(src, grid, align_corners=True), grid
 
 
+def random_recolour(rng, n, low):
+    """A random colour change per sample: a channel permutation, then each channel scaled by U(low, 1)."""
+    perm = torch.stack([torch.from_numpy(rng.permutation(3)) for _ in range(n)])
+    gain = torch.from_numpy(rng.uniform(low, 1.0, (n, 3, 1, 1))).float()
+    return lambda x: torch.gather(x, 1, perm.view(-1, 3, 1, 1).expand_as(x)) * gain
+
+
 def lr_mult(text: str) -> tuple[str, float]:
     """--lr-mult SUBSTRING=K -> (SUBSTRING, K)."""
     sub, sep, k = text.partition("=")
@@ -157,12 +164,10 @@ def main(argv=None):
         src, tgt = train[vi, si], train[vi, ti].clone()
         if a.augment:  # the same random flip and colour change for both frames of a pair
             flip = torch.from_numpy(rng.random(a.batch) < (0.5 if a.augment == "all" else 0.0)).view(-1, 1, 1, 1)
-            perm = torch.stack([torch.from_numpy(rng.permutation(3)) for _ in range(a.batch)])
-            gain = torch.from_numpy(rng.uniform(0.7, 1.0, (a.batch, 3, 1, 1))).float()
+            recolour = random_recolour(rng, a.batch, 0.7)
 
             def aug(x):
-                x = torch.where(flip, x.flip(-1), x)
-                return torch.gather(x, 1, perm.view(-1, 3, 1, 1).expand_as(x)) * gain
+                return recolour(torch.where(flip, x.flip(-1), x))
 
             src, tgt = aug(src), aug(tgt)
         ne = a.equivariance
@@ -179,10 +184,7 @@ def main(argv=None):
             moving = moving / moving.mean((2, 3), keepdim=True).clamp_min(1e-6)
             loss = loss + a.motion_weight * (moving * (recon - tgt).abs()).mean()
         if a.wa_invariance > 0:  # the code of a recoloured source must not change: wa carries pose, not colour
-            perm = torch.stack([torch.from_numpy(rng.permutation(3)) for _ in range(a.batch)])
-            scale = torch.from_numpy(rng.uniform(0.6, 1.0, (a.batch, 3, 1, 1))).float()
-            recol = torch.gather(src, 1, perm.view(-1, 3, 1, 1).expand_as(src)) * scale
-            wa_r, _ = G.enc.net_app(recol, with_feats=False)
+            wa_r, _ = G.enc.net_app(random_recolour(rng, a.batch, 0.6)(src), with_feats=False)
             loss = loss + a.wa_invariance * (wa_r - wa).pow(2).mean() / wa.detach().pow(2).mean().clamp_min(1e-8)
         if a.code_floor > 0:
             loss = loss + torch.relu(a.code_floor - (alpha_t - alpha_s).abs().mean())
