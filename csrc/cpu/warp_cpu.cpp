@@ -861,14 +861,14 @@ void run_staged(int64_t N, int64_t C, int64_t HWin, int64_t cs, int64_t Ho, int6
 // (tiles / staged time): random flows 1.9x at (4,64,128,128), 3.2x at (8,64,256,256); smooth flows
 // 2.0x at (4,64,128,128), 1.16x at (8,64,256,256), 1.25-1.35x at (2,64,192,192) and (4,32,64,64),
 // 1.0x at (4,128,128,128) and (4,256,32,32); at batch 1 0.7x at (1,64,256,256), so single images
-// with smooth flows keep the tiles. row_taps(s, rt, n, i) fills rt with the taps of output row i of image n;
-// make_scratch() gives its per-task state. span: window_span() (0: no window kernels, no staging).
-// grid_sample stages single images too (`always`): 1.44x at (1,64,256,256) with smooth flows.
+// with smooth flows keep the tiles (grid_sample stages those too). row_taps(s, rt, n, i) fills rt
+// with the taps of output row i of image n; make_scratch() gives its per-task state. span:
+// window_span() (0: no window kernels, no staging).
 template <typename RowTaps, typename MakeScratch>
-bool use_staging(int override, bool always, int64_t span, int64_t N, int64_t Ho, int64_t Wo, int64_t Hin, int64_t Win,
-                 int64_t rs, RowTaps row_taps, MakeScratch make_scratch) {
+bool use_staging(int override, int64_t span, int64_t N, int64_t Ho, int64_t Wo, int64_t Hin, int64_t Win, int64_t rs,
+                 RowTaps row_taps, MakeScratch make_scratch) {
   if (span == 0 || override == 0) return false;
-  if (override == 1 || always || N >= 2) return true;
+  if (override == 1 || N >= 2) return true;
   if (Wo < 8) return false;
   auto s = make_scratch();
   RowTaps32 rt(Wo);
@@ -995,39 +995,39 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma"))) inline __
 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma"))) void taps_avx512(
     __m512 gx, __m512 gy, int64_t j, __mmask16 m, int64_t H, int64_t W, int64_t sH, int64_t sW, bool align,
     Taps<float>& tp) {
-    const __m512 one = _mm512_set1_ps(1.f);
-    __m512 dx, dy;
-    const __m512 x = source_index_avx512(gx, W, align, &dx);
-    const __m512 y = source_index_avx512(gy, H, align, &dy);
-    const __m512 xf = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    const __m512 yf = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    const __m512 fx = _mm512_sub_ps(x, xf), fy = _mm512_sub_ps(y, yf);
-    _mm512_mask_storeu_ps(tp.tx.data() + j, m, fx);
-    _mm512_mask_storeu_ps(tp.ty.data() + j, m, fy);
-    _mm512_mask_storeu_ps(tp.dx.data() + j, m, dx);
-    _mm512_mask_storeu_ps(tp.dy.data() + j, m, dy);
-    const __m512i x0 = _mm512_cvttps_epi32(xf), y0 = _mm512_cvttps_epi32(yf);
-    const __m512 wx[2] = {_mm512_sub_ps(one, fx), fx}, wy[2] = {_mm512_sub_ps(one, fy), fy};
-    for (int k = 0; k < 4; ++k) {
-      const __m512i yy = _mm512_add_epi32(y0, _mm512_set1_epi32(k >> 1)), xx = _mm512_add_epi32(x0, _mm512_set1_epi32(k & 1));
-      const __mmask16 in = _mm512_cmpge_epi32_mask(yy, _mm512_setzero_si512()) &
-                           _mm512_cmplt_epi32_mask(yy, _mm512_set1_epi32(static_cast<int32_t>(H))) &
-                           _mm512_cmpge_epi32_mask(xx, _mm512_setzero_si512()) &
-                           _mm512_cmplt_epi32_mask(xx, _mm512_set1_epi32(static_cast<int32_t>(W)));
-      _mm512_mask_storeu_ps(tp.w[k].data() + j, m, _mm512_maskz_mul_ps(in, wy[k >> 1], wx[k & 1]));
-      // offsets in 64 bits (yy * sH + xx * sW can pass 2^31 in big images), 8 lanes at a time
-      for (int h = 0; h < 2; ++h) {
-        const __m512i y64 = _mm512_cvtepi32_epi64(h ? _mm512_extracti64x4_epi64(yy, 1) : _mm512_castsi512_si256(yy));
-        const __m512i x64 = _mm512_cvtepi32_epi64(h ? _mm512_extracti64x4_epi64(xx, 1) : _mm512_castsi512_si256(xx));
-        const __m512i off = _mm512_add_epi64(_mm512_mullo_epi64(y64, _mm512_set1_epi64(sH)),
-                                             _mm512_mullo_epi64(x64, _mm512_set1_epi64(sW)));
-        const __mmask8 in8 = static_cast<__mmask8>(in >> (8 * h)), m8 = static_cast<__mmask8>(m >> (8 * h));
-        _mm512_mask_storeu_epi64(tp.off[k].data() + j + 8 * h, m8, _mm512_maskz_mov_epi64(in8, off));
-      }
-      // ok[k][j] = in (one byte per pixel)
-      const __m128i bytes = _mm512_cvtepi32_epi8(_mm512_maskz_set1_epi32(in, 1));
-      _mm_mask_storeu_epi8(tp.ok[k].data() + j, m, bytes);
+  const __m512 one = _mm512_set1_ps(1.f);
+  __m512 dx, dy;
+  const __m512 x = source_index_avx512(gx, W, align, &dx);
+  const __m512 y = source_index_avx512(gy, H, align, &dy);
+  const __m512 xf = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 yf = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 fx = _mm512_sub_ps(x, xf), fy = _mm512_sub_ps(y, yf);
+  _mm512_mask_storeu_ps(tp.tx.data() + j, m, fx);
+  _mm512_mask_storeu_ps(tp.ty.data() + j, m, fy);
+  _mm512_mask_storeu_ps(tp.dx.data() + j, m, dx);
+  _mm512_mask_storeu_ps(tp.dy.data() + j, m, dy);
+  const __m512i x0 = _mm512_cvttps_epi32(xf), y0 = _mm512_cvttps_epi32(yf);
+  const __m512 wx[2] = {_mm512_sub_ps(one, fx), fx}, wy[2] = {_mm512_sub_ps(one, fy), fy};
+  for (int k = 0; k < 4; ++k) {
+    const __m512i yy = _mm512_add_epi32(y0, _mm512_set1_epi32(k >> 1)), xx = _mm512_add_epi32(x0, _mm512_set1_epi32(k & 1));
+    const __mmask16 in = _mm512_cmpge_epi32_mask(yy, _mm512_setzero_si512()) &
+                         _mm512_cmplt_epi32_mask(yy, _mm512_set1_epi32(static_cast<int32_t>(H))) &
+                         _mm512_cmpge_epi32_mask(xx, _mm512_setzero_si512()) &
+                         _mm512_cmplt_epi32_mask(xx, _mm512_set1_epi32(static_cast<int32_t>(W)));
+    _mm512_mask_storeu_ps(tp.w[k].data() + j, m, _mm512_maskz_mul_ps(in, wy[k >> 1], wx[k & 1]));
+    // offsets in 64 bits (yy * sH + xx * sW can pass 2^31 in big images), 8 lanes at a time
+    for (int h = 0; h < 2; ++h) {
+      const __m512i y64 = _mm512_cvtepi32_epi64(h ? _mm512_extracti64x4_epi64(yy, 1) : _mm512_castsi512_si256(yy));
+      const __m512i x64 = _mm512_cvtepi32_epi64(h ? _mm512_extracti64x4_epi64(xx, 1) : _mm512_castsi512_si256(xx));
+      const __m512i off = _mm512_add_epi64(_mm512_mullo_epi64(y64, _mm512_set1_epi64(sH)),
+                                           _mm512_mullo_epi64(x64, _mm512_set1_epi64(sW)));
+      const __mmask8 in8 = static_cast<__mmask8>(in >> (8 * h)), m8 = static_cast<__mmask8>(m >> (8 * h));
+      _mm512_mask_storeu_epi64(tp.off[k].data() + j + 8 * h, m8, _mm512_maskz_mov_epi64(in8, off));
     }
+    // ok[k][j] = in (one byte per pixel)
+    const __m128i bytes = _mm512_cvtepi32_epi8(_mm512_maskz_set1_epi32(in, 1));
+    _mm_mask_storeu_epi8(tp.ok[k].data() + j, m, bytes);
+  }
 }
 
 // Pixels [j, j + 16) of a flow row (Taps::set with zeros padding, FlowRow's tanh and mask).
@@ -1100,20 +1100,14 @@ void grid_sample_fwd_impl(const at::Tensor& input, const at::Tensor& grid, at::T
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (!CL && H * W < (int64_t(1) << 31) && isW == 1 && osW == 1 && osH == Wo) {
 #ifdef LEO_WARP_AVX2
-      auto grid_row = [&](Taps<float>& tp, int64_t n, int64_t i, int64_t tH, int64_t tW) {
-        const float* grow = g + (n * Ho + i) * Wo * 2;
-        grid_taps_row(grow, Wo, H, W, tH, tW, pad, align, tp);
-      };
-      if (isH == W && use_staging(staged_override(), true, window_span(), N, Ho, Wo, H, W, isH,
-                                  [&](Taps<float>& tp, RowTaps32& rt, int64_t n, int64_t i) {
-                                    grid_row(tp, n, i, isH, isW);
-                                    rt.fill(tp, Wo, nullptr);
-                                  }, [&] { return Taps<float>(Wo); })) {
+      // Staged whenever the kernels allow it: faster than the tiles at every measured shape, even
+      // single images with smooth flows (1.44x at (1,64,256,256)).
+      if (isH == W && window_span() != 0 && staged_override() != 0) {
         const std::vector<float> zero_row(C, 0.f);
         run_staged(
             N, C, H * W, isC, Ho, Wo, [&](int64_t n) { return in + n * isN; }, [&] { return Taps<float>(Wo); },
             [&](Taps<float>& tp, int64_t n, int64_t i, const float* st, float* row, int64_t) {
-              grid_row(tp, n, i, W * C, C);
+              grid_taps_row(g + (n * Ho + i) * Wo * 2, Wo, H, W, W * C, C, pad, align, tp);  // NHWC strides
               sample_row_cl<false>(tp, nullptr, Wo, C, C, st, zero_row.data(), row, nullptr, nullptr);
             },
             [&](Taps<float>&, int64_t n, int64_t i0, int64_t i1, const float* tile) {
@@ -1850,7 +1844,7 @@ void warp_inpaint_fwd_impl(const at::Tensor& feat, const at::Tensor& x, const at
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (!CL && H * W < (int64_t(1) << 31) && sW == 1 && sH == W) {
 #ifdef LEO_WARP_AVX2
-      if (use_staging(staged_override(), false, window_span(), N, H, W, H, W, sH, [&](Scratch& s, RowTaps32& rt, int64_t n, int64_t i) {
+      if (use_staging(staged_override(), window_span(), N, H, W, H, W, sH, [&](Scratch& s, RowTaps32& rt, int64_t n, int64_t i) {
             flow_row(s, n, i, sH, sW);
             rt.fill(s.fr.tp, W, nullptr);
           }, [&] { return Scratch(W, Wc); })) {
