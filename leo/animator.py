@@ -61,11 +61,14 @@ class SourceCache:
 
     wa (B, style_dim) appearance code; feats encoder features coarse (8x8) to fine (size);
     alpha (B, motion_dim) the source's own motion code (used by relative mode).
+    still_flows: per decoder level, the flow logits at zero motion (``Synthesis.still_flows``), for
+    an animator with ``relative_flow``; None otherwise (render computes them if missing).
     """
 
     wa: torch.Tensor
     feats: list = field(default_factory=list)
     alpha: torch.Tensor | None = None
+    still_flows: list | None = None
 
     @property
     def batch(self) -> int:
@@ -76,6 +79,7 @@ class SourceCache:
             self.wa.to(*args, **kwargs),
             [f.to(*args, **kwargs) for f in self.feats],
             None if self.alpha is None else self.alpha.to(*args, **kwargs),
+            None if self.still_flows is None else [r.to(*args, **kwargs) for r in self.still_flows],
         )
 
 
@@ -139,10 +143,28 @@ class Synthesis(nn.Module):
             self.to_flows.append(FlowWarpLevel(out_ch, style_dim))
             in_ch = out_ch
 
-    def forward(self, latent: torch.Tensor, feats: list, return_flow: bool = False):
+    def forward(self, latent: torch.Tensor, feats: list, return_flow: bool = False, still_latent=None,
+                still_flows=None):
         """Render images from latents (B, style_dim) and encoder features (batch B or 1).
         ``return_flow``: also return the finest level's composed logits (B, 3, S, S): flow x, y
-        (the sampling grid is tanh(flow) + the linspace grid) and the mask logit."""
+        (the sampling grid is tanh(flow) + the linspace grid) and the mask logit.
+        ``still_latent`` (B or 1, style_dim), for source-relative flows: every level's flow logits
+        minus those decoded at ``still_latent`` with identity warps (:meth:`still_flows`), or
+        minus ``still_flows`` if given (computed once per source)."""
+        if still_flows is None and still_latent is not None:
+            still_flows = self.still_flows(still_latent, feats)
+        return self._decode(latent, feats, refs=still_flows, return_flow=return_flow)
+
+    def still_flows(self, still_latent: torch.Tensor, feats: list) -> list:
+        """Per level, the flow logits (mask channel 0) decoded at ``still_latent`` when every
+        level warps by the identity. Subtracted from another latent's, they make that latent's
+        flows relative: at latent == still_latent the flows are exactly zero, whatever the
+        source looks like (docs/MOTION.md, sixth round)."""
+        refs = []
+        self._decode(still_latent, feats, record=refs)
+        return refs
+
+    def _decode(self, latent, feats, refs=None, record=None, return_flow=False):
         b = latent.shape[0]
         out = self.input(b)
         nhwc = bool(feats) and is_channels_last(feats[0])
@@ -150,6 +172,7 @@ class Synthesis(nn.Module):
             out = out.contiguous(memory_format=torch.channels_last)  # run the decoder NHWC too
         out = self.conv1(out, latent)
         rgb = flow = None
+        last = len(self.to_flows) - 1
         for k, (to_flow, to_rgb) in enumerate(zip(self.to_flows, self.to_rgbs)):
             out = self.convs[2 * k](out, latent)
             out = self.convs[2 * k + 1](out, latent)
@@ -160,7 +183,18 @@ class Synthesis(nn.Module):
                     # a broadcast feature is neither layout: the warp kernels would make it (and the
                     # rest of the decoder) NCHW; materialize it NHWC instead
                     feat = feat.contiguous(memory_format=torch.channels_last)
-            warped, out, flow = to_flow(out, latent, feat, flow)
+            logits = None
+            if record is not None or refs is not None:
+                logits = to_flow.logits(out, latent)
+                if record is not None:  # keep the flow channels, warp by the identity
+                    own = torch.cat([logits[:, :2], torch.zeros_like(logits[:, 2:])], 1)
+                    record.append(own)
+                    if k == last:
+                        break  # the finest warp and to-RGB would only make an unused image
+                    logits = logits - own
+                else:
+                    logits = logits - refs[k]
+            warped, out, flow = to_flow(out, latent, feat, flow, logits=logits)
             rgb = to_rgb(warped, rgb)
         return (rgb, flow) if return_flow else rgb
 
@@ -184,6 +218,7 @@ class Animator(nn.Module):
         kernels: str = "auto",
         align_corners: bool = False,
         relative_latent: bool = False,
+        relative_flow: bool = False,
     ):
         super().__init__()
         _check_int("size", size, MIN_SIZE, MAX_SIZE)
@@ -209,6 +244,12 @@ class Animator(nn.Module):
         # Latent of the training call: LIA's wa_s + Q alpha_t (False) or wa_s + Q (alpha_t - alpha_s)
         # (True), where the appearance part of the codes cancels and only the motion remains.
         self.relative_latent = bool(relative_latent)
+        # Source-relative flows: every level's flow logits minus those the decoder gives the source's
+        # own latent (with identity warps), so zero motion copies the source whatever it looks like.
+        # Not LIA's (the released weights load with False); the state_dict is the same either way.
+        if relative_flow and not self.relative_latent:
+            raise ValueError("relative_flow needs relative_latent=True (the zero-motion latent is then the source's wa)")
+        self.relative_flow = bool(relative_flow)
 
     # ----------------------------------------------------------------- configuration
     @property
@@ -221,6 +262,7 @@ class Animator(nn.Module):
             "width": self.width,
             "align_corners": self.align_corners,
             "relative_latent": self.relative_latent,
+            "relative_flow": self.relative_flow,
         }
 
     @property
@@ -340,6 +382,13 @@ class Animator(nn.Module):
                 return wa + d(alpha, q)
             return wa + (d(alpha, q) - d(start_alpha, q)) + d(alpha_source, q)
 
+    def _still_latent(self, wa):
+        """The zero-motion latent (the source's wa) that relative flows are taken from, or None."""
+        if not self.relative_flow:
+            return None
+        with _no_autocast(wa.device):
+            return full(wa)
+
     def _motion_codes(self, wa):
         with _no_autocast(wa.device):
             return self.enc.fc(full(wa))
@@ -371,14 +420,16 @@ class Animator(nn.Module):
         else:
             alpha_src = self._motion_codes(wa).expand(b, -1)
             latent = self.latent(wa.expand(b, -1), alpha_t, alpha_src, None if h_start is None else h_start.expand(b, -1))
-        return self.dec(latent, feats)
+        return self.dec(latent, feats, still_latent=self._still_latent(wa))
 
     # ----------------------------------------------------------------- inference API
     def encode(self, source) -> SourceCache:
         """Encode source images (B, 3, S, S) once: appearance code, features, motion code."""
         self._check_images(source, "source")
         wa, feats = self.enc.net_app(source)
-        return SourceCache(wa=wa, feats=feats, alpha=self._motion_codes(wa))
+        still = self._still_latent(wa)
+        return SourceCache(wa=wa, feats=feats, alpha=self._motion_codes(wa),
+                           still_flows=None if still is None else self.dec.still_flows(still, feats))
 
     def encode_motion(self, frames) -> torch.Tensor:
         """Motion codes (T, motion_dim) of frames (T, 3, S, S)."""
@@ -407,7 +458,7 @@ class Animator(nn.Module):
         else:
             start_alpha = self._check_alpha(start_alpha, "start_alpha", rows=1)
             latent = self.latent(wa, alphas, cache.alpha.expand(t, -1), start_alpha.expand(t, -1))
-        return self.dec(latent, cache.feats)
+        return self.dec(latent, cache.feats, still_latent=self._still_latent(cache.wa), still_flows=cache.still_flows)
 
     # ----------------------------------------------------------------- checkpoints
     def save(self, path) -> None:

@@ -619,8 +619,13 @@ class FlowWarpLevel(KernelUser):
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
         self.align_corners = False  # LIA's convention; Animator(align_corners=True) for exact zero-flow identity
 
-    def forward(self, x, style, feat, skip=None):
-        logits = self.conv(x, style) + _as(self.bias, x)
+    def logits(self, x, style):
+        """This level's own logits (B, 3, h, w): flow x, y and mask, before composing."""
+        return self.conv(x, style) + _as(self.bias, x)
+
+    def forward(self, x, style, feat, skip=None, logits=None):
+        """``logits``: this level's logits if the caller computed (and changed) them already."""
+        logits = self.logits(x, style) if logits is None else logits
         feat = _as(feat, x)
         skip = _as(skip, x) if skip is not None else None
         if torch.is_inference_mode_enabled() and aten_path(self.backend, x) and _has_warp_kernel():

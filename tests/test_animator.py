@@ -238,7 +238,7 @@ def test_save_load_round_trip(tmp_path):
     back = Animator.from_checkpoint(path)
     assert back.config == m.config == {
         "size": 32, "style_dim": 128, "motion_dim": 10, "channel_multiplier": 1, "width": 0.25,
-        "align_corners": False, "relative_latent": False,
+        "align_corners": False, "relative_latent": False, "relative_flow": False,
     }
     for k, v in m.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
@@ -248,10 +248,10 @@ def test_save_load_round_trip(tmp_path):
 
 def test_save_load_keeps_the_leo_conventions(tmp_path):
     torch.manual_seed(3)
-    m = Animator(size=32, style_dim=32, width=0.125, align_corners=True, relative_latent=True)
+    m = Animator(size=32, style_dim=32, width=0.125, align_corners=True, relative_latent=True, relative_flow=True)
     m.save(tmp_path / "a.safetensors")
     back = Animator.from_checkpoint(tmp_path / "a.safetensors")
-    assert back.align_corners and back.relative_latent
+    assert back.align_corners and back.relative_latent and back.relative_flow
     assert all(f.align_corners for f in back.dec.to_flows)
     _outputs_equal(m, back, 32)
 
@@ -287,6 +287,61 @@ def test_relative_latent_takes_motion_relative_to_the_source():
         start = alphas[:1]
         want = m.dec(cache.wa + m.dec.direction(alphas - start), cache.feats)
         assert torch.allclose(m.render(cache, alphas, start_alpha=start), want, atol=1e-5)
+
+
+def _random_flow_heads(m, seed):
+    """Flow heads that move a lot (the init's are zero), so flows are not trivially zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for level in m.dec.to_flows:
+            level.conv.weight.copy_(torch.randn(level.conv.weight.shape, generator=g))
+            level.bias.copy_(torch.randn(level.bias.shape, generator=g))
+    return m
+
+
+def test_relative_flow_copies_at_zero_motion_whatever_the_source():
+    torch.manual_seed(6)
+    m = _random_flow_heads(Animator(size=32, style_dim=32, width=0.25, align_corners=True, relative_latent=True,
+                                    relative_flow=True), seed=6).eval()
+    # the same weights with the flow rows of every head zeroed: identity warps, the masks unchanged
+    still = Animator(**{**m.config, "relative_flow": False})
+    still.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        for level in still.dec.to_flows:
+            level.conv.weight[:, :2].zero_()
+            level.bias[:, :2].zero_()
+    absolute = Animator(**{**m.config, "relative_flow": False})
+    absolute.load_state_dict(m.state_dict())
+    x, y = _smooth_images(3, 32, 42), _smooth_images(3, 32, 43)
+    with torch.no_grad():
+        want = still(x, y * 0 + x)
+        assert torch.allclose(m(x, x), want, atol=1e-5)
+        cache = m.encode(x)
+        assert cache.still_flows is not None and len(cache.still_flows) == len(m.dec.to_flows)
+        assert torch.allclose(m.render(cache, cache.alpha), want, atol=1e-5)
+        # without the cached references render computes them
+        bare = SourceCache(cache.wa, cache.feats, cache.alpha)
+        assert torch.allclose(m.render(bare, cache.alpha), want, atol=1e-5)
+        # with motion the flows are not zero, and differ from the absolute ones by the references
+        moved = m(x, y)
+        assert (moved - want).abs().max() > 1e-2
+        assert (moved - absolute(x, y)).abs().max() > 1e-2
+        refs = m.dec.still_flows(cache.wa, cache.feats)
+        alphas = m.encode_motion(y)
+        latent = m.latent(cache.wa, alphas, cache.alpha)
+        assert torch.allclose(m.dec(latent, cache.feats, still_flows=refs), moved, atol=1e-5)
+        # a batch-1 cache renders every frame against the same references
+        one = m.encode(x[:1])
+        assert torch.allclose(m.render(one, alphas), m(x[:1].expand(3, -1, -1, -1), y), atol=1e-4)
+    # gradients reach the weights through both passes
+    m.train()
+    m(x, y).square().mean().backward()
+    assert all(level.conv.weight.grad is not None and level.conv.weight.grad.abs().sum() > 0 for level in m.dec.to_flows)
+
+
+def test_relative_flow_needs_the_relative_latent():
+    with pytest.raises(ValueError, match="relative_flow needs relative_latent"):
+        Animator(size=32, style_dim=32, width=0.25, relative_flow=True)
 
 
 def test_load_released_format(tmp_path):
