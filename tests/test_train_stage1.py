@@ -284,7 +284,7 @@ def test_trainer_reduces_loss_and_writes_outputs(tmp_path, synth_data):
 
     # LIA's recipe (random init): the loss must fall from a random network's
     cfg = _cfg(tmp_path / "run", synth_data, steps=12, batch=4, eval_every=6, sample_every=6, save_every=6,
-               r1=1.0, r1_every=4, workers=1, init="random", align_corners=False, relative_latent=False, pyramid=0,
+               r1=1.0, r1_every=4, workers=1, init="random", align_corners=False, relative_latent=False, relative_flow=False, pyramid=0,
                lr=2e-3)
     s = train_stage1(cfg)
     assert s["finished"] and s["step"] == 12
@@ -384,6 +384,17 @@ def test_config_errors(tmp_path, synth_data):
         train_stage1(Stage1Config(out=str(tmp_path), data=None, synthetic=0))
     with pytest.raises(ValueError, match="batch"):
         train_stage1(_cfg(tmp_path / "x", synth_data, batch=0))
+    with pytest.raises(ValueError, match="relative_flow needs relative_latent"):
+        train_stage1(_cfg(tmp_path / "y", synth_data, relative_latent=False))
+
+
+def test_relative_flow_is_the_recipe_and_old_runs_keep_absolute_flows(tmp_path, synth_data):
+    from leo.animator import Animator
+
+    train_stage1(_cfg(tmp_path / "run", synth_data, steps=1, adv_weight=0.0))
+    assert Animator.from_checkpoint(tmp_path / "run" / "animator.safetensors").relative_flow
+    old = {k: v for k, v in Stage1Config(out="x", synthetic=2).to_dict().items() if k != "relative_flow"}
+    assert Stage1Config.from_dict(old).relative_flow is False
 
 
 def test_torchrun_two_cpu_processes_match_one_process(tmp_path, synth_data):
@@ -421,7 +432,7 @@ def test_stage1_on_real_taichi_clips_lowers_heldout_l1(tmp_path, lia_samples):
     cfg = Stage1Config(out=str(tmp_path / "run"), data=str(data), size=64, width=0.0625, style_dim=64, steps=30,
                        batch=4, adv_weight=0.0, max_frames=200, eval_pairs=16, eval_every=30, sample_every=30,
                        save_every=30, log_every=5, workers=1, threads=1, progress=False, seed=0,
-                       init="random", align_corners=False, relative_latent=False, pyramid=0, lr=2e-3)
+                       init="random", align_corners=False, relative_latent=False, relative_flow=False, pyramid=0, lr=2e-3)
     s = train_stage1(cfg)
     assert s["finished"] and s["skipped_clips"] == 0 and "1 train, 1 test" in s["data"]
     before, after = s["initial_eval"], s["final_eval"]

@@ -14,6 +14,7 @@ Data: 24 synthetic clips of seed 0 for training, 8 clips of seed 1000 held out (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import time
@@ -73,6 +74,10 @@ def main(argv=None):
                    help="copy_amp: copy, with the last motion fc layer scaled x30 (informative codes at step 0)")
     p.add_argument("--relative", action="store_true", help="relative latent wa_s + Q (alpha_t - alpha_s)")
     p.add_argument("--align-corners", action="store_true", help="exact identity at zero flow")
+    p.add_argument("--relative-flow", action="store_true",
+                   help="source-relative flows: minus the flows decoded at zero motion (needs --relative)")
+    p.add_argument("--still-detach", action="store_true",
+                   help="with --relative-flow: decode the zero-motion flows without gradient (no second backward)")
     p.add_argument("--pyramid", type=int, default=0, help="extra L1 terms on average-pooled images")
     p.add_argument("--code-floor", type=float, default=0.0, help="hinge on mean |alpha_t - alpha_s|")
     p.add_argument("--equivariance", type=int, default=0,
@@ -119,7 +124,8 @@ def main(argv=None):
     size = 64
     train = torch.stack([render_video(0, i, 48, size, sway=a.sway, body=a.body, moves=a.moves) for i in range(a.train_clips)])  # (V, T, 3, S, S)
     heldout = [render_video(1000, i, 48, size, sway=a.sway, body=a.body, moves=a.moves) for i in range(8)]
-    G = Animator(size=size, style_dim=128, width=a.width, align_corners=a.align_corners, relative_latent=a.relative)
+    G = Animator(size=size, style_dim=128, width=a.width, align_corners=a.align_corners, relative_latent=a.relative,
+                 relative_flow=a.relative_flow)
     if a.init != "random":
         G.init_copy_source(motion_gain=30.0 if a.init == "copy_amp" else 1.0)
     groups: dict[float, list] = {}
@@ -177,7 +183,11 @@ def main(argv=None):
         wa, wa_t = wa_all[:a.batch], wa_all[a.batch:]
         alpha_s, alpha_t = G.enc.fc(wa), G.enc.fc(wa_t)
         latent = G.latent(wa, alpha_t, alpha_s)
-        recon, flow = G.dec(latent, [f[:a.batch] for f in feats], return_flow=True)
+        still = None
+        if a.relative_flow:
+            with torch.no_grad() if a.still_detach else contextlib.nullcontext():
+                still = G.dec.still_flows(wa, [f[:a.batch] for f in feats])
+        recon, flow = G.dec(latent, [f[:a.batch] for f in feats], return_flow=True, still_flows=still)
         loss = reconstruction_loss(recon, tgt, a.pyramid)
         if a.motion_weight > 0 and (a.motion_weight_steps == 0 or step <= a.motion_weight_steps):
             moving = (tgt - src).abs().mean(1, keepdim=True)

@@ -25,7 +25,7 @@ def register(sub):
     p.add_argument("--batch", type=int, default=8, help="batch per process and micro-batch (default 8)")
     p.add_argument("--accum", type=int, default=1, help="gradient-accumulation micro-batches per step (default 1)")
     rec = p.add_argument_group("recipe (docs/MOTION.md; --init random --lia-grid --absolute-latent --pyramid 0 "
-                               "--lr 2e-3 is LIA's)")
+                               "--lr 2e-3 is LIA's; --absolute-latent implies --absolute-flow)")
     rec.add_argument("--init", choices=("copy", "random"), default="copy",
                      help="copy: start from an animator that reproduces the source exactly (default); random: LIA's")
     rec.add_argument("--motion-gain", type=float, default=30.0,
@@ -34,6 +34,8 @@ def register(sub):
                      help="LIA's sampling grid (not an identity at zero flow) instead of align_corners=True")
     rec.add_argument("--absolute-latent", action="store_true",
                      help="LIA's latent wa_s + Q alpha_t instead of wa_s + Q (alpha_t - alpha_s)")
+    rec.add_argument("--absolute-flow", action="store_true",
+                     help="LIA's flows instead of flows minus those decoded at zero motion (source-relative)")
     rec.add_argument("--pyramid", type=int, default=3, help="extra L1 terms on 2x..2^N x pooled images (default 3)")
     rec.add_argument("--ema", type=float, default=0.995,
                      help="decay of the generator's EMA, which is evaluated and exported (default 0.995; 0 = off)")
@@ -105,6 +107,7 @@ def run_train(args) -> int:
         test_fraction=args.test_fraction, device=args.device or "auto", workers=args.workers,
         threads=args.threads, amp=not args.no_amp, init=args.init, **training_kwargs(args),
         motion_gain=args.motion_gain, align_corners=not args.lia_grid, relative_latent=not args.absolute_latent,
+        relative_flow=not (args.absolute_latent or args.absolute_flow),
         pyramid=args.pyramid, ema=args.ema,
     )
     try:

@@ -74,12 +74,13 @@ class Stage1Config(TrainConfig):
     betas: tuple = (0.0, 0.99)
     # Recipe (docs/MOTION.md): start from an animator that copies the source exactly, take motion
     # relative to the source's code, and add L1 terms on average-pooled images (wider basins
-    # for the flows). LIA's own recipe: init="random", align_corners=False, relative_latent=False,
-    # pyramid=0.
+    # for the flows), and decode flows relative to those at zero motion. LIA's own recipe:
+    # init="random", align_corners=False, relative_latent=False, relative_flow=False, pyramid=0.
     init: str = "copy"                   # "copy" (Animator.init_copy_source) or "random"
     motion_gain: float = 30.0            # copy init: scale of the motion codes (informative from step 0)
     align_corners: bool = True           # exact identity at zero flow (False: LIA's convention)
     relative_latent: bool = True         # latent wa_s + Q (alpha_t - alpha_s) (False: LIA's wa_s + Q alpha_t)
+    relative_flow: bool = True           # flows minus those at zero motion (needs relative_latent; False: LIA's)
     pyramid: int = 3                     # extra L1 terms on 2x, 4x, 8x average-pooled images
     ema: float = 0.995                   # decay of the generator's EMA (0: off); evals, samples and the export use it
     l1_weight: float = 1.0
@@ -111,8 +112,9 @@ class Stage1Config(TrainConfig):
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         if "init" not in d:  # a run saved before the recipe options existed trained LIA's way
-            d.update(init="random", align_corners=False, relative_latent=False, pyramid=0)
+            d.update(init="random", align_corners=False, relative_latent=False, relative_flow=False, pyramid=0)
         d.setdefault("ema", 0.0)  # runs saved before the EMA existed had none
+        d.setdefault("relative_flow", False)  # nor source-relative flows
         return cls(**d)
 
     def validate(self) -> None:
@@ -127,6 +129,8 @@ class Stage1Config(TrainConfig):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if self.relative_flow and not self.relative_latent:
+            raise ValueError("relative_flow needs relative_latent (flows relative to the source need its zero-motion latent)")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1) (0: off), got {self.ema!r}")
         if self.lr <= 0 or (self.d_lr is not None and self.d_lr <= 0):
@@ -262,7 +266,8 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
     # ---- models (same init on every rank; DDP also broadcasts rank 0's)
     seed_everything(cfg.seed)
     G = Animator(size=cfg.size, style_dim=cfg.style_dim, motion_dim=cfg.motion_dim, width=cfg.width,
-                 kernels=cfg.kernels, align_corners=cfg.align_corners, relative_latent=cfg.relative_latent)
+                 kernels=cfg.kernels, align_corners=cfg.align_corners, relative_latent=cfg.relative_latent,
+                 relative_flow=cfg.relative_flow)
     if cfg.init == "copy" and ckpt is None:
         G.init_copy_source(motion_gain=cfg.motion_gain if cfg.relative_latent else 1.0)
     G = G.to(device)
