@@ -65,3 +65,19 @@ def test_demo_runs_again_in_the_same_folder(demo_out, capsys):
     printed = capsys.readouterr().out
     assert "writing 4 synthetic videos" in printed and "starts afresh" in printed
     assert _count(demo_out / "conditional.mp4") > 0
+
+
+def test_demo_retrains_an_animator_of_other_settings(tmp_path, capsys, monkeypatch):
+    # An earlier demo's animator trained with another recipe (here another learning rate) must not be
+    # resumed: a run resumes with its saved settings, so the new recipe would never take effect.
+    from leo.cli import demo as demo_cli
+
+    out = str(tmp_path / "out")
+    assert leo_main(["demo", "--quick", "--out", out, "--device", "cpu"]) == 0
+    monkeypatch.setitem(demo_cli.PRESETS, "quick", dict(demo_cli.PRESETS["quick"], animator_lr=1e-4))
+    capsys.readouterr()
+    assert leo_main(["demo", "--quick", "--out", out, "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "reusing the 4 synthetic videos" in printed
+    assert "trained with other settings: animator starts afresh" in printed
+    assert "lmdm starts afresh" in printed  # new animator weights: the LMDM's codes are stale

@@ -438,3 +438,18 @@ def test_stage1_on_real_taichi_clips_lowers_heldout_l1(tmp_path, lia_samples):
     before, after = s["initial_eval"], s["final_eval"]
     assert after["l1"] < 0.8 * before["l1"], (before, after)
     assert after["psnr"] > before["psnr"] + 1.0, (before, after)
+
+
+@pytest.mark.parametrize("flags, latent, flow", [([], True, True), (["--absolute-flow"], True, False),
+                                                  (["--absolute-latent"], False, False)])
+def test_cli_recipe_flags_reach_the_animator(tmp_path, synth_data, flags, latent, flow):
+    from leo.animator import Animator
+    from leo.cli import main as leo_main
+
+    out = tmp_path / "run"
+    args = ["train-animator", "--data", str(synth_data), "--size", "32", "--width", "0.0625", "--style-dim", "32",
+            "--motion-dim", "8", "--steps", "1", "--batch", "2", "--workers", "0", "--threads", "1",
+            "--adv-weight", "0", "--test-fraction", "0.25", "--out", str(out), *flags]
+    assert leo_main(args) == 0
+    anim = Animator.from_checkpoint(out / "animator.safetensors")
+    assert (anim.relative_latent, anim.relative_flow) == (latent, flow)

@@ -20,13 +20,17 @@ from leo.cli.common import add_device, resolve_device
 # name: (videos, frames, size, animator width, animator steps, lmdm steps, first-frame steps,
 #        first-frame size, sampling steps)
 PRESETS = {
-    # ~9 min on a quiet 2-core CPU (measured 9 min 3 s; the animator 329 s of it): below the 10-min budget.
-    # Animator batch 4: a step costs half a batch-8 step, and at equal compute twice the updates
-    # reconstruct better (600 x 4 held-out PSNR 23.6 vs 300 x 8: 20.1; lr 4e-3 did not help).
+    # ~9 min on a 2-core CPU (the animator ~4.5 min of it, the first-frame model ~3 min): below the
+    # 10-min budget. Animator batch 4: a step costs half a batch-8 step, and at equal compute twice the
+    # updates reconstruct better (600 x 4 held-out PSNR 23.6 vs 300 x 8: 20.1). No discriminator: with
+    # source-relative flows it changed the held-out gain by less than 0.01 and cost 48% more time per
+    # step, which buys more steps instead; lr 5e-4 fits faster than the trainer's 2e-4 (docs/MOTION.md,
+    # sixth round).
     "full": dict(videos=24, frames=48, size=64, width=0.125, style_dim=128, animator_steps=1400,
-                 animator_batch=4, lmdm_steps=1500, ff_steps=800, ff_size=32, sample_steps=25, video_frames=32,
+                 animator_batch=4, animator_lr=5e-4, animator_adv=0.0, lmdm_steps=1500, ff_steps=800, ff_size=32, sample_steps=25, video_frames=32,
                  window=16, heldout_clips=8),
     "quick": dict(videos=4, frames=20, size=32, width=1 / 32, style_dim=32, animator_steps=4, animator_batch=2,
+                  animator_lr=5e-4, animator_adv=0.0,
                   lmdm_steps=6, ff_steps=6, ff_size=16, sample_steps=4, video_frames=10, window=8, heldout_clips=2),
 }
 # The synthetic clips: one body build, joints driven by 3 shared moves (leo.data.synthetic). With
@@ -69,13 +73,27 @@ def _fingerprint(path):
     return file_fingerprint(path) if os.path.isfile(path) else None
 
 
-def _remove_checkpoints(out, stages):
+def _remove_checkpoints(out, stages, why="was trained on other inputs"):
     """Drop the resumable checkpoints of these stages (their exported weights stay until retrained)."""
     for stage in stages:
         ckpt = os.path.join(out, stage, "checkpoint.pt")
         if os.path.exists(ckpt):
-            _step(f"   {os.path.relpath(ckpt)} was trained on other inputs: {stage} starts afresh")
+            _step(f"   {os.path.relpath(ckpt)} {why}: {stage} starts afresh")
             os.remove(ckpt)
+
+
+def _stage1_settings_changed(ckpt, cfg) -> bool:
+    """Whether a stage-1 checkpoint was trained with other settings than ``cfg`` (steps and other
+    loop settings aside): resuming it would keep its old recipe (a run resumes with its saved config)."""
+    from leo.train.common import load_training_checkpoint
+    from leo.train.stage1 import RUNTIME_KEYS, Stage1Config
+
+    try:
+        saved = Stage1Config.from_dict(load_training_checkpoint(ckpt)["config"]).to_dict()
+    except Exception:  # unreadable: the trainer reports it (or starts afresh) itself
+        return False
+    new = cfg.to_dict()
+    return any(saved.get(k) != v for k, v in new.items() if k not in RUNTIME_KEYS)
 
 
 def _recolor(img):
@@ -225,13 +243,17 @@ def run(args) -> int:
 
     _step(f"2/5 training the animator ({p['animator_steps']} steps)")
     animator_before = _fingerprint(os.path.join(out, "animator", "animator.safetensors"))
-    s1 = train_stage1(Stage1Config(
+    s1_cfg = Stage1Config(
         out=os.path.join(out, "animator"), data=data, size=p["size"], width=p["width"], style_dim=p["style_dim"],
-        steps=p["animator_steps"], batch=p["animator_batch"], save_every=max(50, p["animator_steps"]),
+        steps=p["animator_steps"], batch=p["animator_batch"], lr=p["animator_lr"], adv_weight=p["animator_adv"], save_every=max(50, p["animator_steps"]),
         sample_every=p["animator_steps"], eval_every=max(1, p["animator_steps"] // 4), log_every=max(1, min(10, p["animator_steps"] // 4)),
         eval_pairs=8 if not args.quick else 2, seed=args.seed, device=str(device), workers=0,
-        resume=os.path.exists(os.path.join(out, "animator", "checkpoint.pt")),
-    ))
+    )
+    s1_ckpt = os.path.join(out, "animator", "checkpoint.pt")
+    if os.path.exists(s1_ckpt) and _stage1_settings_changed(s1_ckpt, s1_cfg):
+        _remove_checkpoints(out, ("animator",), why="was trained with other settings")
+    s1_cfg.resume = os.path.exists(s1_ckpt)
+    s1 = train_stage1(s1_cfg)
     animator_path = s1.get("animator") or os.path.join(out, "animator", "animator.safetensors")
     if _fingerprint(animator_path) != animator_before:  # an LMDM checkpoint holds codes of the old animator
         _remove_checkpoints(out, ("lmdm",))
