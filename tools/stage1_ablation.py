@@ -183,11 +183,12 @@ def main(argv=None):
         wa, wa_t = wa_all[:a.batch], wa_all[a.batch:]
         alpha_s, alpha_t = G.enc.fc(wa), G.enc.fc(wa_t)
         latent = G.latent(wa, alpha_t, alpha_s)
+        src_feats = [f[:a.batch] for f in feats]
         still = None
         if a.relative_flow:
             with torch.no_grad() if a.still_detach else contextlib.nullcontext():
-                still = G.dec.still_flows(wa, [f[:a.batch] for f in feats])
-        recon, flow = G.dec(latent, [f[:a.batch] for f in feats], return_flow=True, still_flows=still)
+                still = G.dec.still_flows(wa, src_feats)
+        recon, flow = G.dec(latent, src_feats, return_flow=True, still_flows=still)
         loss = reconstruction_loss(recon, tgt, a.pyramid)
         if a.motion_weight > 0 and (a.motion_weight_steps == 0 or step <= a.motion_weight_steps):
             moving = (tgt - src).abs().mean(1, keepdim=True)
