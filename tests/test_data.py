@@ -44,6 +44,18 @@ def test_synthetic_is_deterministic_and_varied():
     assert len(vids) == 2 and torch.equal(vids[1], render_video(3, 1, 3, 16))
 
 
+@pytest.mark.parametrize("kw", [{}, {"camera": 0.1}, {"body": 0.0, "moves": 3}])
+def test_synthetic_frames_selects_frames_of_the_same_video(kw):
+    whole = render_video(5, 2, 12, 32, **kw)
+    picked = render_video(5, 2, 12, 32, frames=[7, 0, 11, 7], **kw)
+    assert torch.equal(picked, whole[[7, 0, 11, 7]])
+    # past num_frames: the video goes on (num_frames is ignored when frames is given)
+    assert torch.equal(render_video(5, 2, 1, 32, frames=[20], **kw)[0], render_video(5, 2, 21, 32, **kw)[20])
+    for bad in ([], [-1], [1.5], [[1, 2]]):
+        with pytest.raises(ValueError, match="frames"):
+            render_video(5, 2, 12, 32, frames=bad, **kw)
+
+
 def test_synthetic_moves_smoothly():
     v = render_video(seed=0, index=0, num_frames=40, size=48)
     step = (v[1:] - v[:-1]).abs().mean(dim=(1, 2, 3))

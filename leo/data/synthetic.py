@@ -141,8 +141,12 @@ def _segments(fig: _Figure, t: np.ndarray):
 
 def render_video(seed: int, index: int = 0, num_frames: int = 32, size: int = 64, fps: float = 25.0,
                  camera: float = 0.0, sway: float = 1.0, body: float = 1.0,
-                 moves: int = 0) -> torch.Tensor:
+                 moves: int = 0, frames=None) -> torch.Tensor:
     """Render synthetic video ``index`` of ``seed``: (T, 3, size, size) float32 in [-1, 1].
+
+    ``frames``: indices of the frames to render (T = len(frames)); None renders 0 .. num_frames - 1.
+    Frame k is the same image either way, so a training stream can draw a pair of frames of a fresh
+    clip without rendering the whole clip.
 
     ``camera``: amplitude (in frame units) of a smooth hand-held camera motion that moves the
     whole scene, background included (0: a static camera, the figure alone moves).
@@ -177,7 +181,14 @@ def render_video(seed: int, index: int = 0, num_frames: int = 32, size: int = 64
     if moves:
         fig.moves = np.stack([rng.uniform(0.4, 1.2, moves), rng.uniform(0.3, 1.2, moves),
                               rng.uniform(0, 2 * math.pi, moves)], axis=1)
-    t = np.arange(num_frames, dtype=np.float64) * (25.0 / fps) / 25.0
+    if frames is None:
+        frames = np.arange(num_frames)
+    else:
+        frames = np.asarray(frames)
+        if frames.ndim != 1 or len(frames) == 0 or frames.dtype.kind not in "iu" or frames.min() < 0:
+            raise ValueError(f"frames must be a non-empty 1-d sequence of non-negative ints, got {frames!r}")
+        num_frames = len(frames)
+    t = frames.astype(np.float64) * (25.0 / fps) / 25.0
     segs = _segments(fig, t)
     # camera offset per frame (0 at t = 0): the scene moves by -offset in the image
     cam = camera * (np.sin(2 * math.pi * cam_freq[None] * t[:, None] + cam_phase) - np.sin(cam_phase))
