@@ -102,6 +102,8 @@ def main(argv=None):
                    help="synthetic figure build/place spread between clips (render_video's body; 0: one body)")
     p.add_argument("--moves", type=int, default=0,
                    help="joints follow this many shared moves (render_video's moves; 0: free joints)")
+    p.add_argument("--stream", action="store_true",
+                   help="every pair from a fresh training clip (seed 0, never repeated): no clip is seen twice")
     p.add_argument("--train-clips", type=int, default=24, help="number of training clips (1: can it fit one clip at all?)")
     p.add_argument("--augment", nargs="?", const="all", choices=("all", "colour"), default=None,
                    help="per pair, the same for both frames (against per-clip memorization): 'all' (the default "
@@ -167,7 +169,12 @@ def main(argv=None):
         vi, si, ti = rng.integers(V, size=a.batch), rng.integers(T, size=a.batch), rng.integers(T, size=a.batch)
         if a.identity:
             ti[:a.identity] = si[:a.identity]
-        src, tgt = train[vi, si], train[vi, ti].clone()
+        if a.stream:  # a fresh clip per pair: indices past the stored ones, two frames rendered each
+            pairs = [render_video(0, a.train_clips + (step - 1) * a.batch + b, 48, size, sway=a.sway, body=a.body,
+                                  moves=a.moves, frames=[si[b], ti[b]]) for b in range(a.batch)]
+            src, tgt = torch.stack([q[0] for q in pairs]), torch.stack([q[1] for q in pairs])
+        else:
+            src, tgt = train[vi, si], train[vi, ti].clone()
         if a.augment:  # the same random flip and colour change for both frames of a pair
             flip = torch.from_numpy(rng.random(a.batch) < (0.5 if a.augment == "all" else 0.0)).view(-1, 1, 1, 1)
             recolour = random_recolour(rng, a.batch, 0.7)
