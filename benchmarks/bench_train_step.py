@@ -1,12 +1,16 @@
-"""Stage-1 training step at `leo demo`'s settings: leo's default path vs the baselines, paired and
-interleaved (_timing.compare).
+"""Stage-1 training step: leo's default path vs the baselines, paired and interleaved
+(_timing.compare), for two recipes.
 
-One step = what leo.train.stage1's loop does per step with accum 1 and one process: generator
-forward (source and target encoded in one pass), L1 + 3 average-pooled L1 terms + 0.05 x the
-non-saturating adversarial loss through the discriminator, backward, Adam; then the discriminator
-on real and fake in one forward, logistic loss, backward, Adam. Settings of the demo's stage 1
-(leo/cli/demo.py "full" preset, Stage1Config recipe): 64x64, width 0.125, style_dim 128,
-motion_dim 20, batch 4, copy init, relative latent, align_corners, pyramid 3, no VGG, no R1.
+- ``demo``: what `leo demo`'s stage 1 does per step today (leo/cli/demo.py "full" preset,
+  Stage1Config defaults): generator forward (source and target encoded in one pass, flows decoded
+  relative to those at zero motion, i.e. a second decoder pass for the source), L1 + 3
+  average-pooled L1 terms, backward, Adam, EMA update; no discriminator (adv weight 0).
+- ``G+D``: issue 11's step (the demo's recipe when the issue was filed): absolute flows, the same
+  loss + 0.05 x the non-saturating adversarial loss through the discriminator, backward, Adam; then
+  the discriminator on real and fake in one forward, logistic loss, backward, Adam.
+
+Both at the demo's settings: 64x64, width 0.125, style_dim 128, motion_dim 20, batch 4, copy init,
+relative latent, align_corners, pyramid 3, no VGG, no R1.
 
 Implementations (each with its own models and optimizers, same initial weights and batch):
 - leo: ``kernels="auto"``: on CPU the ATen fast path of leo.layers (channels_last, depthwise blurs,
@@ -15,13 +19,16 @@ Implementations (each with its own models and optimizers, same initial weights a
   through the leo_kernels custom ops (the default path before the ATen fast path);
 - eager ops: ``kernels="reference"`` (leo_kernels' eager references, grouped modulated convs).
 
-CUDA: batches 4 and 32 (bf16 autocast off: float32 throughout). CPU: batch 4.
+tools/train_step_vs.py times the G+D step of two source trees (e.g. today's against an older
+commit), each in its own process. CUDA: batches 4 and 32 (bf16 autocast off: float32 throughout).
+CPU: batch 4.
 
     pytest benchmarks/bench_train_step.py --benchmark-only
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 
 import pytest
@@ -31,14 +38,18 @@ from _timing import FULL, compare
 from leo.animator import Animator
 from leo.discriminator import Discriminator
 from leo.train import losses
-from leo.train.common import adam
+from leo.train.common import adam, ema_update
 from leo.train.stage1 import reconstruction_loss
 
 _CUDA = torch.cuda.is_available()
 DEV = "cuda" if _CUDA else "cpu"
 BATCHES = [4, 32] if _CUDA else ([4, 8] if FULL else [4])
 SIZE, WIDTH, STYLE_DIM, MOTION_DIM = 64, 0.125, 128, 20
-PYRAMID, ADV_WEIGHT, LR = 3, 0.05, 2e-4
+PYRAMID, ADV_WEIGHT = 3, 0.05
+RECIPES = {  # name: (relative flows, discriminator, learning rate)
+    "demo": (True, False, 5e-4),
+    "G+D": (False, True, 2e-4),
+}
 
 
 def _images(b, seed):
@@ -64,31 +75,42 @@ def _env(name, value):
 
 
 class Trainer:
-    """Animator + discriminator + Adam pair, stepped the way leo.train.stage1 steps them."""
+    """Animator (+ discriminator) with Adam, stepped the way leo.train.stage1 steps them."""
 
-    def __init__(self, kernels, env=None):
+    def __init__(self, kernels, recipe, env=None):
+        relative_flow, self.adv, lr = RECIPES[recipe]
         torch.manual_seed(0)
         self.G = Animator(size=SIZE, style_dim=STYLE_DIM, motion_dim=MOTION_DIM, width=WIDTH, kernels=kernels,
-                          align_corners=True, relative_latent=True).init_copy_source(motion_gain=30.0).to(DEV)
-        self.D = Discriminator(size=SIZE, width=WIDTH, kernels=kernels).to(DEV)
-        self.opt_g = adam(self.G.parameters(), lr=LR, betas=(0.0, 0.99))  # leo.train.stage1's optimizer
-        self.opt_d = adam(self.D.parameters(), lr=LR, betas=(0.0, 0.99))
-        self.env = env
+                          align_corners=True, relative_latent=True,
+                          relative_flow=relative_flow).init_copy_source(motion_gain=30.0).to(DEV)
+        self.opt_g = adam(self.G.parameters(), lr=lr, betas=(0.0, 0.99))  # leo.train.stage1's optimizer
+        if self.adv:
+            self.D = Discriminator(size=SIZE, width=WIDTH, kernels=kernels).to(DEV)
+            self.opt_d = adam(self.D.parameters(), lr=lr, betas=(0.0, 0.99))
+        else:
+            self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.env, self.steps = env, 0
 
     def step(self, src, tgt):
-        G, D = self.G, self.D
+        G = self.G
         with _env("LEO_KERNELS_BACKEND", self.env):
             G.train()
-            D.requires_grad_(False)
             self.opt_g.zero_grad(set_to_none=True)
             recon = G(src, tgt)
             l1 = (recon.float() - tgt.float()).abs().mean()
             loss = reconstruction_loss(recon, tgt, PYRAMID)
-            g_adv = losses.g_nonsaturating(D(recon))
-            loss = loss + ADV_WEIGHT * g_adv
+            if self.adv:
+                self.D.requires_grad_(False)
+                g_adv = losses.g_nonsaturating(self.D(recon))
+                loss = loss + ADV_WEIGHT * g_adv
             loss.backward()
-            l1.item(), g_adv.item()
+            l1.item()
             self.opt_g.step()
+            self.steps += 1
+            if not self.adv:
+                ema_update(self.G_ema, G, self.steps, 0.995)
+                return
+            D = self.D
             D.requires_grad_(True)
             self.opt_d.zero_grad(set_to_none=True)
             n = tgt.shape[0]
@@ -99,20 +121,24 @@ class Trainer:
             self.opt_d.step()
 
 
+@pytest.mark.parametrize("recipe", list(RECIPES))
 @pytest.mark.parametrize("batch", BATCHES)
-def test_train_step(benchmark, batch):
+def test_train_step(benchmark, batch, recipe):
     src, tgt = _images(batch, 1), _images(batch, 2)
     trainers = {
-        "leo": Trainer("auto"),
-        "custom ops": Trainer("auto", env="cpu" if not _CUDA else None),
-        "eager ops": Trainer("reference"),
+        "leo": Trainer("auto", recipe),
+        "custom ops": Trainer("auto", recipe, env="cpu" if not _CUDA else None),
+        "eager ops": Trainer("reference", recipe),
     }
     if _CUDA:
         del trainers["custom ops"]  # on CUDA the default path is the custom ops
     impls = {name: (lambda t=t: t.step(src, tgt)) for name, t in trainers.items()}
+    what = ("G step with source-relative flows + EMA, no discriminator" if recipe == "demo"
+            else "G + D, absolute flows")
     benchmark.extra_info.update(device=DEV, size=SIZE, batch=batch, dtype="float32",
-                                case=f"stage-1 step (G + D, forward + backward + Adam), demo settings, "
+                                case=f"stage-1 step, {recipe} recipe ({what}; forward + backward + Adam), "
                                      f"{SIZE}x{SIZE}, width {WIDTH}, style_dim {STYLE_DIM}, batch {batch}, float32")
     # Minimal traffic: parameters, gradients and both Adam moments, read and written once.
-    params = sum(p.numel() * p.element_size() for t in trainers.values() for p in (*t.G.parameters(), *t.D.parameters()))
+    models = [m for t in trainers.values() for m in (t.G, getattr(t, "D", None)) if m is not None]
+    params = sum(p.numel() * p.element_size() for m in models for p in m.parameters())
     compare(benchmark, impls, "leo", rounds=5 if _CUDA else 3, nbytes=params // len(trainers) * 8, min_seconds=1.0)
