@@ -791,26 +791,67 @@ __attribute__((target("avx2,fma"))) void stage_nhwc(const float* src, int64_t cs
   }
 }
 
+// Whether the staged forward writes its outputs with streaming (non-temporal) stores: when they
+// are too big to stay in the last-level cache for the next op anyway (together at least 16 MB),
+// a streaming store skips reading each output line into the cache before overwriting it, a third
+// of the traffic the op moves. LEO_WARP_CPU_STREAM=1 / =0 forces it (tests run both).
+bool stream_outputs(int64_t output_bytes) {
+  const char* e = std::getenv("LEO_WARP_CPU_STREAM");  // read per call: tests flip it in-process
+  if (e != nullptr && *e != '\0') return e[0] == '1';
+  return output_bytes >= (int64_t(16) << 20);
+}
+
+// Store 8 floats at p: streaming where asked and p is 32-byte aligned (else a plain store).
+__attribute__((target("avx2,fma"))) inline void store8(float* p, __m256 v, bool stream) {
+  if (stream && (reinterpret_cast<uintptr_t>(p) & 31) == 0)
+    _mm256_stream_ps(p, v);
+  else
+    _mm256_storeu_ps(p, v);
+}
+
 // A tile buffer rb (P pixels x C, from sample_row_cl with the mask folded in) into C output planes
 // cs apart, at pixels [0, P) of each: warped[c][p] = rb[p][c], and with x also
 // blended[c][p] = rb[p][c] + x[c][p] * keep[p]. 8 channels at a time over the whole tile, so each
-// plane is written (and x read) in one run of P values.
+// plane is written (and x read) in one run of P values. stream: see stream_outputs.
 template <bool X>
 __attribute__((target("avx2,fma"))) void unstage_tile(const float* rb, int64_t P, int64_t C, const float* keep,
-                                                     const float* xp, float* wp, float* bp, int64_t cs) {
-  const int64_t C8 = C & ~int64_t(7), P8 = P & ~int64_t(7);
-  for (int64_t c = 0; c < C8; c += 8)
-    for (int64_t p = 0; p < P8; p += 8) {
+                                                     const float* xp, float* wp, float* bp, int64_t cs,
+                                                     bool stream) {
+  const int64_t C8 = C & ~int64_t(7), P8 = P & ~int64_t(7), P16 = stream ? (P & ~int64_t(15)) : 0;
+  for (int64_t c = 0; c < C8; c += 8) {
+    // Streaming: 16 pixels at a time, so each plane gets whole 64-byte lines (two adjacent stores);
+    // the write-combining buffers then never hold a partial line for 16 planes at once.
+    for (int64_t p = 0; p < P16; p += 16) {
+      __m256 r[8], s[8];
+      for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(rb + (p + k) * C + c);
+      for (int k = 0; k < 8; ++k) s[k] = _mm256_loadu_ps(rb + (p + 8 + k) * C + c);
+      transpose8x8(r);
+      transpose8x8(s);
+      const __m256 kv = X ? _mm256_loadu_ps(keep + p) : _mm256_setzero_ps();
+      const __m256 kw = X ? _mm256_loadu_ps(keep + p + 8) : _mm256_setzero_ps();
+      for (int k = 0; k < 8; ++k) {
+        const int64_t o = (c + k) * cs + p;
+        store8(wp + o, r[k], true);
+        store8(wp + o + 8, s[k], true);
+        if constexpr (X) {
+          store8(bp + o, _mm256_fmadd_ps(_mm256_loadu_ps(xp + o), kv, r[k]), true);
+          store8(bp + o + 8, _mm256_fmadd_ps(_mm256_loadu_ps(xp + o + 8), kw, s[k]), true);
+        }
+      }
+    }
+    for (int64_t p = P16; p < P8; p += 8) {
       __m256 r[8];
       for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(rb + (p + k) * C + c);
       transpose8x8(r);
       const __m256 kv = X ? _mm256_loadu_ps(keep + p) : _mm256_setzero_ps();
       for (int k = 0; k < 8; ++k) {
         const int64_t o = (c + k) * cs + p;
-        _mm256_storeu_ps(wp + o, r[k]);
-        if constexpr (X) _mm256_storeu_ps(bp + o, _mm256_fmadd_ps(_mm256_loadu_ps(xp + o), kv, r[k]));
+        store8(wp + o, r[k], stream);
+        if constexpr (X) store8(bp + o, _mm256_fmadd_ps(_mm256_loadu_ps(xp + o), kv, r[k]), stream);
       }
     }
+  }
+  if (stream) _mm_sfence();  // order the streaming stores before the op returns its outputs
   auto one = [&](int64_t p, int64_t c) {
     const float v = rb[p * C + c];
     wp[c * cs + p] = v;
@@ -1104,6 +1145,7 @@ void grid_sample_fwd_impl(const at::Tensor& input, const at::Tensor& grid, at::T
       // single images with smooth flows (1.44x at (1,64,256,256)).
       if (isH == W && window_span() != 0 && staged_override() != 0) {
         const std::vector<float> zero_row(C, 0.f);
+        const bool stream = stream_outputs(out.numel() * int64_t(sizeof(float)));
         run_staged(
             N, C, H * W, isC, Ho, Wo, [&](int64_t n) { return in + n * isN; }, [&] { return Taps<float>(Wo); },
             [&](Taps<float>& tp, int64_t n, int64_t i, const float* st, float* row, int64_t) {
@@ -1111,7 +1153,7 @@ void grid_sample_fwd_impl(const at::Tensor& input, const at::Tensor& grid, at::T
               sample_row_cl<false>(tp, nullptr, Wo, C, C, st, zero_row.data(), row, nullptr, nullptr);
             },
             [&](Taps<float>&, int64_t n, int64_t i0, int64_t i1, const float* tile) {
-              unstage_tile<false>(tile, (i1 - i0) * Wo, C, nullptr, nullptr, o + n * osN + i0 * Wo, nullptr, osC);
+              unstage_tile<false>(tile, (i1 - i0) * Wo, C, nullptr, nullptr, o + n * osN + i0 * Wo, nullptr, osC, stream);
             });
         return;
       }
@@ -1854,6 +1896,7 @@ void warp_inpaint_fwd_impl(const at::Tensor& feat, const at::Tensor& x, const at
           std::vector<float> keep;
         };
         const std::vector<float> zero_row(C, 0.f);
+        const bool stream = stream_outputs(2 * warped.numel() * int64_t(sizeof(float)));
         run_staged(
             N, C, H * W, sC, H, W, [&](int64_t n) { return fp + n * sN; },
             [&] { return State{Scratch(W, Wc), std::vector<float>(staged_tile_rows(W, C) * W)}; },
@@ -1864,7 +1907,7 @@ void warp_inpaint_fwd_impl(const at::Tensor& feat, const at::Tensor& x, const at
             },
             [&](State& a, int64_t n, int64_t i0, int64_t i1, const float* tile) {
               const int64_t o = n * sN + i0 * W;
-              unstage_tile<true>(tile, (i1 - i0) * W, C, a.keep.data(), xp + o, wp + o, bp + o, sC);
+              unstage_tile<true>(tile, (i1 - i0) * W, C, a.keep.data(), xp + o, wp + o, bp + o, sC, stream);
             });
         return;
       }
