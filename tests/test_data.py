@@ -44,6 +44,28 @@ def test_synthetic_is_deterministic_and_varied():
     assert len(vids) == 2 and torch.equal(vids[1], render_video(3, 1, 3, 16))
 
 
+def test_synthetic_pair_stream_renders_fresh_clips():
+    from leo.data.synthetic import SyntheticPairStream
+
+    ds = SyntheticPairStream(seed=4, first_index=10, num_frames=12, size=24, body=0.0, moves=2)
+    seen = set()
+    for k in (0, 1, 7):
+        item = ds[k]
+        a, b = item["frame_index"].tolist()
+        assert a != b and 0 <= a < 12 and 0 <= b < 12 and item["clip"] == 10 + k
+        want = render_video(4, 10 + k, 12, 24, body=0.0, moves=2)
+        assert torch.equal(item["source"], want[a]) and torch.equal(item["target"], want[b])
+        assert torch.equal(ds[k]["source"], item["source"])  # derived from k alone
+        seen.add(item["clip"])
+    assert len(seen) == 3
+    with pytest.raises(ValueError, match="num_frames"):
+        SyntheticPairStream(0, 0, num_frames=1)
+    with pytest.raises(ValueError, match="first_index"):
+        SyntheticPairStream(0, -1)
+    with pytest.raises(ValueError, match="moves"):
+        SyntheticPairStream(0, 0, moves=99)
+
+
 @pytest.mark.parametrize("kw", [{}, {"camera": 0.1}, {"body": 0.0, "moves": 3}])
 def test_synthetic_frames_selects_frames_of_the_same_video(kw):
     whole = render_video(5, 2, 12, 32, **kw)

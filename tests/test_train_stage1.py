@@ -440,6 +440,27 @@ def test_stage1_on_real_taichi_clips_lowers_heldout_l1(tmp_path, lia_samples):
     assert after["psnr"] > before["psnr"] + 1.0, (before, after)
 
 
+def test_synthetic_stream_trains_on_fresh_clips_and_holds_out_the_stored_ones(tmp_path, capsys):
+    from leo.cli import main as leo_main
+
+    seen = []
+    cfg = Stage1Config(out=str(tmp_path / "run"), synthetic=3, synthetic_frames=6, synthetic_stream=True, size=32,
+                       width=0.0625, style_dim=32, motion_dim=8, steps=3, batch=2, workers=0, eval_pairs=4,
+                       eval_every=100, sample_every=100, save_every=100, log_every=1, progress=False, seed=3,
+                       threads=1, adv_weight=0.0)
+    cfg.validate()
+    s = train_stage1(cfg, hooks={"after_step": lambda step, info: seen.append(step)})
+    assert s["finished"] and seen == [1, 2, 3] and np.isfinite(s["final_eval"]["gain"])
+    assert s["final_eval"]["pairs"] > 0
+    ck = load_training_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ck["config"]["synthetic_stream"] is True and ck["data_position"] == 6
+    with pytest.raises(ValueError, match="synthetic_stream needs synthetic"):
+        Stage1Config(out="x", data=str(tmp_path), synthetic_stream=True).validate()
+    capsys.readouterr()
+    assert leo_main(["train-animator", "--data", str(tmp_path), "--synthetic-stream", "--out", str(tmp_path / "y")]) == 2
+    assert "--synthetic-stream needs --synthetic" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flags, latent, flow", [([], True, True), (["--absolute-flow"], True, False),
                                                   (["--absolute-latent"], False, False)])
 def test_cli_recipe_flags_reach_the_animator(tmp_path, synth_data, flags, latent, flow):

@@ -47,6 +47,9 @@ def register(sub):
     p.add_argument("--sample-every", type=int, default=500, help="PNG sample-grid interval (default 500)")
     p.add_argument("--eval-every", type=int, default=250, help="held-out evaluation interval: L1/PSNR/SSIM, copy baseline, gain, motion ratio (default 250)")
     p.add_argument("--frames", type=int, default=48, help="frames per synthetic video (default 48)")
+    p.add_argument("--synthetic-stream", action="store_true",
+                   help="with --synthetic: train on pairs of fresh synthetic clips, never the same clip twice "
+                        "(the N written ones evaluate; docs/MOTION.md, seventh round)")
     p.add_argument("--max-frames", type=int, default=None, help="use at most this many frames of each clip")
     p.add_argument("--test-fraction", type=float, default=0.1, help="share of clips held out (default 0.1)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
@@ -97,10 +100,13 @@ def run_train(args) -> int:
         raise UserError(f"--data {args.data}: no such folder")
     if args.synthetic is not None and args.synthetic < 2:
         raise UserError("--synthetic needs at least 2 videos (one is held out)")
+    if args.synthetic_stream and args.synthetic is None:
+        raise UserError("--synthetic-stream needs --synthetic N (the clips written for evaluation)")
     if args.vgg19 is not None and not os.path.isfile(args.vgg19):
         raise UserError(f"--vgg19 {args.vgg19}: no such file")
     cfg = Stage1Config(
         out=args.out, data=args.data, synthetic=args.synthetic or 0, synthetic_frames=args.frames,
+        synthetic_stream=args.synthetic_stream,
         size=args.size, width=args.width, style_dim=args.style_dim, motion_dim=args.motion_dim,
         batch=args.batch, accum=args.accum, adv_weight=args.adv_weight, vgg19=args.vgg19, r1=args.r1,
         r1_every=args.r1_every, sample_every=args.sample_every, eval_every=args.eval_every, max_frames=args.max_frames,

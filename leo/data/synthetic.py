@@ -216,6 +216,36 @@ def render_video(seed: int, index: int = 0, num_frames: int = 32, size: int = 64
     return out.mul_(2).sub_(1).contiguous()
 
 
+class SyntheticPairStream(torch.utils.data.Dataset):
+    """Stage 1 pairs from an endless supply of fresh synthetic clips: sample ``k`` ->
+    ``{"source", "target", "clip", "frame_index"}`` like :class:`leo.data.videos.FramePairDataset`,
+    from two different frames of clip ``first_index + k`` of ``seed``, rendered on demand (two
+    frames, about 7 ms at 64x64). No clip is seen twice, so nothing can be memorized (docs/MOTION.md,
+    seventh round). Everything is derived from ``k``: resumable, any number of workers.
+    ``first_index``: keep it past the clips stored for evaluation so they stay unseen."""
+
+    def __init__(self, seed: int, first_index: int, num_frames: int = 48, size: int = 64, **options):
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 2:
+            raise ValueError(f"num_frames must be an int >= 2, got {num_frames!r}")
+        if isinstance(first_index, bool) or not isinstance(first_index, int) or first_index < 0:
+            raise ValueError(f"first_index must be a non-negative int, got {first_index!r}")
+        self.seed, self.first_index, self.num_frames, self.size = int(seed), first_index, num_frames, size
+        self.options = options  # render_video's camera, sway, body, moves
+        render_video(seed, first_index, 1, size, frames=[0], **options)  # bad options fail here, not in a worker
+
+    def __len__(self) -> int:
+        return 2**62  # an endless stream; use leo.train.common.StreamSampler
+
+    def __getitem__(self, k: int) -> dict:
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, int(k), 3])
+        a = int(rng.integers(self.num_frames))
+        b = int(rng.integers(self.num_frames - 1))
+        b += b >= a  # two different frames
+        index = self.first_index + int(k)
+        pair = render_video(self.seed, index, self.num_frames, self.size, frames=[a, b], **self.options)
+        return {"source": pair[0], "target": pair[1], "clip": index, "frame_index": torch.tensor([a, b])}
+
+
 def iter_videos(num_videos: int, num_frames: int = 32, size: int = 64, seed: int = 0,
                 camera: float = 0.0, body: float = 1.0, moves: int = 0) -> Iterator[torch.Tensor]:
     """Yield ``num_videos`` synthetic videos (T, 3, S, S) in [-1, 1] (options: render_video's)."""

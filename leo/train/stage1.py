@@ -62,6 +62,7 @@ class Stage1Config(TrainConfig):
     data: str | None = None              # folder of videos / frame folders
     synthetic: int = 0                   # >0: generate this many synthetic videos into out/data
     synthetic_frames: int = 48
+    synthetic_stream: bool = False       # synthetic: train on pairs of fresh clips (the written ones evaluate)
     size: int = 64
     width: float = 0.25                  # animator channel width (1.0 = released LIA)
     style_dim: int = 512
@@ -129,6 +130,8 @@ class Stage1Config(TrainConfig):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if self.synthetic_stream and not self.synthetic:
+            raise ValueError("synthetic_stream needs synthetic (the number of stored clips, used for evaluation)")
         if self.relative_flow and not self.relative_latent:
             raise ValueError("relative_flow needs relative_latent (flows relative to the source need its zero-motion latent)")
         if not 0 <= self.ema < 1:
@@ -252,8 +255,15 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
     folder = VideoFolder(data_root, size=cfg.size, test_fraction=cfg.test_fraction, split_seed=0,
                          max_frames=cfg.max_frames, verbose=ctx.is_main)
     log.message(f"data: {folder.summary()}")
-    dataset = FramePairDataset(folder, "train", seed=cfg.seed)
-    eval_split = "test" if folder.test else "train"
+    if cfg.synthetic_stream:  # fresh clips past the stored ones, so the held-out ones stay unseen
+        from leo.data.synthetic import SyntheticPairStream
+
+        dataset = SyntheticPairStream(cfg.seed, cfg.synthetic, cfg.synthetic_frames, cfg.size)
+        log.message(f"training pairs: a fresh synthetic clip per pair (seed {cfg.seed}, clips {cfg.synthetic} and on)")
+    else:
+        dataset = FramePairDataset(folder, "train", seed=cfg.seed)
+    # a streamed run trains on none of the stored clips: all of them are held out
+    eval_split = "all" if cfg.synthetic_stream else ("test" if folder.test else "train")
     eval_clips = sample_pairs = None
     if ctx.is_main:
         eval_clips = held_out_clips(folder, cfg.eval_clips, eval_split)
