@@ -732,10 +732,11 @@ def test_fast_paths_nonfinite_features(backend, layout, flow, staged, monkeypatc
         _assert_same_nonfinite(got, want, GRAD_TOL[torch.float32], f"grid_sample grad_{name}")
 
 
-# Streaming stores (csrc: stream_outputs): the staged NCHW forwards write outputs of 16 MB or more
-# with non-temporal stores, whole 64-byte lines where a plane's run is aligned and plain stores
+# Streaming stores (csrc: stream_outputs): the staged NCHW and the channels_last forwards write
+# outputs of 16 MB or more with non-temporal stores where a run is aligned and plain stores
 # elsewhere. LEO_WARP_CPU_STREAM=1 turns them on for small outputs too: planes of H * W not a
-# multiple of 8 (unaligned runs), tiles of P pixels not a multiple of 16 (the 8-pixel and scalar tails).
+# multiple of 8 (unaligned runs), tiles of P pixels not a multiple of 16 (the 8-pixel and scalar
+# tails), channels_last pixels of C not a multiple of 8.
 STREAM_SHAPES = [
     (2, 16, 64, 64, True),   # aligned planes, whole 16-pixel runs
     (2, 5, 70, 62, True),    # unaligned planes, channels tail
@@ -747,12 +748,13 @@ STREAM_SHAPES = [
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("shape", STREAM_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("flow", ["smooth", "random"])
-def test_staged_forwards_with_streaming_stores(backend, shape, flow, monkeypatch):
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_forwards_with_streaming_stores(backend, shape, flow, layout, monkeypatch):
     monkeypatch.setenv("LEO_WARP_CPU_STAGED", "1")
     monkeypatch.setenv("LEO_WARP_CPU_STREAM", "1")
     for seed, align in enumerate((False, True)):
-        _check_fast_path_warp(shape, flow, "contiguous", align, 50 + seed)
-    _check_fast_path_grid_sample(shape, flow, "contiguous", "zeros", True, 52)
+        _check_fast_path_warp(shape, flow, layout, align, 50 + seed)
+    _check_fast_path_grid_sample(shape, flow, layout, "zeros", True, 52)
 
 
 @pytest.mark.parametrize("backend", FAST)

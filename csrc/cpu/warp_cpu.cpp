@@ -674,12 +674,30 @@ inline void sample_row_cl_scalar(const Taps<float>& tp, const float* scale, int6
   }
 }
 
+// Whether a forward writes its outputs with streaming (non-temporal) stores: when they are too big
+// to stay in the last-level cache for the next op anyway (together at least 16 MB), a streaming
+// store skips reading each output line into the cache before overwriting it, a third of the
+// traffic the op moves. LEO_WARP_CPU_STREAM=1 / =0 forces it (tests run both).
+bool stream_outputs(int64_t output_bytes) {
+  const char* e = std::getenv("LEO_WARP_CPU_STREAM");  // read per call: tests flip it in-process
+  if (e != nullptr && *e != '\0') return e[0] == '1';
+  return output_bytes >= (int64_t(16) << 20);
+}
+
 #ifdef LEO_WARP_AVX2
+// Store 8 floats at p: streaming where asked and p is 32-byte aligned (else a plain store).
+__attribute__((target("avx2,fma"))) inline void store8(float* p, __m256 v, bool stream) {
+  if (stream && (reinterpret_cast<uintptr_t>(p) & 31) == 0)
+    _mm256_stream_ps(p, v);
+  else
+    _mm256_storeu_ps(p, v);
+}
+
 template <bool X>
 __attribute__((target("avx2,fma"))) void sample_row_cl_avx2(const Taps<float>& tp, const float* scale, int64_t W,
                                                             int64_t sW, int64_t C, const float* inb,
                                                             const float* zero, float* orow, const float* xrow,
-                                                            float* brow) {
+                                                            float* brow, bool stream) {
   for (int64_t j = 0; j < W; ++j) {
     const float* p[4];
     float w[4];
@@ -697,8 +715,8 @@ __attribute__((target("avx2,fma"))) void sample_row_cl_avx2(const Taps<float>& t
       v = _mm256_fmadd_ps(w1, _mm256_loadu_ps(p[1] + c), v);
       v = _mm256_fmadd_ps(w2, _mm256_loadu_ps(p[2] + c), v);
       v = _mm256_fmadd_ps(w3, _mm256_loadu_ps(p[3] + c), v);
-      _mm256_storeu_ps(o + c, v);
-      if constexpr (X) _mm256_storeu_ps(brow + j * sW + c, _mm256_fmadd_ps(_mm256_loadu_ps(xrow + j * sW + c), kv, v));
+      store8(o + c, v, stream);
+      if constexpr (X) store8(brow + j * sW + c, _mm256_fmadd_ps(_mm256_loadu_ps(xrow + j * sW + c), kv, v), stream);
     }
     for (; c < C; ++c) {
       const float v = w[0] * p[0][c] + w[1] * p[1][c] + w[2] * p[2][c] + w[3] * p[3][c];
@@ -706,14 +724,18 @@ __attribute__((target("avx2,fma"))) void sample_row_cl_avx2(const Taps<float>& t
       if constexpr (X) brow[j * sW + c] = v + xrow[j * sW + c] * keep;
     }
   }
+  if (stream) _mm_sfence();
 }
 #endif
 
+// stream: write the output row (and blended row) with streaming stores (stream_outputs); only for
+// rows of the op's outputs, never for the staged forward's tile buffers, which are read back at once.
 template <bool X>
 inline void sample_row_cl(const Taps<float>& tp, const float* scale, int64_t W, int64_t sW, int64_t C,
-                          const float* inb, const float* zero, float* orow, const float* xrow, float* brow) {
+                          const float* inb, const float* zero, float* orow, const float* xrow, float* brow,
+                          bool stream = false) {
 #ifdef LEO_WARP_AVX2
-  if (cpu_has_avx2()) return sample_row_cl_avx2<X>(tp, scale, W, sW, C, inb, zero, orow, xrow, brow);
+  if (cpu_has_avx2()) return sample_row_cl_avx2<X>(tp, scale, W, sW, C, inb, zero, orow, xrow, brow, stream);
 #endif
   sample_row_cl_scalar<X>(tp, scale, W, sW, C, inb, zero, orow, xrow, brow);
 }
@@ -789,24 +811,6 @@ __attribute__((target("avx2,fma"))) void stage_nhwc(const float* src, int64_t cs
     for (int64_t p = q8; p < q1; ++p)
       for (int64_t c = 0; c < C; ++c) dst[p * C + c] = src[c * cs + p];
   }
-}
-
-// Whether the staged forward writes its outputs with streaming (non-temporal) stores: when they
-// are too big to stay in the last-level cache for the next op anyway (together at least 16 MB),
-// a streaming store skips reading each output line into the cache before overwriting it, a third
-// of the traffic the op moves. LEO_WARP_CPU_STREAM=1 / =0 forces it (tests run both).
-bool stream_outputs(int64_t output_bytes) {
-  const char* e = std::getenv("LEO_WARP_CPU_STREAM");  // read per call: tests flip it in-process
-  if (e != nullptr && *e != '\0') return e[0] == '1';
-  return output_bytes >= (int64_t(16) << 20);
-}
-
-// Store 8 floats at p: streaming where asked and p is 32-byte aligned (else a plain store).
-__attribute__((target("avx2,fma"))) inline void store8(float* p, __m256 v, bool stream) {
-  if (stream && (reinterpret_cast<uintptr_t>(p) & 31) == 0)
-    _mm256_stream_ps(p, v);
-  else
-    _mm256_storeu_ps(p, v);
 }
 
 // A tile buffer rb (P pixels x C, from sample_row_cl with the mask folded in) into C output planes
@@ -1181,6 +1185,7 @@ void grid_sample_fwd_impl(const at::Tensor& input, const at::Tensor& grid, at::T
     }
     if (CL && osC == 1 && isC == 1) {
       std::vector<float> zero_row(C, 0.f);
+      const bool stream = stream_outputs(out.numel() * int64_t(sizeof(float)));
       at::parallel_for(0, N * Ho, grain_for(C * Wo), [&](int64_t begin, int64_t end) {
         Taps<float> tp(Wo);
         for (int64_t r = begin; r < end; ++r) {
@@ -1188,7 +1193,7 @@ void grid_sample_fwd_impl(const at::Tensor& input, const at::Tensor& grid, at::T
           const float* grow = g + r * Wo * 2;
           grid_taps_row(grow, Wo, H, W, isH, isW, pad, align, tp);
           sample_row_cl<false>(tp, nullptr, Wo, osW, C, in + n * isN, zero_row.data(), o + n * osN + i * osH, nullptr,
-                               nullptr);
+                               nullptr, stream);
         }
       });
       return;
@@ -1936,13 +1941,15 @@ void warp_inpaint_fwd_impl(const at::Tensor& feat, const at::Tensor& x, const at
     }
     if (CL && sC == 1) {
       std::vector<float> zero_row(C, 0.f);
+      const bool stream = stream_outputs(2 * warped.numel() * int64_t(sizeof(float)));
       at::parallel_for(0, N * H, grain_for(C * W), [&](int64_t begin, int64_t end) {
         Scratch s(W, Wc);
         for (int64_t r = begin; r < end; ++r) {
           const int64_t n = r / H, i = r % H;
           flow_row(s, n, i, sH, sW);
           const int64_t o = n * sN + i * sH;
-          sample_row_cl<true>(s.fr.tp, s.fr.mask.data(), W, sW, C, fp + n * sN, zero_row.data(), wp + o, xp + o, bp + o);
+          sample_row_cl<true>(s.fr.tp, s.fr.mask.data(), W, sW, C, fp + n * sN, zero_row.data(), wp + o, xp + o, bp + o,
+                              stream);
         }
       });
       return;
