@@ -440,6 +440,38 @@ def test_stage1_on_real_taichi_clips_lowers_heldout_l1(tmp_path, lia_samples):
     assert after["psnr"] > before["psnr"] + 1.0, (before, after)
 
 
+def test_init_from_fine_tunes_a_checkpoint(tmp_path, synth_data, capsys):
+    from leo.animator import Animator
+    from leo.cli import main as leo_main
+
+    torch.manual_seed(5)
+    start = Animator(size=32, style_dim=32, motion_dim=8, width=0.0625)  # LIA's conventions, random weights
+    start.save(tmp_path / "start.safetensors")
+    seen = {}
+
+    def first_step(step, info):
+        if step == 1:  # after one step the weights moved a little from the checkpoint's, not from a copy init
+            seen["dist"] = max((p - q).abs().max().item() for p, q in zip(info["G"].state_dict().values(),
+                                                                            start.state_dict().values()))
+
+    cfg = _cfg(tmp_path / "run", synth_data, steps=1, adv_weight=0.0, lr=1e-6, ema=0.0,
+               init_from=str(tmp_path / "start.safetensors"))
+    cfg.validate()
+    train_stage1(cfg, hooks={"after_step": first_step})
+    assert seen["dist"] < 1e-3
+    tuned = Animator.from_checkpoint(tmp_path / "run" / "animator.safetensors")
+    assert tuned.relative_flow and tuned.align_corners  # the run's conventions, the checkpoint's weights
+    # another architecture, a missing file: clear errors
+    with pytest.raises(ValueError, match="does not match this run"):
+        train_stage1(_cfg(tmp_path / "bad", synth_data, steps=1, style_dim=16, init_from=str(tmp_path / "start.safetensors")))
+    with pytest.raises(ValueError, match="init_from: no such animator checkpoint"):
+        _cfg(tmp_path / "none", synth_data, init_from=str(tmp_path / "missing.pt")).validate()
+    capsys.readouterr()
+    assert leo_main(["train-animator", "--data", str(synth_data), "--init-from", str(tmp_path / "missing.pt"),
+                     "--out", str(tmp_path / "y")]) == 2
+    assert "--init-from" in capsys.readouterr().err
+
+
 def test_synthetic_stream_trains_on_fresh_clips_and_holds_out_the_stored_ones(tmp_path, capsys):
     from leo.cli import main as leo_main
 

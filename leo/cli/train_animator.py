@@ -28,6 +28,9 @@ def register(sub):
                                "--lr 2e-3 is LIA's; --absolute-latent implies --absolute-flow)")
     rec.add_argument("--init", choices=("copy", "random"), default="copy",
                      help="copy: start from an animator that reproduces the source exactly (default); random: LIA's")
+    rec.add_argument("--init-from", metavar="CHECKPOINT",
+                     help="start from this animator's weights (LIA .pt, a state_dict or a leo .safetensors of the "
+                          "same size, width, style and motion dims) instead of --init: fine-tuning")
     rec.add_argument("--motion-gain", type=float, default=30.0,
                      help="copy init: scale of the motion codes, so they differ by frame from step 0 (default 30)")
     rec.add_argument("--lia-grid", action="store_true",
@@ -102,6 +105,8 @@ def run_train(args) -> int:
         raise UserError("--synthetic needs at least 2 videos (one is held out)")
     if args.synthetic_stream and args.synthetic is None:
         raise UserError("--synthetic-stream needs --synthetic N (the clips written for evaluation)")
+    if args.init_from is not None and not os.path.isfile(args.init_from):
+        raise UserError(f"--init-from {args.init_from}: no such file")
     if args.vgg19 is not None and not os.path.isfile(args.vgg19):
         raise UserError(f"--vgg19 {args.vgg19}: no such file")
     cfg = Stage1Config(
@@ -111,7 +116,7 @@ def run_train(args) -> int:
         batch=args.batch, accum=args.accum, adv_weight=args.adv_weight, vgg19=args.vgg19, r1=args.r1,
         r1_every=args.r1_every, sample_every=args.sample_every, eval_every=args.eval_every, max_frames=args.max_frames,
         test_fraction=args.test_fraction, device=args.device or "auto", workers=args.workers,
-        threads=args.threads, amp=not args.no_amp, init=args.init, **training_kwargs(args),
+        threads=args.threads, amp=not args.no_amp, init=args.init, init_from=args.init_from, **training_kwargs(args),
         motion_gain=args.motion_gain, align_corners=not args.lia_grid, relative_latent=not args.absolute_latent,
         relative_flow=not (args.absolute_latent or args.absolute_flow),
         pyramid=args.pyramid, ema=args.ema,

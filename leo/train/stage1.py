@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import time
 from dataclasses import dataclass, field
@@ -78,6 +79,7 @@ class Stage1Config(TrainConfig):
     # for the flows), and decode flows relative to those at zero motion. LIA's own recipe:
     # init="random", align_corners=False, relative_latent=False, relative_flow=False, pyramid=0.
     init: str = "copy"                   # "copy" (Animator.init_copy_source) or "random"
+    init_from: str | None = None         # start from this animator checkpoint's weights instead (fine-tuning)
     motion_gain: float = 30.0            # copy init: scale of the motion codes (informative from step 0)
     align_corners: bool = True           # exact identity at zero flow (False: LIA's convention)
     relative_latent: bool = True         # latent wa_s + Q (alpha_t - alpha_s) (False: LIA's wa_s + Q alpha_t)
@@ -130,6 +132,8 @@ class Stage1Config(TrainConfig):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if self.init_from is not None and not os.path.isfile(self.init_from):
+            raise ValueError(f"init_from: no such animator checkpoint: {self.init_from}")
         if self.synthetic_stream and not self.synthetic:
             raise ValueError("synthetic_stream needs synthetic (the number of stored clips, used for evaluation)")
         if self.relative_flow and not self.relative_latent:
@@ -240,6 +244,20 @@ def train_stage1(cfg: Stage1Config, hooks: dict | None = None) -> dict:
         ctx.close()
 
 
+def _load_initial_weights(G: Animator, path: str) -> None:
+    """G's weights from an animator checkpoint (any format Animator.from_checkpoint reads: a released
+    LIA file, a state_dict, a leo export) of the same architecture; G keeps this run's conventions
+    (align_corners, relative latent and flows)."""
+    src = Animator.from_checkpoint(path)
+    want = {k: tuple(v.shape) for k, v in G.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in src.state_dict().items()}
+    if want != have:
+        arch = ("size", "width", "style_dim", "motion_dim", "channel_multiplier")
+        raise ValueError(f"init_from {path}: its animator ({', '.join(f'{k} {src.config[k]}' for k in arch)}) does not "
+                         f"match this run's ({', '.join(f'{k} {G.config[k]}' for k in arch)})")
+    G.load_state_dict(src.state_dict())
+
+
 def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict) -> dict:
     ckpt, out, ckpt_path = run.payload, run.out, run.checkpoint
     device = ctx.device
@@ -278,7 +296,10 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
     G = Animator(size=cfg.size, style_dim=cfg.style_dim, motion_dim=cfg.motion_dim, width=cfg.width,
                  kernels=cfg.kernels, align_corners=cfg.align_corners, relative_latent=cfg.relative_latent,
                  relative_flow=cfg.relative_flow)
-    if cfg.init == "copy" and ckpt is None:
+    if cfg.init_from is not None and ckpt is None:
+        _load_initial_weights(G, cfg.init_from)
+        log.message(f"initial weights: {cfg.init_from}")
+    elif cfg.init == "copy" and ckpt is None:
         G.init_copy_source(motion_gain=cfg.motion_gain if cfg.relative_latent else 1.0)
     G = G.to(device)
     D = Discriminator(size=cfg.size, width=cfg.d_width or cfg.width).to(device)
