@@ -475,17 +475,32 @@ def test_init_from_fine_tunes_a_checkpoint(tmp_path, synth_data, capsys):
 def test_synthetic_stream_trains_on_fresh_clips_and_holds_out_the_stored_ones(tmp_path, capsys):
     from leo.cli import main as leo_main
 
+    def cfg(out, **kw):
+        base = dict(out=str(out), synthetic=3, synthetic_frames=6, synthetic_stream=True, size=32, width=0.0625,
+                    style_dim=32, motion_dim=8, steps=3, batch=2, workers=0, eval_pairs=4, eval_every=100,
+                    sample_every=100, save_every=100, log_every=1, progress=False, seed=3, threads=1, adv_weight=0.0)
+        return Stage1Config(**{**base, **kw})
+
     seen = []
-    cfg = Stage1Config(out=str(tmp_path / "run"), synthetic=3, synthetic_frames=6, synthetic_stream=True, size=32,
-                       width=0.0625, style_dim=32, motion_dim=8, steps=3, batch=2, workers=0, eval_pairs=4,
-                       eval_every=100, sample_every=100, save_every=100, log_every=1, progress=False, seed=3,
-                       threads=1, adv_weight=0.0)
-    cfg.validate()
-    s = train_stage1(cfg, hooks={"after_step": lambda step, info: seen.append(step)})
-    assert s["finished"] and seen == [1, 2, 3] and np.isfinite(s["final_eval"]["gain"])
-    assert s["final_eval"]["pairs"] > 0
+    c = cfg(tmp_path / "ref")
+    c.validate()
+    ref = train_stage1(c, hooks={"after_step": lambda step, info: seen.append(step)})
+    assert ref["finished"] and seen == [1, 2, 3] and np.isfinite(ref["final_eval"]["gain"])
+    assert ref["final_eval"]["pairs"] > 0
+    ref_ck = load_training_checkpoint(tmp_path / "ref" / "checkpoint.pt")
+    assert ref_ck["config"]["synthetic_stream"] is True and ref_ck["data_position"] == 6
+
+    # stopped after step 1, resumed with DataLoader workers: the same pairs, the same weights
+    def interrupt(step, info):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    assert not train_stage1(cfg(tmp_path / "run"), hooks={"after_step": interrupt})["finished"]
+    s = train_stage1(cfg(tmp_path / "run", resume=True, workers=2))
+    assert s["finished"] and s["final_eval"] == ref["final_eval"]
     ck = load_training_checkpoint(tmp_path / "run" / "checkpoint.pt")
-    assert ck["config"]["synthetic_stream"] is True and ck["data_position"] == 6
+    for key in ("G", "G_ema", "opt_g"):
+        assert_states_equal(ref_ck[key], ck[key], key)
     with pytest.raises(ValueError, match="synthetic_stream needs synthetic"):
         Stage1Config(out="x", data=str(tmp_path), synthetic_stream=True).validate()
     capsys.readouterr()
