@@ -5,9 +5,10 @@ current main, same session, same machine, interleaved".
     git worktree add /tmp/old 48a9538 && (cd /tmp/old && python setup.py build_ext --inplace)
     python tools/train_step_vs.py /tmp/old . --pairs 3 --seconds 15 --threads 1
 
-Each process builds issue 11's stage-1 step, `leo demo`'s when the issue was filed (64x64, width 0.125,
-style_dim 128, batch 4, copy init, relative latent, absolute flows, pyramid 3, adversarial weight 0.05;
-generator then discriminator, each with its tree's Adam) from the tree's own leo, runs 5 warm-up steps and counts steps for --seconds.
+Each process builds issue 11's stage-1 step, `leo demo`'s when the issue was filed (64x64, width
+0.125, style_dim 128, batch 4, copy init, relative latent, absolute flows, pyramid 3, adversarial
+weight 0.05; generator then discriminator, each with its tree's Adam) from the tree's own leo, runs 5
+warm-up steps and counts steps for --seconds.
 Prints each pair's steps/s and the median ratio new / old. The step is written out here rather
 than imported from benchmarks/bench_train_step.py, whose Trainer needs today's leo API.
 """
