@@ -7,9 +7,9 @@ H.264 write, paired and interleaved (_timing.compare).
   per frame, source re-encoded every frame, batch 1, eager ops), same I/O (leo.media).
 
 A real clip (lia_samples/taichi driving1.mp4 and subject1.png from ../shared/data) at 256x256, a
-random animator in the released layout (45.1M parameters). CPU short settings: 8 frames; full (CUDA
-or LEO_BENCH_FULL=1): 24 frames; three pairs either way. Threads: whatever the environment gives
-both processes (OMP_NUM_THREADS).
+random animator in the released layout (45.1M parameters), 24 frames (the measure issue 11 sets; with
+8 frames process start-up weighs three times as much), three pairs (about 3.5 min on the 2-core CPU).
+Threads: whatever the environment gives both processes (OMP_NUM_THREADS).
 
     pytest benchmarks/bench_animate_e2e.py --benchmark-only
 """
@@ -22,11 +22,11 @@ import sys
 
 import pytest
 import torch
-from _timing import FULL, compare
+from _timing import compare
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SAMPLES = ROOT.parent / "shared" / "data" / "lia_samples" / "taichi"
-FRAMES = 24 if FULL else 8
+FRAMES = 24
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,5 @@ def test_animate_end_to_end(benchmark, checkpoint, tmp_path):
     }
     benchmark.extra_info.update(device=device[1], size=256, frames=FRAMES, dtype="float32",
                                 case=f"whole command, {FRAMES} real frames (taichi) at 256x256, float32")
-    # Three pairs even in the short settings (about 70 s on the 2-core CPU): one pair of whole
-    # commands swings by 20% on a shared machine.
+    # Three pairs: one pair of whole commands swings by 20% on a shared machine.
     compare(benchmark, impls, "leo animate", rounds=3, warmup=0, min_seconds=0)
