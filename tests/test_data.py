@@ -143,6 +143,27 @@ def test_synthetic_bad_arguments():
         write_dataset("/tmp/never", 1, 2, 8, fmt="gif")
 
 
+def test_write_dataset_records_its_settings_last(tmp_path, monkeypatch):
+    from leo.data import synthetic
+    from leo.data.synthetic import read_manifest
+
+    assert read_manifest(tmp_path) is None
+    write_dataset(tmp_path, num_videos=2, num_frames=3, size=16, seed=5, fmt="frames", body=0.0, moves=1)
+    assert read_manifest(tmp_path) == dict(seed=5, videos=2, frames=3, size=16, fmt="frames", fps=25.0, camera=0.0,
+                                           body=0.0, moves=1)
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(synthetic, "render_video", fail)  # a rewrite that dies half-way
+    with pytest.raises(OSError):
+        write_dataset(tmp_path, num_videos=2, num_frames=3, size=16, seed=6, fmt="frames")
+    assert read_manifest(tmp_path) is None  # ... leaves no manifest claiming the old clips
+    (tmp_path / "synthetic.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="synthetic.json: not a synthetic-data manifest"):
+        read_manifest(tmp_path)
+
+
 # --------------------------------------------------------------------------- folders and splits
 
 

@@ -501,11 +501,44 @@ def test_synthetic_stream_trains_on_fresh_clips_and_holds_out_the_stored_ones(tm
     ck = load_training_checkpoint(tmp_path / "run" / "checkpoint.pt")
     for key in ("G", "G_ema", "opt_g"):
         assert_states_equal(ref_ck[key], ck[key], key)
-    with pytest.raises(ValueError, match="synthetic_stream needs synthetic"):
+    with pytest.raises(ValueError, match="synthetic_stream needs synthetic N or a data folder written by"):
         Stage1Config(out="x", data=str(tmp_path), synthetic_stream=True).validate()
     capsys.readouterr()
     assert leo_main(["train-animator", "--data", str(tmp_path), "--synthetic-stream", "--out", str(tmp_path / "y")]) == 2
-    assert "--synthetic-stream needs --synthetic" in capsys.readouterr().err
+    assert "has no synthetic.json" in capsys.readouterr().err
+    (tmp_path / "synthetic.json").write_text("{not json")
+    assert leo_main(["train-animator", "--data", str(tmp_path), "--synthetic-stream", "--out", str(tmp_path / "y")]) == 2
+    assert "unreadable synthetic-data manifest" in capsys.readouterr().err
+
+
+def test_synthetic_stream_continues_the_generator_of_a_make_synthetic_folder(tmp_path, monkeypatch, capsys):
+    """--data DIR written by `leo make-synthetic` (the demo's way): the stream renders fresh clips with the
+    folder's seed and options, numbered past its clips, and every written clip is held out."""
+    import leo.data.synthetic as synthetic
+    from leo.cli import main as leo_main
+
+    data = tmp_path / "data"
+    assert leo_main(["make-synthetic", "--out", str(data), "--videos", "3", "--frames", "6", "--size", "32",
+                     "--seed", "7", "--format", "frames", "--body", "0", "--moves", "2"]) == 0
+    made = []
+
+    class Recorded(synthetic.SyntheticPairStream):
+        def __init__(self, *args, **kwargs):
+            made.append((args, kwargs))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "SyntheticPairStream", Recorded)
+    cfg = Stage1Config(out=str(tmp_path / "run"), data=str(data), synthetic_stream=True, size=32, width=0.0625,
+                       style_dim=32, motion_dim=8, steps=2, batch=2, workers=0, eval_pairs=4, eval_every=100,
+                       sample_every=100, save_every=100, log_every=1, progress=True, seed=0, threads=1,
+                       adv_weight=0.0)
+    cfg.validate()
+    capsys.readouterr()
+    s = train_stage1(cfg)
+    assert s["finished"] and np.isfinite(s["final_eval"]["gain"])
+    assert made == [((7, 3, 6, 32), {"camera": 0.0, "body": 0.0, "moves": 2})]
+    log = "".join(capsys.readouterr())
+    assert "seed 7, clips 3 and on" in log and "held-out evaluation: 3 all clips" in log
 
 
 @pytest.mark.parametrize("flags, latent, flow", [([], True, True), (["--absolute-flow"], True, False),

@@ -59,14 +59,6 @@ def _step(msg):
     print(f"[leo demo] {msg}", flush=True)
 
 
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def _fingerprint(path):
     from leo.train.video_source import file_fingerprint
 
@@ -214,12 +206,16 @@ def run(args) -> int:
     # 1. data
     data = args.data
     if data is None:
-        from leo.data.synthetic import write_dataset
+        from leo.data.synthetic import read_manifest, write_dataset
 
         data = os.path.join(out, "data")
         spec = dict(videos=p["videos"], frames=p["frames"], size=p["size"], seed=args.seed, fmt="frames", **SYNTHETIC)
-        manifest = os.path.join(data, "synthetic.json")
-        if _read_json(manifest) == spec:  # an earlier run's clips, same settings: kept, so its stages resume
+        try:
+            written = read_manifest(data) if os.path.isdir(data) else None
+        except ValueError:  # a damaged manifest: the clips are written again
+            written = None
+        if written and all(written.get(k) == v for k, v in spec.items()):
+            # an earlier run's clips, same settings: kept, so its stages resume
             _step(f"1/5 reusing the {p['videos']} synthetic videos in {data}")
         else:
             for old in glob.glob(os.path.join(data, "synthetic_*")):  # an earlier demo's clips must not mix in
@@ -232,9 +228,6 @@ def run(args) -> int:
             _step(f"1/5 writing {p['videos']} synthetic videos ({p['frames']} frames, {p['size']}x{p['size']}) to {data}")
             write_dataset(data, num_videos=p["videos"], num_frames=p["frames"], size=p["size"], seed=args.seed,
                           fmt="frames", **SYNTHETIC)
-            from leo.checkpoint_io import atomic_write
-
-            atomic_write(manifest, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(spec)))
     else:
         _step(f"1/5 using the videos in {data}")
 

@@ -51,8 +51,9 @@ def register(sub):
     p.add_argument("--eval-every", type=int, default=250, help="held-out evaluation interval: L1/PSNR/SSIM, copy baseline, gain, motion ratio (default 250)")
     p.add_argument("--frames", type=int, default=48, help="frames per synthetic video (default 48)")
     p.add_argument("--synthetic-stream", action="store_true",
-                   help="with --synthetic: train on pairs of fresh synthetic clips, never the same clip twice "
-                        "(the N written ones evaluate; docs/MOTION.md, seventh round)")
+                   help="with --synthetic N, or --data DIR written by `leo make-synthetic`: train on pairs of fresh "
+                        "clips of the same generator, never the same clip twice (the written ones evaluate; "
+                        "docs/MOTION.md, seventh round)")
     p.add_argument("--max-frames", type=int, default=None, help="use at most this many frames of each clip")
     p.add_argument("--test-fraction", type=float, default=0.1, help="share of clips held out (default 0.1)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
@@ -103,8 +104,16 @@ def run_train(args) -> int:
         raise UserError(f"--data {args.data}: no such folder")
     if args.synthetic is not None and args.synthetic < 2:
         raise UserError("--synthetic needs at least 2 videos (one is held out)")
-    if args.synthetic_stream and args.synthetic is None:
-        raise UserError("--synthetic-stream needs --synthetic N (the clips written for evaluation)")
+    if args.synthetic_stream and args.data is not None:
+        from leo.data.synthetic import read_manifest
+
+        try:
+            written = read_manifest(args.data)
+        except ValueError as exc:
+            raise UserError(f"--synthetic-stream: {exc}") from None
+        if written is None:
+            raise UserError(f"--synthetic-stream needs --synthetic N or a --data folder written by `leo make-synthetic`; "
+                            f"{args.data} has no synthetic.json")
     if args.init_from is not None and not os.path.isfile(args.init_from):
         raise UserError(f"--init-from {args.init_from}: no such file")
     if args.vgg19 is not None and not os.path.isfile(args.vgg19):

@@ -10,6 +10,7 @@ frames, at any size.
 from __future__ import annotations
 
 import glob
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -253,13 +254,34 @@ def iter_videos(num_videos: int, num_frames: int = 32, size: int = 64, seed: int
         yield render_video(seed, i, num_frames, size, camera=camera, body=body, moves=moves)
 
 
+MANIFEST = "synthetic.json"
+
+
+def read_manifest(folder: str | os.PathLike) -> dict | None:
+    """What :func:`write_dataset` wrote into ``folder`` (seed, videos, frames, size, fmt, fps and
+    render_video's options), or None for a folder it did not write (or did not finish)."""
+    path = os.path.join(os.fspath(folder), MANIFEST)
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable synthetic-data manifest ({exc})") from None
+    if not isinstance(manifest, dict) or not {"seed", "videos", "frames", "size"} <= manifest.keys():
+        raise ValueError(f"{path}: not a synthetic-data manifest (needs seed, videos, frames, size)")
+    return manifest
+
+
 def write_dataset(out_dir: str | os.PathLike, num_videos: int = 16, num_frames: int = 48, size: int = 64,
                   seed: int = 0, fmt: str = "mp4", fps: float = 25.0, camera: float = 0.0, body: float = 1.0,
                   moves: int = 0) -> list[str]:
     """Write synthetic videos into ``out_dir`` as mp4 files (``fmt="mp4"``) or PNG frame folders
     (``fmt="frames"``); returns the written paths. Existing identical names are overwritten (a frame
-    folder loses its old frames).
+    folder loses its old frames). Last, ``synthetic.json`` records the settings (:func:`read_manifest`),
+    so a trainer can continue the same generator past the written clips (SyntheticPairStream).
     camera, body, moves: render_video's options."""
+    from leo.checkpoint_io import atomic_write
     from leo.media import VideoWriter, save_image
 
     if fmt not in ("mp4", "frames"):
@@ -267,6 +289,9 @@ def write_dataset(out_dir: str | os.PathLike, num_videos: int = 16, num_frames: 
     if isinstance(num_videos, bool) or not isinstance(num_videos, int) or num_videos < 1:
         raise ValueError(f"num_videos must be a positive int, got {num_videos!r}")
     os.makedirs(out_dir, exist_ok=True)
+    manifest_path = os.path.join(os.fspath(out_dir), MANIFEST)
+    if os.path.exists(manifest_path):  # an interrupted rewrite must not look finished
+        os.remove(manifest_path)
     paths = []
     for i in range(num_videos):
         frames = render_video(seed, i, num_frames, size, fps, camera=camera, body=body, moves=moves)
@@ -283,4 +308,12 @@ def write_dataset(out_dir: str | os.PathLike, num_videos: int = 16, num_frames: 
             for j, f in enumerate(frames):
                 save_image(os.path.join(path, f"{j:05d}.png"), f)
         paths.append(path)
+    manifest = dict(seed=seed, videos=num_videos, frames=num_frames, size=size, fmt=fmt, fps=fps, camera=camera,
+                    body=body, moves=moves)
+    atomic_write(manifest_path, lambda tmp: _write_json(tmp, manifest))
     return paths
+
+
+def _write_json(path: str, value) -> None:
+    with open(path, "w") as f:
+        json.dump(value, f)

@@ -63,7 +63,8 @@ class Stage1Config(TrainConfig):
     data: str | None = None              # folder of videos / frame folders
     synthetic: int = 0                   # >0: generate this many synthetic videos into out/data
     synthetic_frames: int = 48
-    synthetic_stream: bool = False       # synthetic: train on pairs of fresh clips (the written ones evaluate)
+    synthetic_stream: bool = False       # train on pairs of fresh clips of the generator that wrote the data (synthetic
+                                         # or a `leo make-synthetic` folder); its written clips all evaluate
     size: int = 64
     width: float = 0.25                  # animator channel width (1.0 = released LIA)
     style_dim: int = 512
@@ -135,7 +136,11 @@ class Stage1Config(TrainConfig):
         if self.init_from is not None and not os.path.isfile(self.init_from):
             raise ValueError(f"init_from: no such animator checkpoint: {self.init_from}")
         if self.synthetic_stream and not self.synthetic:
-            raise ValueError("synthetic_stream needs synthetic (the number of stored clips, used for evaluation)")
+            from leo.data.synthetic import read_manifest
+
+            if read_manifest(self.data) is None:
+                raise ValueError(f"synthetic_stream needs synthetic N or a data folder written by `leo make-synthetic`; "
+                                 f"{self.data} has no synthetic.json")
         if self.relative_flow and not self.relative_latent:
             raise ValueError("relative_flow needs relative_latent (flows relative to the source need its zero-motion latent)")
         if not 0 <= self.ema < 1:
@@ -273,11 +278,13 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
     folder = VideoFolder(data_root, size=cfg.size, test_fraction=cfg.test_fraction, split_seed=0,
                          max_frames=cfg.max_frames, verbose=ctx.is_main)
     log.message(f"data: {folder.summary()}")
-    if cfg.synthetic_stream:  # fresh clips past the stored ones, so the held-out ones stay unseen
-        from leo.data.synthetic import SyntheticPairStream
+    if cfg.synthetic_stream:  # the same generator past the written clips, so those stay unseen
+        from leo.data.synthetic import SyntheticPairStream, read_manifest
 
-        dataset = SyntheticPairStream(cfg.seed, cfg.synthetic, cfg.synthetic_frames, cfg.size)
-        log.message(f"training pairs: a fresh synthetic clip per pair (seed {cfg.seed}, clips {cfg.synthetic} and on)")
+        m = read_manifest(data_root)
+        options = {k: m[k] for k in ("camera", "body", "moves") if k in m}
+        dataset = SyntheticPairStream(m["seed"], m["videos"], m["frames"], cfg.size, **options)
+        log.message(f"training pairs: a fresh synthetic clip per pair (seed {m['seed']}, clips {m['videos']} and on)")
     else:
         dataset = FramePairDataset(folder, "train", seed=cfg.seed)
     # a streamed run trains on none of the stored clips: all of them are held out
