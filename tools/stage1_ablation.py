@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import copy
 import json
+import math
 import time
 
 import numpy as np
@@ -88,6 +89,8 @@ def main(argv=None):
     p.add_argument("--motion-weight-steps", type=int, default=0,
                    help="apply --motion-weight only for the first N steps (0: always)")
     p.add_argument("--ema", type=float, default=0.0, help="evaluate an EMA of the generator with this decay (0: off)")
+    p.add_argument("--lr-decay", choices=("none", "cosine"), default="none",
+                   help="cosine: the learning rate falls to 0 at the last step (half a cosine)")
     p.add_argument("--adv", type=float, default=0.0,
                    help="adversarial weight with the trainer's discriminator (0: none; leo train-animator: 0.05)")
     p.add_argument("--lr-mult", action="append", default=[], metavar="SUBSTRING=K", type=lr_mult,
@@ -135,6 +138,7 @@ def main(argv=None):
         k = next((k for sub, k in a.lr_mult if sub in name), 1.0)
         groups.setdefault(k, []).append(prm)
     opt = torch.optim.Adam([{"params": v, "lr": a.lr * k} for k, v in groups.items()], lr=a.lr, betas=(a.beta1, 0.99))
+    base_lrs = [g["lr"] for g in opt.param_groups]
     D = opt_d = None
     if a.adv > 0:
         D = Discriminator(size=size, width=0.125)
@@ -217,6 +221,9 @@ def main(argv=None):
         if D is not None:
             D.requires_grad_(False)
             loss = loss + a.adv * losses.g_nonsaturating(D(recon))
+        if a.lr_decay == "cosine":
+            for g, lr0 in zip(opt.param_groups, base_lrs):
+                g["lr"] = lr0 * 0.5 * (1 + math.cos(math.pi * (step - 1) / a.steps))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
