@@ -81,3 +81,22 @@ def test_demo_retrains_an_animator_of_other_settings(tmp_path, capsys, monkeypat
     assert "reusing the 4 synthetic videos" in printed
     assert "trained with other settings: animator starts afresh" in printed
     assert "lmdm starts afresh" in printed  # new animator weights: the LMDM's codes are stale
+
+
+def test_demo_streams_fresh_synthetic_clips_but_not_the_users_videos(demo_out, tmp_path):
+    """On its own synthetic clips the animator trains on fresh clips of their generator (the written ones stay
+    unseen); on a user's videos (--data) there is nothing to stream and it trains on the clips themselves."""
+    import shutil
+
+    from leo.train.common import load_training_checkpoint
+
+    def recipe(out):
+        return load_training_checkpoint(out / "animator" / "checkpoint.pt")["config"]
+
+    assert recipe(demo_out)["synthetic_stream"] is True
+    videos = tmp_path / "videos"
+    shutil.copytree(demo_out / "data", videos)
+    (videos / "synthetic.json").unlink()  # plain frame folders, as a user's would be
+    out = tmp_path / "out"
+    assert leo_main(["demo", "--quick", "--out", str(out), "--device", "cpu", "--data", str(videos)]) == 0
+    assert recipe(out)["synthetic_stream"] is False and _count(out / "conditional.mp4") > 0
