@@ -44,7 +44,6 @@ from leo.train.stage1 import reconstruction_loss
 
 _CUDA = torch.cuda.is_available()
 DEV = "cuda" if _CUDA else "cpu"
-
 SIZE, WIDTH, STYLE_DIM, MOTION_DIM = 64, 0.125, 128, 20
 PYRAMID, ADV_WEIGHT = 3, 0.05
 RECIPES = {  # name: (relative flows, discriminator, learning rate, Adam betas, CPU batch)

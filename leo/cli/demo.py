@@ -20,7 +20,7 @@ from leo.cli.common import add_device, resolve_device
 # name: (videos, frames, size, animator width, animator steps, lmdm steps, first-frame steps,
 #        first-frame size, sampling steps)
 PRESETS = {
-    # ~9.5 min on a 2-core CPU (the animator ~5 min of it, the first-frame model ~2 min): below the
+    # ~8.5 min on a 2-core CPU (the animator ~5.5 min of it, the first-frame model ~2 min): below the
     # 10-min budget. The animator trains on a fresh clip per pair (the 24 written clips are for the
     # LMDM and stay unseen by the animator), batch 2 at lr 2e-3 with Adam beta1 0.9: per second of
     # training that learned the held-out motion fastest of the recipes measured (docs/MOTION.md, eighth

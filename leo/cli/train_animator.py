@@ -104,16 +104,6 @@ def run_train(args) -> int:
         raise UserError(f"--data {args.data}: no such folder")
     if args.synthetic is not None and args.synthetic < 2:
         raise UserError("--synthetic needs at least 2 videos (one is held out)")
-    if args.synthetic_stream and args.data is not None:
-        from leo.data.synthetic import read_manifest
-
-        try:
-            written = read_manifest(args.data)
-        except ValueError as exc:
-            raise UserError(f"--synthetic-stream: {exc}") from None
-        if written is None:
-            raise UserError(f"--synthetic-stream needs --synthetic N or a --data folder written by `leo make-synthetic`; "
-                            f"{args.data} has no synthetic.json")
     if args.init_from is not None and not os.path.isfile(args.init_from):
         raise UserError(f"--init-from {args.init_from}: no such file")
     if args.vgg19 is not None and not os.path.isfile(args.vgg19):
