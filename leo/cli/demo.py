@@ -217,7 +217,7 @@ def run(args) -> int:
         data = os.path.join(out, "data")
         spec = dict(videos=p["videos"], frames=p["frames"], size=p["size"], seed=args.seed, fmt="frames", **SYNTHETIC)
         try:
-            written = read_manifest(data) if os.path.isdir(data) else None
+            written = read_manifest(data)  # None for a missing folder too
         except ValueError:  # a damaged manifest: the clips are written again
             written = None
         if written and all(written.get(k) == v for k, v in spec.items()):
