@@ -105,11 +105,27 @@ def _lrelu(y: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu_(y, 0.2)
 
 
+def cpu_autocast(x: torch.Tensor) -> bool:
+    """Whether ``x`` is on the CPU under autocast (bf16 training on CPUs with native bf16). There
+    the depthwise blurs and the warp kernel run in float32: oneDNN has no fast low-precision
+    depthwise conv (4x slower than float32 in the backward), and our CPU warp kernel's fast
+    paths are float32 ones."""
+    return x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+
+
 def _depthwise(kernel: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The FIR ``kernel`` (kh, kw) as a depthwise conv2d weight (C, 1, kh, kw) for ``x``
     (flipped: upfirdn2d applies a true convolution, conv2d a correlation)."""
     kh, kw = kernel.shape
     return _as(kernel, x).flip((0, 1)).reshape(1, 1, kh, kw).expand(x.shape[1], 1, kh, kw)
+
+
+def _depthwise_conv(x: torch.Tensor, kernel: torch.Tensor, stride: int = 1, padding: int = 0) -> torch.Tensor:
+    """conv2d(x, the FIR ``kernel`` per channel); in float32 under CPU autocast (cpu_autocast)."""
+    if cpu_autocast(x):
+        with torch.autocast("cpu", enabled=False):
+            return _depthwise_conv(x.float(), kernel, stride, padding)
+    return F.conv2d(x, _depthwise(kernel, x), stride=stride, padding=padding, groups=x.shape[1])
 
 
 def fir_down(x: torch.Tensor, kernel: torch.Tensor, pad, down: int = 1) -> torch.Tensor:
@@ -118,12 +134,15 @@ def fir_down(x: torch.Tensor, kernel: torch.Tensor, pad, down: int = 1) -> torch
     if p0 != p1:
         x = F.pad(x, (p0, p1, p0, p1))
         p0 = 0
-    return F.conv2d(x, _depthwise(kernel, x), stride=down, padding=p0, groups=x.shape[1])
+    return _depthwise_conv(x, kernel, stride=down, padding=p0)
 
 
 def fir_up2(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """upfirdn2d(x, kernel, up=2, pad=(2, 1)) for a 4x4 ``kernel``: a depthwise stride-2
-    transposed conv cropped by one sample per side (output 2H x 2W)."""
+    transposed conv cropped by one sample per side (output 2H x 2W); float32 under CPU autocast."""
+    if cpu_autocast(x):
+        with torch.autocast("cpu", enabled=False):
+            return fir_up2(x.float(), kernel)
     kh, kw = kernel.shape
     w = _as(kernel, x).reshape(1, 1, kh, kw).expand(x.shape[1], 1, kh, kw)
     return F.conv_transpose2d(x, w, stride=2, padding=1, groups=x.shape[1])
@@ -516,7 +535,7 @@ def _up_blur_aten(x, w, kernel):
     oo = _conv1x1(x, wo[:, :, :, 1:2])
     fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
     y = _Interleave.apply(fmt, ee, eo, oe, oo)
-    return F.conv2d(y, _depthwise(kernel, y), groups=y.shape[1])
+    return _depthwise_conv(y, kernel)
 
 
 def _conv1x1(x, w, b=None, act: bool = False):
@@ -626,6 +645,8 @@ class FlowWarpLevel(KernelUser):
     def forward(self, x, style, feat, skip=None, logits=None):
         """``logits``: this level's logits if the caller computed (and changed) them already."""
         logits = self.logits(x, style) if logits is None else logits
+        if cpu_autocast(x) and aten_path(self.backend, x):  # the float32 kernel (see cpu_autocast)
+            x = x.float()
         feat = _as(feat, x)
         skip = _as(skip, x) if skip is not None else None
         if torch.is_inference_mode_enabled() and aten_path(self.backend, x) and _has_warp_kernel():

@@ -176,3 +176,42 @@ def test_inference_mode_warp_matches_the_custom_op(size, batch):
         cache = m.encode(src)
         out = m.render(cache, m.encode_motion(drv), torch.zeros(8))
     assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_autocast_keeps_blurs_and_warp_in_float32():
+    """Under CPU bf16 autocast the ATen path runs the depthwise blurs and the warp kernel in float32 (oneDNN's
+    bf16 depthwise conv is slow, the warp kernel's fast paths are float32), and a training step of the
+    animator stays within bf16 error of float32."""
+    x = torch.randn(2, 5, 12, 12).bfloat16()
+    k = L.make_kernel()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert L.cpu_autocast(x) and not L.cpu_autocast(x.to("meta"))
+        down, up = L.fir_down(x, k, (1, 1), 2), L.fir_up2(x, L.make_kernel(gain=4))
+    assert down.dtype == up.dtype == torch.float32
+    assert torch.equal(down, L.fir_down(x.float(), k, (1, 1), 2)) and torch.equal(up, L.fir_up2(x.float(), L.make_kernel(gain=4)))
+    assert not L.cpu_autocast(x)
+
+    torch.manual_seed(0)
+    g = Animator(size=32, style_dim=32, motion_dim=8, width=0.125, align_corners=True, relative_latent=True,
+                 relative_flow=True).init_copy_source(motion_gain=10.0)
+    with torch.no_grad():  # flows of a few pixels, so the warp is exercised
+        for to_flow in g.dec.to_flows:
+            to_flow.conv.weight.normal_(0, 0.05)
+    src, drv = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    warp_dtypes = []
+    hook = g.dec.to_flows[-1].register_forward_hook(lambda m, args, out: warp_dtypes.append(out[1].dtype))
+
+    def step(amp):
+        g.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = g(src, drv)
+        (out.float() - drv).abs().mean().backward()
+        return out.detach().float(), torch.cat([p.grad.flatten() for p in g.parameters() if p.grad is not None])
+
+    ref, ref_grad = step(False)
+    out, grad = step(True)
+    hook.remove()
+    assert warp_dtypes == [torch.float32, torch.float32]
+    assert torch.isfinite(out).all() and torch.isfinite(grad).all()
+    assert (out - ref).norm() / ref.norm() < 5e-2
+    assert torch.nn.functional.cosine_similarity(grad, ref_grad, dim=0) > 0.95
