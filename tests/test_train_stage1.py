@@ -1,6 +1,7 @@
 """Training infrastructure (leo.train.common) and the stage-1 trainer."""
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import random
@@ -319,6 +320,23 @@ def test_ema_off_exports_the_generator_and_old_configs_have_no_ema(tmp_path, syn
     assert Stage1Config.from_dict(old).ema == 0.0
     with pytest.raises(ValueError, match="ema"):
         train_stage1(_cfg(tmp_path / "bad", synth_data, ema=1.0))
+
+
+def test_cpu_amp_trains_the_steps_under_bf16_autocast(tmp_path, synth_data, monkeypatch):
+    """cpu_amp (`--cpu-bf16`): generator and discriminator steps under CPU bf16 autocast, evaluations in
+    float32; off by default."""
+    from leo import layers
+
+    seen = []
+    real = layers.cpu_autocast
+    monkeypatch.setattr(layers, "cpu_autocast", lambda x: seen.append(real(x)) or seen[-1])
+    s = train_stage1(_cfg(tmp_path / "fp32", synth_data, steps=2))
+    assert s["finished"] and seen and not any(seen)
+    seen.clear()
+    s = train_stage1(_cfg(tmp_path / "bf16", synth_data, steps=3, cpu_amp=True))
+    assert s["finished"] and any(seen) and not all(seen)  # the steps under autocast, the evaluations not
+    assert all(math.isfinite(v) for v in s["last_losses"].values()) and math.isfinite(s["final_eval"]["gain"])
+    assert load_training_checkpoint(tmp_path / "bf16" / "checkpoint.pt")["config"]["cpu_amp"] is True
 
 
 def test_resume_after_kill_mid_checkpoint_write_is_exact(tmp_path, synth_data, monkeypatch):

@@ -9,7 +9,8 @@ Each process builds issue 11's stage-1 step, `leo demo`'s when the issue was fil
 0.125, style_dim 128, batch 4, copy init, relative latent, absolute flows, pyramid 3, adversarial
 weight 0.05; generator then discriminator, each with its tree's Adam) from the tree's own leo, runs 5
 warm-up steps and counts steps for --seconds.
-Prints each pair's steps/s and the median ratio new / old. The step is written out here rather
+Prints each pair's steps/s and the median ratio new / old. ``--new-cpu-bf16`` runs the new tree's
+step under CPU bf16 autocast, as `leo train-animator --cpu-bf16` does. The step is written out here rather
 than imported from benchmarks/bench_train_step.py, whose Trainer needs today's leo API.
 """
 from __future__ import annotations
@@ -22,7 +23,9 @@ import sys
 import time
 
 
-def _child(seconds: float, threads: int) -> None:
+def _child(seconds: float, threads: int, bf16: bool = False) -> None:
+    import contextlib
+
     import torch
 
     torch.set_num_threads(threads)
@@ -49,17 +52,24 @@ def _child(seconds: float, threads: int) -> None:
 
     src, tgt = image(), image()
 
+    def amp():  # as leo.train.stage1 steps with cpu_amp (`leo train-animator --cpu-bf16`)
+        return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
     def step():
         G.train()
         D.requires_grad_(False)
         opt_g.zero_grad(set_to_none=True)
-        recon = G(src, tgt)
-        (reconstruction_loss(recon, tgt, 3) + 0.05 * losses.g_nonsaturating(D(recon))).backward()
+        with amp():
+            recon = G(src, tgt)
+            loss = reconstruction_loss(recon, tgt, 3) + 0.05 * losses.g_nonsaturating(D(recon))
+        loss.backward()
         opt_g.step()
         D.requires_grad_(True)
         opt_d.zero_grad(set_to_none=True)
-        logits = D(torch.cat([tgt, recon.detach()]), 4)
-        losses.d_logistic(logits[:4], logits[4:]).backward()
+        with amp():
+            logits = D(torch.cat([tgt, recon.detach()]), 4)
+            d_loss = losses.d_logistic(logits[:4], logits[4:])
+        d_loss.backward()
         opt_d.step()
 
     for _ in range(5):
@@ -71,9 +81,10 @@ def _child(seconds: float, threads: int) -> None:
     print(n / (time.perf_counter() - t0))
 
 
-def _rate(tree: str, seconds: float, threads: int) -> float:
+def _rate(tree: str, seconds: float, threads: int, bf16: bool = False) -> float:
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree), OMP_NUM_THREADS=str(threads))
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", str(seconds), str(threads)],
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", str(seconds), str(threads)]
+                         + (["--bf16"] if bf16 else []),
                          env=env, cwd=os.path.abspath(tree), capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"timing {tree} failed:\n{out.stderr[-2000:]}")
@@ -83,7 +94,7 @@ def _rate(tree: str, seconds: float, threads: int) -> float:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
-        _child(float(argv[1]), int(argv[2]))
+        _child(float(argv[1]), int(argv[2]), bf16=argv[3:4] == ["--bf16"])
         return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("old", help="source tree of the baseline (extensions built in place)")
@@ -91,13 +102,16 @@ def main(argv=None) -> int:
     p.add_argument("--pairs", type=int, default=3)
     p.add_argument("--seconds", type=float, default=15.0, help="timed seconds per process")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--new-cpu-bf16", action="store_true",
+                   help="time the new tree's step under CPU bf16 autocast (`leo train-animator --cpu-bf16`)")
     a = p.parse_args(argv)
     ratios = []
     for i in range(a.pairs):
-        old, new = _rate(a.old, a.seconds, a.threads), _rate(a.new, a.seconds, a.threads)
+        old, new = _rate(a.old, a.seconds, a.threads), _rate(a.new, a.seconds, a.threads, a.new_cpu_bf16)
         ratios.append(new / old)
         print(f"pair {i + 1}: old {old:.3f} steps/s, new {new:.3f} steps/s, ratio {new / old:.2f}", flush=True)
-    print(f"median ratio new / old: {statistics.median(ratios):.2f} ({a.threads} thread(s), {a.pairs} pairs)")
+    what = ", new under CPU bf16 autocast" if a.new_cpu_bf16 else ""
+    print(f"median ratio new / old: {statistics.median(ratios):.2f} ({a.threads} thread(s), {a.pairs} pairs{what})")
     return 0
 
 

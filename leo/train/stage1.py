@@ -102,7 +102,8 @@ class Stage1Config(TrainConfig):
     device: str = field(default="auto", kw_only=True)
     workers: int = 2
     threads: int | None = None           # CPU threads for torch (None: torch's default)
-    amp: bool = field(default=True, kw_only=True)  # bf16 autocast on CUDA (CPU always runs fp32)
+    amp: bool = field(default=True, kw_only=True)  # bf16 autocast on CUDA
+    cpu_amp: bool = field(default=False, kw_only=True)  # bf16 autocast of the training steps on CPU (evals stay fp32)
     kernels: str = "auto"
 
     def to_dict(self) -> dict:
@@ -155,9 +156,13 @@ class Stage1Config(TrainConfig):
             raise ValueError(f"threads must be >= 1, got {self.threads!r}")
 
 
-def _autocast(device: torch.device, enabled: bool):
+def _autocast(device: torch.device, enabled: bool, cpu: bool = False):
+    """bf16 autocast on CUDA when ``enabled``; on CPU only when ``cpu`` (Stage1Config.cpu_amp): CPUs with
+    native bf16 (AVX512-BF16, AMX) run its convolutions 2-3x faster, others slower."""
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if cpu and device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -390,7 +395,7 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
                 tgt = b["target"].to(device, non_blocking=True)
                 sync = contextlib.nullcontext() if m == cfg.accum - 1 or not ctx.distributed else Gd.no_sync()
                 with sync:
-                    with _autocast(device, amp):
+                    with _autocast(device, amp, cfg.cpu_amp):
                         recon = Gd(src, tgt)
                         l1 = (recon.float() - tgt.float()).abs().mean()
                         loss = cfg.l1_weight * reconstruction_loss(recon, tgt, cfg.pyramid)
@@ -423,7 +428,7 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
                     with sync:
                         # one forward for real and fake (one backward per forward under DDP);
                         # minibatch-std groups stay within each half
-                        with _autocast(device, amp):
+                        with _autocast(device, amp, cfg.cpu_amp):
                             logits = Dd(torch.cat([real, fake]), n)
                             d_loss = losses.d_logistic(logits[:n], logits[n:])
                         loss = d_loss / cfg.accum
