@@ -89,6 +89,13 @@ def main(argv=None):
     p.add_argument("--motion-weight-steps", type=int, default=0,
                    help="apply --motion-weight only for the first N steps (0: always)")
     p.add_argument("--ema", type=float, default=0.0, help="evaluate an EMA of the generator with this decay (0: off)")
+    p.add_argument("--ema-extra", type=float, nargs="*", default=[],
+                   help="more EMA decays, kept and evaluated in the same run (keys emaDECAY_gain, ...)")
+    p.add_argument("--seed", type=int, default=0, help="model init, pair sampling and the stream's clips")
+    p.add_argument("--motion-gain", type=float, default=30.0, help="copy_amp's scale of the last motion fc layer")
+    p.add_argument("--grad-clip", type=float, default=0.0, help="clip the generator's gradient norm (0: off)")
+    p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up over this many steps")
+    p.add_argument("--bf16", action="store_true", help="the generator's forward and loss under CPU bf16 autocast")
     p.add_argument("--lr-decay", choices=("none", "cosine"), default="none",
                    help="cosine: the learning rate falls to 0 at the last step (half a cosine)")
     p.add_argument("--adv", type=float, default=0.0,
@@ -125,14 +132,14 @@ def main(argv=None):
     a = p.parse_args(argv)
 
     torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
+    torch.manual_seed(a.seed)
     size = 64
     train = torch.stack([render_video(0, i, 48, size, sway=a.sway, body=a.body, moves=a.moves) for i in range(a.train_clips)])  # (V, T, 3, S, S)
     heldout = [render_video(1000, i, 48, size, sway=a.sway, body=a.body, moves=a.moves) for i in range(8)]
     G = Animator(size=size, style_dim=128, width=a.width, align_corners=a.align_corners, relative_latent=a.relative,
                  relative_flow=a.relative_flow)
     if a.init != "random":
-        G.init_copy_source(motion_gain=30.0 if a.init == "copy_amp" else 1.0)
+        G.init_copy_source(motion_gain=a.motion_gain if a.init == "copy_amp" else 1.0)
     groups: dict[float, list] = {}
     for name, prm in G.named_parameters():
         k = next((k for sub, k in a.lr_mult if sub in name), 1.0)
@@ -144,8 +151,10 @@ def main(argv=None):
         D = Discriminator(size=size, width=0.125)
         opt_d = torch.optim.Adam(D.parameters(), lr=a.lr, betas=(a.beta1, 0.99))
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if a.ema > 0 else None
-    rng = np.random.default_rng(0)
-    log, t0 = [], time.time()
+    extra_emas = {d: copy.deepcopy(G).eval().requires_grad_(False) for d in a.ema_extra}
+    rng = np.random.default_rng(a.seed)
+    stream_offset = a.train_clips + a.seed * 10_000_000  # each seed streams clips no other seed sees
+    log, norms, t0 = [], [], time.time()
 
     def idle_error(model, clips):
         """L1(animator(frame, frame), frame) / copy L1 on held-out pairs: damage done at zero motion."""
@@ -160,9 +169,15 @@ def main(argv=None):
         if a.ema > 0:
             r.update({"ema_" + k: round(v, 4) for k, v in animator_report(G_ema, heldout, pairs_per_clip=8).items()
                       if k in ("l1", "gain", "motion_ratio", "psnr")})
+        for d, m in extra_emas.items():
+            r.update({f"ema{d}_" + k: round(v, 4) for k, v in animator_report(m, heldout, pairs_per_clip=8).items()
+                      if k in ("gain", "motion_ratio")})
         if a.eval_train:
             r.update({"train_" + k: round(v, 4) for k, v in animator_report(G_ema or G, list(train[:8]), pairs_per_clip=8).items()
                       if k in ("gain", "moving_gain", "motion_ratio")})
+        if norms:  # the generator's gradient norm (before clipping) since the last evaluation
+            r["grad_norm_median"] = round(float(np.median(norms)), 4)
+            norms.clear()
         r.update(step=step, seconds=round(time.time() - t0, 1))
         print(json.dumps(r), flush=True)
         log.append(r)
@@ -174,7 +189,7 @@ def main(argv=None):
         if a.identity:
             ti[:a.identity] = si[:a.identity]
         if a.stream:  # a fresh clip per pair: indices past the stored ones, two frames rendered each
-            pairs = [render_video(0, a.train_clips + (step - 1) * a.batch + b, 48, size, sway=a.sway, body=a.body,
+            pairs = [render_video(0, stream_offset + (step - 1) * a.batch + b, 48, size, sway=a.sway, body=a.body,
                                   moves=a.moves, frames=[si[b], ti[b]]) for b in range(a.batch)]
             src, tgt = torch.stack([q[0] for q in pairs]), torch.stack([q[1] for q in pairs])
         else:
@@ -190,6 +205,8 @@ def main(argv=None):
         ne = a.equivariance
         if ne:
             tgt[:ne], egrid = affine_targets(src[:ne], rng, a.affine_magnitude)
+        amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16)
+        amp.__enter__()
         wa_all, feats = G.enc.net_app(torch.cat([src, tgt]))
         wa, wa_t = wa_all[:a.batch], wa_all[a.batch:]
         alpha_s, alpha_t = G.enc.fc(wa), G.enc.fc(wa_t)
@@ -221,11 +238,15 @@ def main(argv=None):
         if D is not None:
             D.requires_grad_(False)
             loss = loss + a.adv * losses.g_nonsaturating(D(recon))
-        if a.lr_decay == "cosine":
-            for g, lr0 in zip(opt.param_groups, base_lrs):
-                g["lr"] = lr0 * 0.5 * (1 + math.cos(math.pi * (step - 1) / a.steps))
+        amp.__exit__(None, None, None)
+        scale = 0.5 * (1 + math.cos(math.pi * (step - 1) / a.steps)) if a.lr_decay == "cosine" else 1.0
+        if a.warmup:
+            scale *= min(1.0, step / a.warmup)
+        for g, lr0 in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr0 * scale
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(G.parameters(), a.grad_clip if a.grad_clip > 0 else math.inf)))
         opt.step()
         if D is not None:  # the trainer's discriminator step: real targets vs these reconstructions
             D.requires_grad_(True)
@@ -238,6 +259,12 @@ def main(argv=None):
                 for pe, pg in zip(G_ema.parameters(), G.parameters()):
                     pe.lerp_(pg, 1 - a.ema)
                 for be, bg in zip(G_ema.buffers(), G.buffers()):
+                    be.copy_(bg)
+        for d, m in extra_emas.items():
+            with torch.no_grad():
+                for pe, pg in zip(m.parameters(), G.parameters()):
+                    pe.lerp_(pg, 1 - d)
+                for be, bg in zip(m.buffers(), G.buffers()):
                     be.copy_(bg)
         if step % a.eval_every == 0 or step == a.steps:
             evaluate(step)
