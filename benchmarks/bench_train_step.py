@@ -18,7 +18,9 @@ Implementations (each with its own models and optimizers, same initial weights a
   bias + activation folded into the convs);
 - custom ops: the same models with ``LEO_KERNELS_BACKEND=cpu``, i.e. every blur and bias + activation
   through the leo_kernels custom ops (the default path before the ATen fast path);
-- eager ops: ``kernels="reference"`` (leo_kernels' eager references, grouped modulated convs).
+- eager ops: ``kernels="reference"`` (leo_kernels' eager references, grouped modulated convs);
+- leo, CPU bf16 autocast (CPU only): leo's path with the step under ``torch.autocast("cpu", bfloat16)``, as
+  ``leo train-animator --cpu-bf16`` trains (another precision: a speed reference, not a drop-in).
 
 tools/train_step_vs.py times the G+D step of two source trees (e.g. today's against an older
 commit), each in its own process. CUDA: batches 4 and 32 for both recipes (bf16 autocast off: float32
@@ -79,7 +81,7 @@ def _env(name, value):
 class Trainer:
     """Animator (+ discriminator) with Adam, stepped the way leo.train.stage1 steps them."""
 
-    def __init__(self, kernels, recipe, env=None):
+    def __init__(self, kernels, recipe, env=None, cpu_bf16=False):
         relative_flow, self.adv, lr, betas, _ = RECIPES[recipe]
         torch.manual_seed(0)
         self.G = Animator(size=SIZE, style_dim=STYLE_DIM, motion_dim=MOTION_DIM, width=WIDTH, kernels=kernels,
@@ -91,9 +93,13 @@ class Trainer:
             self.opt_d = adam(self.D.parameters(), lr=lr, betas=betas)
         else:
             self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.env, self.steps = env, 0
+        self.env, self.steps, self.cpu_bf16 = env, 0, cpu_bf16
 
     def step(self, src, tgt):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16):
+            self._step(src, tgt)
+
+    def _step(self, src, tgt):
         G = self.G
         with _env("LEO_KERNELS_BACKEND", self.env):
             G.train()
@@ -130,9 +136,10 @@ def test_train_step(benchmark, recipe, batch):
         "leo": Trainer("auto", recipe),
         "custom ops": Trainer("auto", recipe, env="cpu" if not _CUDA else None),
         "eager ops": Trainer("reference", recipe),
+        "leo, CPU bf16 autocast": Trainer("auto", recipe, cpu_bf16=True),
     }
-    if _CUDA:
-        del trainers["custom ops"]  # on CUDA the default path is the custom ops
+    if _CUDA:  # on CUDA the default path is the custom ops; CPU autocast does not apply
+        del trainers["custom ops"], trainers["leo, CPU bf16 autocast"]
     impls = {name: (lambda t=t: t.step(src, tgt)) for name, t in trainers.items()}
     what = ("G step with source-relative flows + EMA, no discriminator" if recipe == "demo"
             else "G + D, absolute flows")
