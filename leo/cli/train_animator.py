@@ -61,8 +61,9 @@ def register(sub):
                    help="CPU threads for torch (default: torch's; 1 is fastest for tiny models on a busy CPU)")
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on GPU")
     p.add_argument("--cpu-bf16", action="store_true",
-                   help="bf16 autocast of the training steps on CPU: faster on CPUs with native bf16 (AVX512-BF16, AMX), "
-                        "slower on others; evaluations stay float32")
+                   help="bf16 autocast of the training steps on CPU: faster on CPUs with native bf16 "
+                        "(AVX512-BF16, AMX; elsewhere bf16 convolutions are emulated and may be slower); "
+                        "evaluations stay float32")
     p.set_defaults(func=run_train)
 
     p = sub.add_parser("make-synthetic", help="write synthetic human-like training videos")
@@ -118,7 +119,8 @@ def run_train(args) -> int:
         batch=args.batch, accum=args.accum, adv_weight=args.adv_weight, vgg19=args.vgg19, r1=args.r1,
         r1_every=args.r1_every, sample_every=args.sample_every, eval_every=args.eval_every, max_frames=args.max_frames,
         test_fraction=args.test_fraction, device=args.device or "auto", workers=args.workers,
-        threads=args.threads, amp=not args.no_amp, cpu_amp=args.cpu_bf16, init=args.init, init_from=args.init_from, **training_kwargs(args),
+        threads=args.threads, amp=not args.no_amp, cpu_amp=args.cpu_bf16, init=args.init, init_from=args.init_from,
+        **training_kwargs(args),
         motion_gain=args.motion_gain, align_corners=not args.lia_grid, relative_latent=not args.absolute_latent,
         relative_flow=not (args.absolute_latent or args.absolute_flow),
         pyramid=args.pyramid, ema=args.ema,

@@ -158,7 +158,7 @@ class Stage1Config(TrainConfig):
 
 def _autocast(device: torch.device, enabled: bool, cpu: bool = False):
     """bf16 autocast on CUDA when ``enabled``; on CPU only when ``cpu`` (Stage1Config.cpu_amp): CPUs with
-    native bf16 (AVX512-BF16, AMX) run its convolutions 2-3x faster, others slower."""
+    native bf16 (AVX512-BF16, AMX) run its convolutions 2-3x faster; elsewhere they are emulated."""
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     if cpu and device.type == "cpu":
