@@ -54,6 +54,16 @@ def random_recolour(rng, n, low):
     return lambda x: torch.gather(x, 1, perm.view(-1, 3, 1, 1).expand_as(x)) * gain
 
 
+@torch.no_grad()
+def follow(ema, model, decay: float) -> None:
+    """One EMA step of ``ema`` toward ``model`` at a constant ``decay`` (no warm-up, unlike the trainer's
+    leo.train.common.ema_update, so the harness's earlier EMA rows stay comparable); buffers copied."""
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm, 1 - decay)
+    for be, bm in zip(ema.buffers(), model.buffers()):
+        be.copy_(bm)
+
+
 def lr_mult(text: str) -> tuple[str, float]:
     """--lr-mult SUBSTRING=K -> (SUBSTRING, K)."""
     sub, sep, k = text.partition("=")
@@ -254,18 +264,8 @@ def main(argv=None):
             opt_d.zero_grad(set_to_none=True)
             losses.d_logistic(logits[:a.batch], logits[a.batch:]).backward()
             opt_d.step()
-        if a.ema > 0:
-            with torch.no_grad():
-                for pe, pg in zip(G_ema.parameters(), G.parameters()):
-                    pe.lerp_(pg, 1 - a.ema)
-                for be, bg in zip(G_ema.buffers(), G.buffers()):
-                    be.copy_(bg)
-        for d, m in extra_emas.items():
-            with torch.no_grad():
-                for pe, pg in zip(m.parameters(), G.parameters()):
-                    pe.lerp_(pg, 1 - d)
-                for be, bg in zip(m.buffers(), G.buffers()):
-                    be.copy_(bg)
+        for d, m in ([(a.ema, G_ema)] if a.ema > 0 else []) + list(extra_emas.items()):
+            follow(m, G, d)
         if step % a.eval_every == 0 or step == a.steps:
             evaluate(step)
     with open(a.out or f"ablation_{a.name}.json", "w") as f:
