@@ -83,13 +83,16 @@ def seam_jitter(frames: torch.Tensor, seams: Iterable[int]) -> dict[str, float]:
 
 def pair_frames(clips: Iterable[torch.Tensor], pairs_per_clip: int | None = None) -> dict[str, torch.Tensor]:
     """(frame 0, frame t) pairs of every clip: ``pairs_per_clip`` targets evenly spread over each
-    clip (None: every frame t >= 1). -> {"source", "target"} (N, 3, H, W)."""
+    clip from frame 1 to the last (one pair: the middle frame, not frame 1, whose motion is the
+    smallest; None: every frame t >= 1). -> {"source", "target"} (N, 3, H, W)."""
     src, tgt = [], []
     for clip in clips:
         clip = _check_video(clip, "clip")
         n = clip.shape[0] - 1
         if pairs_per_clip is None or pairs_per_clip >= n:
             idx = torch.arange(1, n + 1)
+        elif pairs_per_clip == 1:
+            idx = torch.tensor([(n + 1) // 2])
         else:
             idx = torch.linspace(1, n, pairs_per_clip).round().long().unique()
         tgt.append(clip[idx])

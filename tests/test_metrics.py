@@ -48,6 +48,15 @@ def test_pair_frames_takes_frame_zero_as_source(clips):
     assert metrics.pair_frames(clips)["source"].shape[0] == 16  # every t >= 1
 
 
+def test_one_pair_per_clip_targets_the_middle_frame(clips):
+    # not frame 1: the trainer's eval of 8 pairs over 8 clips measured adjacent frames only
+    n = clips[0].shape[0] - 1
+    pairs = metrics.pair_frames(clips, pairs_per_clip=1)
+    assert pairs["target"].shape[0] == len(clips)
+    assert torch.equal(pairs["target"][0], clips[0][(n + 1) // 2])
+    assert not torch.equal(pairs["target"][0], clips[0][1])
+
+
 def test_copying_animator_has_gain_zero_and_no_motion(clips):
     torch.manual_seed(0)
     model = Animator(size=32, style_dim=32, width=1 / 16, align_corners=True).init_copy_source()
