@@ -2,7 +2,7 @@
 (_timing.compare), for two recipes.
 
 - ``demo``: what `leo demo`'s stage 1 does per step today (leo/cli/demo.py "full" preset:
-  batch 2, lr 2e-3, Adam betas (0.9, 0.99)): generator forward (source and target encoded in one
+  width 0.0625, batch 4, lr 3e-3, Adam betas (0.9, 0.99)): generator forward (source and target encoded in one
   pass, flows decoded relative to those at zero motion, i.e. a second decoder pass for the source),
   L1 + 3 average-pooled L1 terms, backward, Adam, EMA update; no discriminator (adv weight 0). The
   demo renders each pair's frames on the fly (about 7 ms per pair); that is data, not timed here.
@@ -10,8 +10,9 @@
   loss + 0.05 x the non-saturating adversarial loss through the discriminator, backward, Adam; then
   the discriminator on real and fake in one forward, logistic loss, backward, Adam.
 
-Both at the demo's model settings: 64x64, width 0.125, style_dim 128, motion_dim 20, copy init,
-relative latent, align_corners, pyramid 3, no VGG, no R1; batch 2 (demo) and 4 (G+D, the issue's).
+Both at the demo's model settings: 64x64, style_dim 128, motion_dim 20, copy init, relative latent,
+align_corners, pyramid 3, no VGG, no R1; width 0.0625 (demo) and 0.125 (G+D, the issue's, and the
+demo's until docs/MOTION.md's tenth round); batch 4.
 
 Implementations (each with its own models and optimizers, same initial weights and batch):
 - leo: ``kernels="auto"``: on CPU the ATen fast path of leo.layers (channels_last, depthwise blurs,
@@ -46,14 +47,14 @@ from leo.train.stage1 import reconstruction_loss
 
 _CUDA = torch.cuda.is_available()
 DEV = "cuda" if _CUDA else "cpu"
-SIZE, WIDTH, STYLE_DIM, MOTION_DIM = 64, 0.125, 128, 20
+SIZE, STYLE_DIM, MOTION_DIM = 64, 128, 20
 PYRAMID, ADV_WEIGHT = 3, 0.05
-RECIPES = {  # name: (relative flows, discriminator, learning rate, Adam betas, CPU batch)
-    "demo": (True, False, 2e-3, (0.9, 0.99), 2),
-    "G+D": (False, True, 2e-4, (0.0, 0.99), 4),
+RECIPES = {  # name: (relative flows, discriminator, learning rate, Adam betas, CPU batch, width)
+    "demo": (True, False, 3e-3, (0.9, 0.99), 4, 0.0625),
+    "G+D": (False, True, 2e-4, (0.0, 0.99), 4, 0.125),
 }
 CASES = ([(r, b) for r in RECIPES for b in (4, 32)] if _CUDA
-         else [(r, c[4]) for r, c in RECIPES.items()] + ([("demo", 4), ("G+D", 8)] if FULL else []))
+         else [(r, c[4]) for r, c in RECIPES.items()] + ([("demo", 8), ("G+D", 8)] if FULL else []))
 
 
 def _images(b, seed):
@@ -82,14 +83,14 @@ class Trainer:
     """Animator (+ discriminator) with Adam, stepped the way leo.train.stage1 steps them."""
 
     def __init__(self, kernels, recipe, env=None, cpu_bf16=False):
-        relative_flow, self.adv, lr, betas, _ = RECIPES[recipe]
+        relative_flow, self.adv, lr, betas, _, width = RECIPES[recipe]
         torch.manual_seed(0)
-        self.G = Animator(size=SIZE, style_dim=STYLE_DIM, motion_dim=MOTION_DIM, width=WIDTH, kernels=kernels,
+        self.G = Animator(size=SIZE, style_dim=STYLE_DIM, motion_dim=MOTION_DIM, width=width, kernels=kernels,
                           align_corners=True, relative_latent=True,
                           relative_flow=relative_flow).init_copy_source(motion_gain=30.0).to(DEV)
         self.opt_g = adam(self.G.parameters(), lr=lr, betas=betas)  # leo.train.stage1's optimizer
         if self.adv:
-            self.D = Discriminator(size=SIZE, width=WIDTH, kernels=kernels).to(DEV)
+            self.D = Discriminator(size=SIZE, width=width, kernels=kernels).to(DEV)
             self.opt_d = adam(self.D.parameters(), lr=lr, betas=betas)
         else:
             self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
@@ -145,7 +146,7 @@ def test_train_step(benchmark, recipe, batch):
             else "G + D, absolute flows")
     benchmark.extra_info.update(device=DEV, size=SIZE, batch=batch, dtype="float32",
                                 case=f"stage-1 step, {recipe} recipe ({what}; forward + backward + Adam), "
-                                     f"{SIZE}x{SIZE}, width {WIDTH}, style_dim {STYLE_DIM}, batch {batch}, float32")
+                                     f"{SIZE}x{SIZE}, width {RECIPES[recipe][5]}, style_dim {STYLE_DIM}, batch {batch}, float32")
     # Minimal traffic: parameters, gradients and both Adam moments, read and written once.
     models = [m for t in trainers.values() for m in (t.G, getattr(t, "D", None)) if m is not None]
     params = sum(p.numel() * p.element_size() for m in models for p in m.parameters())

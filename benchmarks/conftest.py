@@ -32,6 +32,18 @@ def pytest_collect_file(file_path, parent):
     return pytest.Module.from_parent(parent, path=file_path)
 
 
+def cpu_isa() -> str:
+    """The vector ISA torch's CPU kernels use here (AVX2, AVX512, ...), and whether the CPU has native
+    bf16: same-named CPUs differ (an "AMD EPYC" may lack AVX512), and bf16 rows depend on it."""
+    isa = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return isa
+    return f"{isa}, {'native bf16' if {'avx512_bf16', 'amx_bf16'} & set(flags) else 'no native bf16'}"
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     cpu = platform.processor() or platform.machine()
@@ -42,6 +54,7 @@ def machine() -> dict:
         pass
     return {
         "cpu": cpu,
+        "cpu_isa": cpu_isa(),
         "cpu_count": os.cpu_count(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__,

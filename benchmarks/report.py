@@ -70,7 +70,8 @@ def render(data: dict, run: dict | None = None) -> str:
     threads = m.get("torch_threads", "?")
     full_env = "LEO_BENCH_FULL=1 " if m.get("settings") == "full" and not m.get("gpu") else ""
     device = f"{m.get('gpu')} GPU + " if m.get("gpu") else ""
-    machine = (f"{device}{m.get('cpu', '?')}, {m.get('cpu_count', '?')} CPUs, torch {m.get('torch', '?')}, "
+    isa = f" ({m['cpu_isa']})" if m.get("cpu_isa") else ""
+    machine = (f"{device}{m.get('cpu', '?')}{isa}, {m.get('cpu_count', '?')} CPUs, torch {m.get('torch', '?')}, "
                f"torch threads: {threads} (OMP_NUM_THREADS), {m.get('settings', '?')} settings")
     if m.get("huge_pages"):  # THP_MEM_ALLOC_ENABLE=1 in the environment: say so, it changes allocation costs
         machine += ", THP_MEM_ALLOC_ENABLE=1"
