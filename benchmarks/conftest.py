@@ -32,29 +32,31 @@ def pytest_collect_file(file_path, parent):
     return pytest.Module.from_parent(parent, path=file_path)
 
 
-def cpu_isa() -> str:
-    """The vector ISA torch's CPU kernels use here (AVX2, AVX512, ...), and whether the CPU has native
-    bf16: same-named CPUs differ (an "AMD EPYC" may lack AVX512), and bf16 rows depend on it."""
-    isa = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else "?"
+def _cpuinfo() -> dict:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    info = {}
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                info[key.strip()] = value.strip()
     except OSError:
-        return isa
-    return f"{isa}, {'native bf16' if {'avx512_bf16', 'amx_bf16'} & set(flags) else 'no native bf16'}"
+        pass
+    return info
 
 
 def machine() -> dict:
-    """What the numbers were measured on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    """What the numbers were measured on. ``cpu_isa``: the vector ISA torch's CPU kernels use and
+    whether bf16 is native; same-named CPUs differ (an "AMD EPYC" may lack AVX512), and so do the
+    float32 and bf16 rows."""
+    info = _cpuinfo()
+    isa = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else "?"
+    bf16 = {"avx512_bf16", "amx_bf16"} & set(info.get("flags", "").split())
     return {
-        "cpu": cpu,
-        "cpu_isa": cpu_isa(),
+        "cpu": info.get("model name") or platform.processor() or platform.machine(),
+        "cpu_isa": f"{isa}, {'native bf16' if bf16 else 'no native bf16'}",
         "cpu_count": os.cpu_count(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__,
