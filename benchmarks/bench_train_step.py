@@ -1,8 +1,8 @@
 """Stage-1 training step: leo's default path vs the baselines, paired and interleaved
 (_timing.compare), for two recipes.
 
-- ``demo``: what `leo demo`'s stage 1 does per step today (leo/cli/demo.py "full" preset:
-  width 0.0625, batch 4, lr 3e-3, Adam betas (0.9, 0.99)): generator forward (source and target encoded in one
+- ``demo``: what `leo demo`'s stage 1 does per step today (its settings read from leo/cli/demo.py's
+  "full" preset: width 0.0625, batch 4, lr 3e-3, Adam betas (0.9, 0.99)): generator forward (source and target encoded in one
   pass, flows decoded relative to those at zero motion, i.e. a second decoder pass for the source),
   L1 + 3 average-pooled L1 terms, backward, Adam, EMA update; no discriminator (adv weight 0). The
   demo renders each pair's frames on the fly (about 7 ms per pair); that is data, not timed here.
@@ -40,6 +40,7 @@ import torch
 from _timing import FULL, compare
 
 from leo.animator import Animator
+from leo.cli.demo import PRESETS
 from leo.discriminator import Discriminator
 from leo.train import losses
 from leo.train.common import adam, ema_update
@@ -47,10 +48,11 @@ from leo.train.stage1 import reconstruction_loss
 
 _CUDA = torch.cuda.is_available()
 DEV = "cuda" if _CUDA else "cpu"
-SIZE, STYLE_DIM, MOTION_DIM = 64, 128, 20
+_DEMO = PRESETS["full"]
+SIZE, STYLE_DIM, MOTION_DIM = _DEMO["size"], _DEMO["style_dim"], 20
 PYRAMID, ADV_WEIGHT = 3, 0.05
 RECIPES = {  # name: (relative flows, discriminator, learning rate, Adam betas, CPU batch, width)
-    "demo": (True, False, 3e-3, (0.9, 0.99), 4, 0.0625),
+    "demo": (True, False, _DEMO["animator_lr"], _DEMO["animator_betas"], _DEMO["animator_batch"], _DEMO["width"]),
     "G+D": (False, True, 2e-4, (0.0, 0.99), 4, 0.125),
 }
 CASES = ([(r, b) for r in RECIPES for b in (4, 32)] if _CUDA
