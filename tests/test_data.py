@@ -245,6 +245,28 @@ def test_single_clip_time_split_frames(tmp_path):
     assert torch.allclose(test, frames[6:], atol=1.01 / 127.5)
 
 
+
+def test_split_by_time_holds_out_the_last_frames_of_every_clip(tmp_path):
+    for i in range(3):
+        (tmp_path / f"c{i}").mkdir()
+        for j, f in enumerate(render_video(1, i, 10, 16)):
+            save_image(tmp_path / f"c{i}" / f"{j:03d}.png", f)
+    clips = find_clips(tmp_path)
+    tr, te = split_clips(clips, 0.2, by="time")
+    assert [c.name for c in tr] == [c.name for c in te] == [c.name for c in clips]
+    assert {c.span for c in tr} == {(0.0, 0.8)} and {c.span for c in te} == {(0.8, 1.0)}
+    with pytest.raises(ValueError, match="split_by"):
+        split_clips(clips, 0.2, by="frames")
+    vf = VideoFolder(tmp_path, size=16, test_fraction=0.2, split_by="time")
+    assert len(vf.split("train")) == len(vf.split("test")) == 3
+    assert "each split in time" in vf.summary()
+    for i, j in zip(vf.split("train"), vf.split("test")):
+        whole = vf.frames(i).shape[0] + vf.frames(j).shape[0]
+        assert (vf.frames(i).shape[0], vf.frames(j).shape[0], whole) == (8, 2, 10)
+        # the held-out frames are the clip's last two, none of them trained on
+        whole_clip = VideoFolder(vf.clips[j].path, size=16, test_fraction=0).frames(0)
+        assert torch.equal(vf.frames(j), whole_clip[8:]) and torch.equal(vf.frames(i), whole_clip[:8])
+
 def test_missing_and_empty_folders(tmp_path):
     with pytest.raises(DataError, match="not found"):
         VideoFolder(tmp_path / "nope")

@@ -21,6 +21,9 @@ def register(sub):
     r.add_argument("--pairs", type=int, default=64, help="(frame 0, frame t) pairs, spread over the clips (default: 64)")
     r.add_argument("--clips", type=int, default=8, help="held-out clips (default: 8, the trainer's)")
     r.add_argument("--max-frames", type=int, default=48, help="frames used per clip (default: 48, the trainer's)")
+    r.add_argument("--split-by", choices=("clip", "time"), default="clip",
+                   help="held-out part, as the trainer's --split-by: unseen clips (default) or the last 10%% of "
+                        "every clip's frames")
     r.add_argument("--seed", type=int, default=None,
                    help="pick the held-out clips at random with this seed (default: the first ones, as the trainer)")
     _common(r)
@@ -115,7 +118,7 @@ def run_reconstruction(args) -> int:
     size = int(animator.config["size"])
     try:
         folder = VideoFolder(args.data, size=size, test_fraction=0.1, split_seed=0, min_frames=2,
-                             max_frames=args.max_frames, verbose=False)
+                             max_frames=args.max_frames, verbose=False, split_by=args.split_by)
     except (DataError, ValueError) as exc:
         raise UserError(f"--data: {exc}") from None
     split = "test" if folder.test else "train"
@@ -140,7 +143,7 @@ def run_reconstruction(args) -> int:
     if not clips:
         raise UserError(f"--data: no readable {split} clip with at least 2 frames in {args.data}")
     per_clip = max(1, -(-args.pairs // len(clips)))
-    print(f"held-out split ({split}, test_fraction 0.1, split_seed 0): {len(clips)} clips"
+    print(f"held-out split ({split}, by {args.split_by}, test_fraction 0.1, split_seed 0): {len(clips)} clips"
           + (f" (asked {args.clips}; all available)" if len(clips) < args.clips else "")
           + f", {per_clip} (frame 0, frame t) pairs per clip, at {size}x{size}")
     rep = animator_report(animator, clips, pairs_per_clip=per_clip, batch=args.batch)

@@ -55,7 +55,11 @@ def register(sub):
                         "clips of the same generator, never the same clip twice (the written ones evaluate; "
                         "docs/MOTION.md, seventh round)")
     p.add_argument("--max-frames", type=int, default=None, help="use at most this many frames of each clip")
-    p.add_argument("--test-fraction", type=float, default=0.1, help="share of clips held out (default 0.1)")
+    p.add_argument("--test-fraction", type=float, default=0.1,
+                   help="share held out: of the clips, or of every clip's frames with --split-by time (default 0.1)")
+    p.add_argument("--split-by", choices=("clip", "time"), default="clip",
+                   help="clip: evaluate on unseen clips (default); time: on the last frames of every clip, "
+                        "i.e. unseen poses of the people trained on (for very few clips; docs/MOTION.md, Real clips)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's; 1 is fastest for tiny models on a busy CPU)")
@@ -118,7 +122,7 @@ def run_train(args) -> int:
         size=args.size, width=args.width, style_dim=args.style_dim, motion_dim=args.motion_dim,
         batch=args.batch, accum=args.accum, adv_weight=args.adv_weight, vgg19=args.vgg19, r1=args.r1,
         r1_every=args.r1_every, sample_every=args.sample_every, eval_every=args.eval_every, max_frames=args.max_frames,
-        test_fraction=args.test_fraction, device=args.device or "auto", workers=args.workers,
+        test_fraction=args.test_fraction, split_by=args.split_by, device=args.device or "auto", workers=args.workers,
         threads=args.threads, amp=not args.no_amp, cpu_amp=args.cpu_bf16, init=args.init, init_from=args.init_from,
         **training_kwargs(args),
         motion_gain=args.motion_gain, align_corners=not args.lia_grid, relative_latent=not args.absolute_latent,

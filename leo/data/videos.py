@@ -91,17 +91,22 @@ def find_clips(root: str | os.PathLike) -> list[Clip]:
     return sorted(clips, key=lambda c: _natural_key(c.name))
 
 
-def split_clips(clips: list[Clip], test_fraction: float, seed: int = 0) -> tuple[list[Clip], list[Clip]]:
-    """Deterministic train/test split by clip: ``ceil(n * test_fraction)`` clips of a seeded shuffle
-    go to test (at least one train clip stays). A single clip is split in time instead."""
+def split_clips(clips: list[Clip], test_fraction: float, seed: int = 0,
+                by: str = "clip") -> tuple[list[Clip], list[Clip]]:
+    """Deterministic train/test split. ``by="clip"``: ``ceil(n * test_fraction)`` clips of a seeded
+    shuffle go to test (at least one train clip stays); a single clip is split in time instead.
+    ``by="time"``: every clip is split in time, its last ``test_fraction`` of frames held out
+    (unseen poses of the people trained on, for folders of very few clips)."""
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
+    if by not in ("clip", "time"):
+        raise ValueError(f"split_by must be 'clip' or 'time', got {by!r}")
     if test_fraction == 0 or not clips:
         return list(clips), []
-    if len(clips) == 1:
-        c = clips[0]
+    if len(clips) == 1 or by == "time":
         cut = 1.0 - test_fraction
-        return [Clip(c.path, c.kind, c.name, (0.0, cut))], [Clip(c.path, c.kind, c.name, (cut, 1.0))]
+        return ([Clip(c.path, c.kind, c.name, (0.0, cut)) for c in clips],
+                [Clip(c.path, c.kind, c.name, (cut, 1.0)) for c in clips])
     order = np.random.default_rng([int(seed), 7919]).permutation(len(clips))
     n_test = min(len(clips) - 1, max(1, math.ceil(len(clips) * test_fraction)))
     test_idx = set(order[:n_test].tolist())
@@ -168,8 +173,10 @@ class VideoFolder:
     Args:
         root: folder of videos and/or frame folders (searched recursively), or one video file.
         size: model resolution (frames are resized on the shorter side, then center-cropped).
-        test_fraction: share of clips held out for evaluation (by clip; by time if one clip).
+        test_fraction: share held out for evaluation: of the clips (by clip; by time if one clip),
+            or of every clip's frames with ``split_by="time"``.
         split_seed: seed of the deterministic split.
+        split_by: "clip" (unseen clips) or "time" (the last frames of every clip; split_clips).
         min_frames: clips with fewer decoded frames are skipped (2 for pairs, T for windows).
         max_frames: use at most this many frames of each clip (None: all).
         cache_mb: per-process budget for decoded clips (uint8), least recently used evicted.
@@ -178,12 +185,13 @@ class VideoFolder:
 
     def __init__(self, root, size: int = 64, test_fraction: float = 0.1, split_seed: int = 0,
                  min_frames: int = 2, max_frames: int | None = None, cache_mb: float = 512,
-                 probe: bool = True, verbose: bool = True):
+                 probe: bool = True, verbose: bool = True, split_by: str = "clip"):
         if isinstance(size, bool) or not isinstance(size, int) or size < 8:
             raise ValueError(f"size must be an int >= 8, got {size!r}")
         if min_frames < 1:
             raise ValueError(f"min_frames must be >= 1, got {min_frames!r}")
         self.root, self.size, self.min_frames, self.max_frames = os.fspath(root), size, min_frames, max_frames
+        self.split_by, self.test_fraction = split_by, test_fraction
         self.cache_bytes = int(cache_mb * 2**20)
         self.verbose = verbose
         clips = find_clips(root)
@@ -204,7 +212,7 @@ class VideoFolder:
         if not clips:
             raise DataError(f"none of the clips in {self.root} is readable "
                             f"({len(self.skipped_at_index)} skipped, e.g. {self.skipped_at_index[0][1]})")
-        self.train, self.test = split_clips(clips, test_fraction, split_seed)
+        self.train, self.test = split_clips(clips, test_fraction, split_seed, by=split_by)
         self.clips = self.train + self.test
         # 0 = not decoded yet, 1 = fine, 2 = bad; shared so workers' findings reach the summary
         self._status = torch.zeros(len(self.clips), dtype=torch.uint8).share_memory_()
@@ -289,8 +297,12 @@ class VideoFolder:
         return out
 
     def summary(self) -> str:
-        s = (f"{len(self.clips)} clips in {self.root} ({len(self.train)} train, {len(self.test)} test) "
-             f"at {self.size}x{self.size}")
+        if self.split_by == "time" and self.test:
+            s = (f"{len(self.train)} clips in {self.root}, each split in time (the last {self.test_fraction:.0%} "
+                 f"of its frames held out) at {self.size}x{self.size}")
+        else:
+            s = (f"{len(self.clips)} clips in {self.root} ({len(self.train)} train, {len(self.test)} test) "
+                 f"at {self.size}x{self.size}")
         skipped = self.skipped()
         if skipped:
             s += f"; {len(skipped)} skipped: " + ", ".join(f"{n} ({r[:80]})" for n, r in skipped[:5])

@@ -98,6 +98,7 @@ class Stage1Config(TrainConfig):
     eval_pairs: int = 16                 # held-out (frame 0, frame t) pairs per eval (spread over eval_clips)
     eval_clips: int = 8                  # held-out clips for the motion ratio
     test_fraction: float = 0.1
+    split_by: str = "clip"               # "clip": unseen clips evaluate; "time": the last frames of every clip
     max_frames: int | None = None        # use at most this many frames per clip
     device: str = field(default="auto", kw_only=True)
     workers: int = 2
@@ -150,6 +151,8 @@ class Stage1Config(TrainConfig):
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if self.r1 < 0:
             raise ValueError(f"r1 must be >= 0, got {self.r1!r}")
+        if self.split_by not in ("clip", "time"):
+            raise ValueError(f"split_by must be 'clip' or 'time', got {self.split_by!r}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers!r}")
         if self.threads is not None and self.threads < 1:
@@ -280,7 +283,7 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
 
     # ---- data
     data_root = _prepare_data(cfg, ctx, out)
-    folder = VideoFolder(data_root, size=cfg.size, test_fraction=cfg.test_fraction, split_seed=0,
+    folder = VideoFolder(data_root, size=cfg.size, test_fraction=cfg.test_fraction, split_seed=0, split_by=cfg.split_by,
                          max_frames=cfg.max_frames, verbose=ctx.is_main)
     log.message(f"data: {folder.summary()}")
     if cfg.synthetic_stream:  # the same generator past the written clips, so those stay unseen
