@@ -461,6 +461,29 @@ inline void prefetch_ahead(const RowTaps32& t, int64_t g, int64_t ng, const floa
   _mm_prefetch(reinterpret_cast<const char*>(p + rs), _MM_HINT_T0);
 }
 
+// The four bilinear corners of window group g (kind 1 or 2; outputs j..j+7) of plane ip, from a
+// 9-column window with one-register permutes (kind 2: outputs flagged in lower read one row
+// further down). Shared by the AVX2 forward and backward.
+__attribute__((target("avx2,fma"))) inline void window_corners_avx2(const RowTaps32& t, int64_t g, int64_t j,
+                                                                     const float* ip, int64_t rs, __m256& v00,
+                                                                     __m256& v01, __m256& v10, __m256& v11) {
+  const float* b = ip + t.base[g];
+  const __m256i col = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.col.data() + j));
+  v00 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(b), col);
+  v01 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(b + 1), col);
+  v10 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(b + rs), col);
+  v11 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(b + rs + 1), col);
+  if (t.kind[g] == 2) {
+    const __m256 lo = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.lower.data() + j)));
+    const __m256 v20 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(b + 2 * rs), col);
+    const __m256 v21 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(b + 2 * rs + 1), col);
+    v00 = _mm256_blendv_ps(v00, v10, lo);
+    v01 = _mm256_blendv_ps(v01, v11, lo);
+    v10 = _mm256_blendv_ps(v10, v20, lo);
+    v11 = _mm256_blendv_ps(v11, v21, lo);
+  }
+}
+
 // One plane over the n pixels of a classified RowTaps32 (rs: the plane's row stride; next: the
 // plane sampled after it with the same taps, or null).
 __attribute__((target("avx2,fma"))) void sample_plane_avx2(const RowTaps32& t, int64_t n, const float* ip,
@@ -469,26 +492,12 @@ __attribute__((target("avx2,fma"))) void sample_plane_avx2(const RowTaps32& t, i
   int64_t j = 0;
   for (int64_t g = 0; j + 8 <= n; ++g, j += 8) {
     prefetch_ahead(t, g, n / 8, ip, next, rs);
-    const int kind = t.kind[g];
-    if (kind == 0) {
+    if (t.kind[g] == 0) {
       sample_plane_scalar(t, j, j + 8, ip, op, xp, bp);
       continue;
     }
-    const float* b = ip + t.base[g];
-    const __m256i col = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.col.data() + j));
-    __m256 v00 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(b), col);
-    __m256 v01 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(b + 1), col);
-    __m256 v10 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(b + rs), col);
-    __m256 v11 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(b + rs + 1), col);
-    if (kind == 2) {
-      const __m256 lo = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.lower.data() + j)));
-      const __m256 v20 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(b + 2 * rs), col);
-      const __m256 v21 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(b + 2 * rs + 1), col);
-      v00 = _mm256_blendv_ps(v00, v10, lo);
-      v01 = _mm256_blendv_ps(v01, v11, lo);
-      v10 = _mm256_blendv_ps(v10, v20, lo);
-      v11 = _mm256_blendv_ps(v11, v21, lo);
-    }
+    __m256 v00, v01, v10, v11;
+    window_corners_avx2(t, g, j, ip, rs, v00, v01, v10, v11);
     store_group(t, j, v00, v01, v10, v11, op, xp, bp);
   }
   sample_plane_scalar(t, j, n, ip, op, xp, bp);
@@ -1343,35 +1352,70 @@ inline void bwd_plane_scalar(BwdTile& b, int64_t j, int64_t n, const float* ip, 
 }
 
 #ifdef LEO_WARP_AVX2
+// The pass-1 update of the 8 pixels at j from their corner values (shared by the AVX2 and
+// AVX-512 kernels).
+template <bool kWarp>
+__attribute__((target("avx2,fma"))) inline void bwd_group(BwdTile& b, int64_t j, __m256 v00, __m256 v01, __m256 v10,
+                                                          __m256 v11, const float* gw, const float* gb,
+                                                          const float* xp, float* gxp) {
+  const RowTaps32& t = b.rt;
+  const __m256 ones = _mm256_set1_ps(1.f);
+  const __m256 fx = _mm256_loadu_ps(b.fx.data() + j), fy = _mm256_loadu_ps(b.fy.data() + j);
+  __m256 G = _mm256_loadu_ps(gw + j);
+  if constexpr (kWarp) {
+    const __m256 gbv = _mm256_loadu_ps(gb + j);
+    G = _mm256_add_ps(G, gbv);
+    _mm256_storeu_ps(gxp + j, _mm256_mul_ps(gbv, _mm256_loadu_ps(t.keep.data() + j)));
+    __m256 s = _mm256_mul_ps(_mm256_loadu_ps(t.w[0].data() + j), v00);
+    s = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[1].data() + j), v01, s);
+    s = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[2].data() + j), v10, s);
+    s = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[3].data() + j), v11, s);
+    const __m256 am = _mm256_fmsub_ps(G, s, _mm256_mul_ps(gbv, _mm256_loadu_ps(xp + j)));
+    _mm256_storeu_ps(b.am.data() + j, _mm256_add_ps(_mm256_loadu_ps(b.am.data() + j), am));
+  }
+  const __m256 dxv = _mm256_fmadd_ps(fy, _mm256_sub_ps(v11, v10), _mm256_mul_ps(_mm256_sub_ps(ones, fy), _mm256_sub_ps(v01, v00)));
+  const __m256 dyv = _mm256_fmadd_ps(fx, _mm256_sub_ps(v11, v01), _mm256_mul_ps(_mm256_sub_ps(ones, fx), _mm256_sub_ps(v10, v00)));
+  _mm256_storeu_ps(b.ax.data() + j, _mm256_fmadd_ps(G, dxv, _mm256_loadu_ps(b.ax.data() + j)));
+  _mm256_storeu_ps(b.ay.data() + j, _mm256_fmadd_ps(G, dyv, _mm256_loadu_ps(b.ay.data() + j)));
+}
+
 template <bool kWarp>
 __attribute__((target("avx2,fma,avx512f,avx512vl"))) void bwd_plane_avx512(BwdTile& b, int64_t n, const float* ip,
                                                                            const float* next, int64_t rs,
                                                                            const float* gw, const float* gb,
                                                                            const float* xp, float* gxp) {
-  const RowTaps32& t = b.rt;
-  const __m256 ones = _mm256_set1_ps(1.f);
   int64_t j = 0;
   for (int64_t g = 0; j + 8 <= n; ++g, j += 8) {
-    prefetch_ahead(t, g, n / 8, ip, next, rs);
+    prefetch_ahead(b.rt, g, n / 8, ip, next, rs);
     __m256 v00, v01, v10, v11;
-    corners_avx512(t, g, j, ip, rs, v00, v01, v10, v11);
-    const __m256 fx = _mm256_loadu_ps(b.fx.data() + j), fy = _mm256_loadu_ps(b.fy.data() + j);
-    __m256 G = _mm256_loadu_ps(gw + j);
-    if constexpr (kWarp) {
-      const __m256 gbv = _mm256_loadu_ps(gb + j);
-      G = _mm256_add_ps(G, gbv);
-      _mm256_storeu_ps(gxp + j, _mm256_mul_ps(gbv, _mm256_loadu_ps(t.keep.data() + j)));
-      __m256 s = _mm256_mul_ps(_mm256_loadu_ps(t.w[0].data() + j), v00);
-      s = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[1].data() + j), v01, s);
-      s = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[2].data() + j), v10, s);
-      s = _mm256_fmadd_ps(_mm256_loadu_ps(t.w[3].data() + j), v11, s);
-      const __m256 am = _mm256_fmsub_ps(G, s, _mm256_mul_ps(gbv, _mm256_loadu_ps(xp + j)));
-      _mm256_storeu_ps(b.am.data() + j, _mm256_add_ps(_mm256_loadu_ps(b.am.data() + j), am));
+    corners_avx512(b.rt, g, j, ip, rs, v00, v01, v10, v11);
+    bwd_group<kWarp>(b, j, v00, v01, v10, v11, gw, gb, xp, gxp);
+  }
+  bwd_plane_scalar<kWarp>(b, j, n, ip, gw, gb, xp, gxp);
+}
+
+// AVX2: window groups (kind 1, 2) from permuted window loads; scattered ones (kind 0) per pixel,
+// as in sample_plane_avx2 (AVX2 gathers are no faster than scalar loads on the CPUs measured).
+template <bool kWarp>
+__attribute__((target("avx2,fma"))) void bwd_plane_avx2(BwdTile& b, int64_t n, const float* ip, const float* next,
+                                                        int64_t rs, const float* gw, const float* gb,
+                                                        const float* xp, float* gxp) {
+  int64_t j = 0;
+  for (int64_t g = 0; j + 8 <= n; ++g, j += 8) {
+    prefetch_ahead(b.rt, g, n / 8, ip, next, rs);
+    __m256 v00, v01, v10, v11;
+    if (b.rt.kind[g] == 0) {
+      const __m256 z = _mm256_setzero_ps();
+      const __m256i m1 = _mm256_set1_epi32(-1);
+      __m256* v[4] = {&v00, &v01, &v10, &v11};
+      for (int k = 0; k < 4; ++k) {
+        const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.rt.o[k].data() + j));
+        *v[k] = _mm256_mask_i32gather_ps(z, ip, idx, _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, m1)), 4);
+      }
+    } else {
+      window_corners_avx2(b.rt, g, j, ip, rs, v00, v01, v10, v11);
     }
-    const __m256 dxv = _mm256_fmadd_ps(fy, _mm256_sub_ps(v11, v10), _mm256_mul_ps(_mm256_sub_ps(ones, fy), _mm256_sub_ps(v01, v00)));
-    const __m256 dyv = _mm256_fmadd_ps(fx, _mm256_sub_ps(v11, v01), _mm256_mul_ps(_mm256_sub_ps(ones, fx), _mm256_sub_ps(v10, v00)));
-    _mm256_storeu_ps(b.ax.data() + j, _mm256_fmadd_ps(G, dxv, _mm256_loadu_ps(b.ax.data() + j)));
-    _mm256_storeu_ps(b.ay.data() + j, _mm256_fmadd_ps(G, dyv, _mm256_loadu_ps(b.ay.data() + j)));
+    bwd_group<kWarp>(b, j, v00, v01, v10, v11, gw, gb, xp, gxp);
   }
   bwd_plane_scalar<kWarp>(b, j, n, ip, gw, gb, xp, gxp);
 }
@@ -1382,6 +1426,7 @@ inline void bwd_plane(BwdTile& b, int64_t n, const float* ip, const float* next,
                       const float* gb, const float* xp, float* gxp) {
 #ifdef LEO_WARP_AVX2
   if (cpu_has_avx512()) return bwd_plane_avx512<kWarp>(b, n, ip, next, rs, gw, gb, xp, gxp);
+  if (cpu_has_avx2()) return bwd_plane_avx2<kWarp>(b, n, ip, next, rs, gw, gb, xp, gxp);
 #endif
   bwd_plane_scalar<kWarp>(b, 0, n, ip, gw, gb, xp, gxp);
 }
@@ -1399,7 +1444,7 @@ void bwd_f32_nchw(const P& p, int64_t N, int64_t C, int64_t H, int64_t W, int64_
   at::Tensor taps_w = at::empty({4, N * HWo}, at::kFloat);
   int32_t* to = taps_o.mutable_data_ptr<int32_t>();
   float* tw = taps_w.mutable_data_ptr<float>();
-  const int64_t span = window_span() == 16 ? 16 : 0;  // bwd_plane has no AVX2 window kernel
+  const int64_t span = window_span();
   at::parallel_for(0, N * ntiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<typename P::Row> rows;
     for (int64_t r = 0; r < R; ++r) rows.push_back(p.row());
