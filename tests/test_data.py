@@ -267,6 +267,32 @@ def test_split_by_time_holds_out_the_last_frames_of_every_clip(tmp_path):
         whole_clip = VideoFolder(vf.clips[j].path, size=16, test_fraction=0).frames(0)
         assert torch.equal(vf.frames(j), whole_clip[8:]) and torch.equal(vf.frames(i), whole_clip[:8])
 
+
+def test_frame_pairs_max_gap(tmp_path):
+    (tmp_path / "c").mkdir()
+    for j, f in enumerate(render_video(1, 0, 30, 16)):
+        save_image(tmp_path / "c" / f"{j:03d}.png", f)
+    vf = VideoFolder(tmp_path, size=16, test_fraction=0.0)
+    gaps = {None: [], 3: []}
+    for max_gap in gaps:
+        ds = FramePairDataset(vf, "train", seed=4, max_gap=max_gap)
+        for k in range(400):
+            a, b = ds[k]["frame_index"].tolist()
+            assert a != b and 0 <= min(a, b) and max(a, b) < 30
+            gaps[max_gap].append(abs(a - b))
+    # every gap up to the limit occurs (the clip's ends included), none beyond it
+    assert set(gaps[3]) == {1, 2, 3}
+    assert max(gaps[None]) > 20
+    # no limit draws exactly what it drew before max_gap existed (runs resume on the same pairs)
+    ds = FramePairDataset(vf, "train", seed=4)
+    rng = ds._rng(7)
+    a = int(rng.integers(30))
+    b = int(rng.integers(29))
+    assert ds[7]["frame_index"].tolist() == [a, b + (b >= a)]
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="max_gap"):
+            FramePairDataset(vf, "train", max_gap=bad)
+
 def test_missing_and_empty_folders(tmp_path):
     with pytest.raises(DataError, match="not found"):
         VideoFolder(tmp_path / "nope")

@@ -521,6 +521,11 @@ def test_synthetic_stream_trains_on_fresh_clips_and_holds_out_the_stored_ones(tm
         assert_states_equal(ref_ck[key], ck[key], key)
     with pytest.raises(ValueError, match="synthetic_stream needs synthetic N or a data folder written by"):
         Stage1Config(out="x", data=str(tmp_path), synthetic_stream=True).validate()
+    with pytest.raises(ValueError, match="max_gap limits pairs of stored clips"):
+        Stage1Config(out="x", synthetic=2, synthetic_stream=True, max_gap=8).validate()
+    for bad in ({"max_gap": 0}, {"split_by": "frames"}, {"betas": (1.0, 0.99)}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Stage1Config(out="x", synthetic=2, **bad).validate()
     capsys.readouterr()
     assert leo_main(["train-animator", "--data", str(tmp_path), "--synthetic-stream", "--out", str(tmp_path / "y")]) == 2
     assert "has no synthetic.json" in capsys.readouterr().err

@@ -42,6 +42,8 @@ def register(sub):
     rec.add_argument("--pyramid", type=int, default=3, help="extra L1 terms on 2x..2^N x pooled images (default 3)")
     rec.add_argument("--ema", type=float, default=0.995,
                      help="decay of the generator's EMA, which is evaluated and exported (default 0.995; 0 = off)")
+    rec.add_argument("--beta1", type=float, default=0.0,
+                     help="Adam beta1 of both networks (default 0, StyleGAN's; `leo demo` uses 0.9, docs/MOTION.md)")
     p.add_argument("--adv-weight", type=float, default=0.05, help="adversarial loss weight, 0 = off (default 0.05)")
     p.add_argument("--vgg19", metavar="PATH",
                    help="local VGG19 weights in torchvision format; turns the perceptual loss on")
@@ -57,6 +59,9 @@ def register(sub):
     p.add_argument("--max-frames", type=int, default=None, help="use at most this many frames of each clip")
     p.add_argument("--test-fraction", type=float, default=0.1,
                    help="share held out: of the clips, or of every clip's frames with --split-by time (default 0.1)")
+    p.add_argument("--max-gap", type=int, default=None, metavar="N",
+                   help="--data: training pairs at most N frames apart (default: any two frames of a clip; "
+                        "docs/MOTION.md, Real clips)")
     p.add_argument("--split-by", choices=("clip", "time"), default="clip",
                    help="clip: evaluate on unseen clips (default); time: on the last frames of every clip, "
                         "i.e. unseen poses of the people trained on (for very few clips; docs/MOTION.md, Real clips)")
@@ -122,12 +127,12 @@ def run_train(args) -> int:
         size=args.size, width=args.width, style_dim=args.style_dim, motion_dim=args.motion_dim,
         batch=args.batch, accum=args.accum, adv_weight=args.adv_weight, vgg19=args.vgg19, r1=args.r1,
         r1_every=args.r1_every, sample_every=args.sample_every, eval_every=args.eval_every, max_frames=args.max_frames,
-        test_fraction=args.test_fraction, split_by=args.split_by, device=args.device or "auto", workers=args.workers,
+        test_fraction=args.test_fraction, split_by=args.split_by, max_gap=args.max_gap, device=args.device or "auto", workers=args.workers,
         threads=args.threads, amp=not args.no_amp, cpu_amp=args.cpu_bf16, init=args.init, init_from=args.init_from,
         **training_kwargs(args),
         motion_gain=args.motion_gain, align_corners=not args.lia_grid, relative_latent=not args.absolute_latent,
         relative_flow=not (args.absolute_latent or args.absolute_flow),
-        pyramid=args.pyramid, ema=args.ema,
+        pyramid=args.pyramid, ema=args.ema, betas=(args.beta1, 0.99),
     )
     try:
         cfg.validate()

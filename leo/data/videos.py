@@ -352,13 +352,23 @@ class _StreamDataset(Dataset):
 
 
 class FramePairDataset(_StreamDataset):
-    """Stage 1: sample ``k`` -> ``{"source", "target"}`` frames (3, S, S) in [-1, 1] of one clip."""
+    """Stage 1: sample ``k`` -> ``{"source", "target"}`` frames (3, S, S) in [-1, 1] of one clip:
+    two different frames, at most ``max_gap`` frames apart if given (None: anywhere in the clip)."""
+
+    def __init__(self, folder: VideoFolder, split: str = "train", seed: int = 0, max_gap: int | None = None):
+        super().__init__(folder, split, seed)
+        if max_gap is not None and (isinstance(max_gap, bool) or not isinstance(max_gap, int) or max_gap < 1):
+            raise ValueError(f"max_gap must be a positive int or None, got {max_gap!r}")
+        self.max_gap = max_gap
 
     def __getitem__(self, k: int) -> dict:
         i, frames, rng = self._clip_for(k, 2)
         n = frames.shape[0]
         a = int(rng.integers(n))
-        b = int(rng.integers(n - 1))
+        lo, hi = 0, n - 1
+        if self.max_gap is not None:
+            lo, hi = max(0, a - self.max_gap), min(n - 1, a + self.max_gap)
+        b = int(rng.integers(lo, hi))  # one of the hi - lo frames in [lo, hi] other than a
         b += b >= a  # two different frames
         return {"source": to_float(frames[a]), "target": to_float(frames[b]), "clip": i,
                 "frame_index": torch.tensor([a, b])}

@@ -100,6 +100,7 @@ class Stage1Config(TrainConfig):
     test_fraction: float = 0.1
     split_by: str = "clip"               # "clip": unseen clips evaluate; "time": the last frames of every clip
     max_frames: int | None = None        # use at most this many frames per clip
+    max_gap: int | None = None           # training pairs at most this many frames apart (None: any two frames)
     device: str = field(default="auto", kw_only=True)
     workers: int = 2
     threads: int | None = None           # CPU threads for torch (None: torch's default)
@@ -147,10 +148,17 @@ class Stage1Config(TrainConfig):
             raise ValueError("relative_flow needs relative_latent (flows relative to the source need its zero-motion latent)")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1) (0: off), got {self.ema!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         if self.lr <= 0 or (self.d_lr is not None and self.d_lr <= 0):
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if self.r1 < 0:
             raise ValueError(f"r1 must be >= 0, got {self.r1!r}")
+        if self.max_gap is not None and (isinstance(self.max_gap, bool) or not isinstance(self.max_gap, int)
+                                         or self.max_gap < 1):
+            raise ValueError(f"max_gap must be a positive int or None, got {self.max_gap!r}")
+        if self.max_gap is not None and self.synthetic_stream:
+            raise ValueError("max_gap limits pairs of stored clips; synthetic_stream renders its own pairs")
         if self.split_by not in ("clip", "time"):
             raise ValueError(f"split_by must be 'clip' or 'time', got {self.split_by!r}")
         if self.workers < 0:
@@ -296,7 +304,7 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
         dataset = SyntheticPairStream(m["seed"], m["videos"], m["frames"], cfg.size, **options)
         log.message(f"training pairs: a fresh synthetic clip per pair (seed {m['seed']}, clips {m['videos']} and on)")
     else:
-        dataset = FramePairDataset(folder, "train", seed=cfg.seed)
+        dataset = FramePairDataset(folder, "train", seed=cfg.seed, max_gap=cfg.max_gap)
     # a streamed run trains on none of the stored clips: all of them are held out
     eval_split = "all" if cfg.synthetic_stream else ("test" if folder.test else "train")
     eval_clips = sample_pairs = None
