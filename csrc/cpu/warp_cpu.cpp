@@ -1320,8 +1320,9 @@ void scatter_input_grad(acc_t* gi, int64_t N, int64_t C, int64_t Ho, int64_t Wo,
 // NCHW: pass 1 samples corners through the window groups (AVX-512 or AVX2; scattered groups by
 // gathers) or per pixel without AVX2, and stores the taps (offsets, weights times mask) for pass 2.
 // On an AVX2-only EPYC the AVX2 pass 1 made warp_inpaint forward+backward at 4x64x128x128 NCHW
-// about 15% faster with smooth flows and 10-15% with random ones (same-session A/B). channels_last: pass 1 runs over rows with the
-// channel loop contiguous (AVX2); pass 2 is scatter_input_grad.
+// about 15% faster with smooth flows and 10-15% with random ones (same-session A/B).
+// channels_last: pass 1 runs over rows with the channel loop contiguous (AVX2); pass 2 is
+// scatter_input_grad.
 
 // Per-pixel corner values and the pass-1 update of one pixel (scalar).
 template <bool kWarp>

@@ -351,15 +351,20 @@ class _StreamDataset(Dataset):
                         f"{self.folder.root}: {self.folder.summary()}")
 
 
+def check_max_gap(max_gap):
+    """``max_gap`` (the most frames apart a training pair may be) if it is a positive int or None."""
+    if max_gap is not None and (isinstance(max_gap, bool) or not isinstance(max_gap, int) or max_gap < 1):
+        raise ValueError(f"max_gap must be a positive int or None, got {max_gap!r}")
+    return max_gap
+
+
 class FramePairDataset(_StreamDataset):
     """Stage 1: sample ``k`` -> ``{"source", "target"}`` frames (3, S, S) in [-1, 1] of one clip:
     two different frames, at most ``max_gap`` frames apart if given (None: anywhere in the clip)."""
 
     def __init__(self, folder: VideoFolder, split: str = "train", seed: int = 0, max_gap: int | None = None):
         super().__init__(folder, split, seed)
-        if max_gap is not None and (isinstance(max_gap, bool) or not isinstance(max_gap, int) or max_gap < 1):
-            raise ValueError(f"max_gap must be a positive int or None, got {max_gap!r}")
-        self.max_gap = max_gap
+        self.max_gap = check_max_gap(max_gap)
 
     def __getitem__(self, k: int) -> dict:
         i, frames, rng = self._clip_for(k, 2)

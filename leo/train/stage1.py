@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from leo.animator import Animator
-from leo.data.videos import FramePairDataset, VideoFolder
+from leo.data.videos import FramePairDataset, VideoFolder, check_max_gap
 from leo.discriminator import Discriminator
 from leo.train import losses
 from leo.train.common import (
@@ -154,9 +154,7 @@ class Stage1Config(TrainConfig):
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if self.r1 < 0:
             raise ValueError(f"r1 must be >= 0, got {self.r1!r}")
-        if self.max_gap is not None and (isinstance(self.max_gap, bool) or not isinstance(self.max_gap, int)
-                                         or self.max_gap < 1):
-            raise ValueError(f"max_gap must be a positive int or None, got {self.max_gap!r}")
+        check_max_gap(self.max_gap)
         if self.max_gap is not None and self.synthetic_stream:
             raise ValueError("max_gap limits pairs of stored clips; synthetic_stream renders its own pairs")
         if self.split_by not in ("clip", "time"):
