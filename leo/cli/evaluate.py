@@ -8,6 +8,7 @@ import math
 import os
 
 from leo.cli.common import add_device, add_progress
+from leo.data.videos import SPLITS_BY
 
 
 def register(sub):
@@ -21,7 +22,7 @@ def register(sub):
     r.add_argument("--pairs", type=int, default=64, help="(frame 0, frame t) pairs, spread over the clips (default: 64)")
     r.add_argument("--clips", type=int, default=8, help="held-out clips (default: 8, the trainer's)")
     r.add_argument("--max-frames", type=int, default=48, help="frames used per clip (default: 48, the trainer's)")
-    r.add_argument("--split-by", choices=("clip", "time"), default="clip",
+    r.add_argument("--split-by", choices=SPLITS_BY, default="clip",
                    help="held-out part, as the trainer's --split-by: unseen clips (default) or the last 10%% of "
                         "every clip's frames")
     r.add_argument("--seed", type=int, default=None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from leo.cli import UserError
 from leo.cli.common import add_training_args, resolve_device, training_kwargs
+from leo.data.videos import SPLITS_BY
 
 
 def register(sub):
@@ -62,7 +63,7 @@ def register(sub):
     p.add_argument("--max-gap", type=int, default=None, metavar="N",
                    help="--data: training pairs at most N frames apart (default: any two frames of a clip; "
                         "docs/MOTION.md, Real clips)")
-    p.add_argument("--split-by", choices=("clip", "time"), default="clip",
+    p.add_argument("--split-by", choices=SPLITS_BY, default="clip",
                    help="clip: evaluate on unseen clips (default); time: on the last frames of every clip, "
                         "i.e. unseen poses of the people trained on (for very few clips; docs/MOTION.md, Real clips)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")

@@ -91,6 +91,16 @@ def find_clips(root: str | os.PathLike) -> list[Clip]:
     return sorted(clips, key=lambda c: _natural_key(c.name))
 
 
+SPLITS_BY = ("clip", "time")
+
+
+def check_split_by(split_by):
+    """``split_by`` if it names a way to split (SPLITS_BY): unseen clips, or the last frames of each."""
+    if split_by not in SPLITS_BY:
+        raise ValueError(f"split_by must be 'clip' or 'time', got {split_by!r}")
+    return split_by
+
+
 def split_clips(clips: list[Clip], test_fraction: float, seed: int = 0,
                 by: str = "clip") -> tuple[list[Clip], list[Clip]]:
     """Deterministic train/test split. ``by="clip"``: ``ceil(n * test_fraction)`` clips of a seeded
@@ -99,8 +109,7 @@ def split_clips(clips: list[Clip], test_fraction: float, seed: int = 0,
     (unseen poses of the people trained on, for folders of very few clips)."""
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
-    if by not in ("clip", "time"):
-        raise ValueError(f"split_by must be 'clip' or 'time', got {by!r}")
+    check_split_by(by)
     if test_fraction == 0 or not clips:
         return list(clips), []
     if len(clips) == 1 or by == "time":

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from leo.animator import Animator
-from leo.data.videos import FramePairDataset, VideoFolder, check_max_gap
+from leo.data.videos import FramePairDataset, VideoFolder, check_max_gap, check_split_by
 from leo.discriminator import Discriminator
 from leo.train import losses
 from leo.train.common import (
@@ -157,8 +157,7 @@ class Stage1Config(TrainConfig):
         check_max_gap(self.max_gap)
         if self.max_gap is not None and self.synthetic_stream:
             raise ValueError("max_gap limits pairs of stored clips; synthetic_stream renders its own pairs")
-        if self.split_by not in ("clip", "time"):
-            raise ValueError(f"split_by must be 'clip' or 'time', got {self.split_by!r}")
+        check_split_by(self.split_by)
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers!r}")
         if self.threads is not None and self.threads < 1:
