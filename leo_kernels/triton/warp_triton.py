@@ -116,6 +116,44 @@ def _source_coord(coord, size, PAD: tl.constexpr, ALIGN: tl.constexpr):
     return x, mult
 
 
+@triton.jit
+def _pixel(p, Ho, Wo):
+    """Flat output-pixel index -> (n, i, j), int64."""
+    p64 = p.to(tl.int64)
+    rem = p64 % (Ho * Wo)
+    return p64 // (Ho * Wo), rem // Wo, rem % Wo
+
+
+@triton.jit
+def _tile(n, i, j, c64, s_n, s_c, s_h, s_w):
+    """Offsets of a (pixels x channels) tile: pixels (n, i, j), channels c64."""
+    return (n * s_n + i * s_h + j * s_w)[:, None] + (c64 * s_c)[None, :]
+
+
+@triton.jit
+def _flow_grid(c0, c1, i, j, H, W, ACC: tl.constexpr):
+    """The sampling grid of composed flow logits (c0, c1) at pixel (i, j): tanh(flow) + identity."""
+    return _tanh(c0) + _linspace(j, W, ACC), _tanh(c1) + _linspace(i, H, ACC)
+
+
+@triton.jit
+def _cell(ix, iy):
+    """Pixel coordinates -> the top-left corner of their bilinear cell (int64) and the fractions."""
+    x0f = tl.floor(ix)
+    y0f = tl.floor(iy)
+    return x0f.to(tl.int64), y0f.to(tl.int64), ix - x0f, iy - y0f
+
+
+@triton.jit
+def _corner(x0, y0, tx, ty, H, W, K: tl.constexpr):
+    """Corner K of the cell (x offset K % 2, y offset K // 2): position, bilinear factors, in bounds."""
+    xx = x0 + K % 2
+    yy = y0 + K // 2
+    wx = tx if K % 2 == 1 else 1.0 - tx
+    wy = ty if K // 2 == 1 else 1.0 - ty
+    return xx, yy, wx, wy, (xx >= 0) & (xx < W) & (yy >= 0) & (yy < H)
+
+
 # --------------------------------------------------------------------------- grid_sample
 @triton.jit(do_not_specialize=["C", "H", "W", "Ho", "Wo", "P"])
 def _gs_fwd_kernel(
@@ -133,36 +171,23 @@ def _gs_fwd_kernel(
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     pm = p < P
     cm = c < C
-    n = (p // (Ho * Wo)).to(tl.int64)
-    rem = p % (Ho * Wo)
-    i = (rem // Wo).to(tl.int64)
-    j = (rem % Wo).to(tl.int64)
+    n, i, j = _pixel(p, Ho, Wo)
     gbase = grid + n * s_gn + i * s_gh + j * s_gw
     gx = tl.load(gbase, mask=pm, other=0.0).to(ACC)
     gy = tl.load(gbase + s_gk, mask=pm, other=0.0).to(ACC)
     ix, _ = _source_coord(gx, W, PAD, ALIGN)
     iy, _ = _source_coord(gy, H, PAD, ALIGN)
-    x0f = tl.floor(ix)
-    y0f = tl.floor(iy)
-    tx = ix - x0f
-    ty = iy - y0f
-    x0 = x0f.to(tl.int64)
-    y0 = y0f.to(tl.int64)
+    x0, y0, tx, ty = _cell(ix, iy)
     c64 = c.to(tl.int64)
     m2 = pm[:, None] & cm[None, :]
     ibase = inp + (n * s_in)[:, None] + (c64 * s_ic)[None, :]
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC)
     for k in tl.static_range(4):
-        dx = k % 2
-        dy = k // 2
-        xx = x0 + dx
-        yy = y0 + dy
-        wx = tx if dx == 1 else 1.0 - tx
-        wy = ty if dy == 1 else 1.0 - ty
-        ok = pm & (xx >= 0) & (xx < W) & (yy >= 0) & (yy < H)
+        xx, yy, wx, wy, ok = _corner(x0, y0, tx, ty, H, W, k)
+        ok = ok & pm
         v = tl.load(ibase + (yy * s_ih + xx * s_iw)[:, None], mask=ok[:, None] & cm[None, :], other=0.0)
         acc += (wx * wy)[:, None] * v.to(ACC)
-    optr = out + (n * s_on + i * s_oh + j * s_ow)[:, None] + (c64 * s_oc)[None, :]
+    optr = out + _tile(n, i, j, c64, s_on, s_oc, s_oh, s_ow)
     tl.store(optr, acc.to(out.dtype.element_ty), mask=m2)
 
 
@@ -183,38 +208,25 @@ def _gs_bwd_kernel(
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     pm = p < P
     cm = c < C
-    n = (p // (Ho * Wo)).to(tl.int64)
-    rem = p % (Ho * Wo)
-    i = (rem // Wo).to(tl.int64)
-    j = (rem % Wo).to(tl.int64)
+    n, i, j = _pixel(p, Ho, Wo)
     gbase = grid + n * s_gn + i * s_gh + j * s_gw
     gx = tl.load(gbase, mask=pm, other=0.0).to(ACC)
     gy = tl.load(gbase + s_gk, mask=pm, other=0.0).to(ACC)
     ix, mx = _source_coord(gx, W, PAD, ALIGN)
     iy, my = _source_coord(gy, H, PAD, ALIGN)
-    x0f = tl.floor(ix)
-    y0f = tl.floor(iy)
-    tx = ix - x0f
-    ty = iy - y0f
-    x0 = x0f.to(tl.int64)
-    y0 = y0f.to(tl.int64)
+    x0, y0, tx, ty = _cell(ix, iy)
     c64 = c.to(tl.int64)
     m2 = pm[:, None] & cm[None, :]
-    g = tl.load(go + (n * s_gon + i * s_goh + j * s_gow)[:, None] + (c64 * s_goc)[None, :], mask=m2, other=0.0).to(ACC)
+    g = tl.load(go + _tile(n, i, j, c64, s_gon, s_goc, s_goh, s_gow), mask=m2, other=0.0).to(ACC)
     ibase = inp + (n * s_in)[:, None] + (c64 * s_ic)[None, :]
     abase = gin + (n * s_an)[:, None] + (c64 * s_ac)[None, :]
     dgx = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC)
     dgy = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC)
     for k in tl.static_range(4):
-        dx = k % 2
-        dy = k // 2
-        xx = x0 + dx
-        yy = y0 + dy
-        wx = tx if dx == 1 else 1.0 - tx
-        wy = ty if dy == 1 else 1.0 - ty
-        sx = 1.0 if dx == 1 else -1.0  # d wx / d ix
-        sy = 1.0 if dy == 1 else -1.0
-        ok = pm & (xx >= 0) & (xx < W) & (yy >= 0) & (yy < H)
+        xx, yy, wx, wy, ok = _corner(x0, y0, tx, ty, H, W, k)
+        ok = ok & pm
+        sx = 1.0 if k % 2 == 1 else -1.0  # d wx / d ix
+        sy = 1.0 if k // 2 == 1 else -1.0
         ok2 = ok[:, None] & cm[None, :]
         v = tl.load(ibase + (yy * s_ih + xx * s_iw)[:, None], mask=ok2, other=0.0).to(ACC)
         gv = g * v
@@ -246,36 +258,21 @@ def _gs_corners_kernel(
     pid = tl.program_id(0)
     p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
     pm = p < P
-    n = (p // (Ho * Wo)).to(tl.int64)
-    rem = p % (Ho * Wo)
-    i = (rem // Wo).to(tl.int64)
-    j = (rem % Wo).to(tl.int64)
+    n, i, j = _pixel(p, Ho, Wo)
     gbase = grid + n * s_gn + i * s_gh + j * s_gw
     if INPAINT:
         c0 = tl.load(gbase, mask=pm, other=0.0).to(ACC)
         c1 = tl.load(gbase + s_gk, mask=pm, other=0.0).to(ACC)
-        gx = _tanh(c0) + _linspace(j, W, ACC)
-        gy = _tanh(c1) + _linspace(i, H, ACC)
+        gx, gy = _flow_grid(c0, c1, i, j, H, W, ACC)
     else:
         gx = tl.load(gbase, mask=pm, other=0.0).to(ACC)
         gy = tl.load(gbase + s_gk, mask=pm, other=0.0).to(ACC)
     ix, _ = _source_coord(gx, W, PAD, ALIGN)
     iy, _ = _source_coord(gy, H, PAD, ALIGN)
-    x0f = tl.floor(ix)
-    y0f = tl.floor(iy)
-    tx = ix - x0f
-    ty = iy - y0f
-    x0 = x0f.to(tl.int64)
-    y0 = y0f.to(tl.int64)
+    x0, y0, tx, ty = _cell(ix, iy)
     sentinel = (P // (Ho * Wo)).to(tl.int64) * H * W
     for k in tl.static_range(4):
-        dx = k % 2
-        dy = k // 2
-        xx = x0 + dx
-        yy = y0 + dy
-        wx = tx if dx == 1 else 1.0 - tx
-        wy = ty if dy == 1 else 1.0 - ty
-        ok = (xx >= 0) & (xx < W) & (yy >= 0) & (yy < H)
+        xx, yy, wx, wy, ok = _corner(x0, y0, tx, ty, H, W, k)
         key = tl.where(ok, (n * H + yy) * W + xx, sentinel)
         q = p.to(tl.int64) * 4 + k
         tl.store(keys + q, key, mask=pm)
@@ -313,24 +310,16 @@ def _gather_kernel(
         ok = tm & (s < cnt)
         q = tl.load(perm + beg + s, mask=ok, other=0)
         w = tl.load(wts + q, mask=ok, other=0.0).to(ACC)
-        p = q // 4
-        n = p // (Ho * Wo)
-        rem = p % (Ho * Wo)
-        i = rem // Wo
-        j = rem % Wo
+        n, i, j = _pixel(q // 4, Ho, Wo)
         ok2 = ok[:, None] & cm[None, :]
-        g = tl.load(go + (n * s_gon + i * s_goh + j * s_gow)[:, None] + (c64 * s_goc)[None, :], mask=ok2, other=0.0).to(ACC)
+        g = tl.load(go + _tile(n, i, j, c64, s_gon, s_goc, s_goh, s_gow), mask=ok2, other=0.0).to(ACC)
         if INPAINT:
-            g += tl.load(gb + (n * s_bn + i * s_bh + j * s_bw)[:, None] + (c64 * s_bc)[None, :], mask=ok2, other=0.0).to(ACC)
+            g += tl.load(gb + _tile(n, i, j, c64, s_bn, s_bc, s_bh, s_bw), mask=ok2, other=0.0).to(ACC)
             c2 = tl.load(comp + n * s_cn + 2 * s_cc + i * s_ch + j * s_cw, mask=ok, other=0.0).to(ACC)
             w = w * _sigmoid(c2)
         acc += w[:, None] * g
-    t64 = t.to(tl.int64)
-    n = t64 // (H * W)
-    rem = t64 % (H * W)
-    yy = rem // W
-    xx = rem % W
-    aptr = gin + (n * s_an + yy * s_ah + xx * s_aw)[:, None] + (c64 * s_ac)[None, :]
+    n, yy, xx = _pixel(t, H, W)
+    aptr = gin + _tile(n, yy, xx, c64, s_an, s_ac, s_ah, s_aw)
     tl.store(aptr, acc.to(gin.dtype.element_ty), mask=tm[:, None] & cm[None, :])
 
 
@@ -424,10 +413,7 @@ def _wi_fwd_kernel(
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     pm = p < P
     cm = c < C
-    n = (p // (H * W)).to(tl.int64)
-    rem = p % (H * W)
-    i = (rem // W).to(tl.int64)
-    j = (rem % W).to(tl.int64)
+    n, i, j = _pixel(p, H, W)
     lbase = logits + n * s_ln + i * s_lh + j * s_lw
     c0 = tl.load(lbase, mask=pm, other=0.0).to(ACC)
     c1 = tl.load(lbase + s_lc, mask=pm, other=0.0).to(ACC)
@@ -442,36 +428,25 @@ def _wi_fwd_kernel(
         tl.store(obase, c0.to(ct), mask=pm)
         tl.store(obase + s_oc, c1.to(ct), mask=pm)
         tl.store(obase + 2 * s_oc, c2.to(ct), mask=pm)
-    gx = _tanh(c0) + _linspace(j, W, ACC)
-    gy = _tanh(c1) + _linspace(i, H, ACC)
+    gx, gy = _flow_grid(c0, c1, i, j, H, W, ACC)
     msk = _sigmoid(c2)
     ix, _ = _source_coord(gx, W, 0, ALIGN)
     iy, _ = _source_coord(gy, H, 0, ALIGN)
-    x0f = tl.floor(ix)
-    y0f = tl.floor(iy)
-    tx = ix - x0f
-    ty = iy - y0f
-    x0 = x0f.to(tl.int64)
-    y0 = y0f.to(tl.int64)
+    x0, y0, tx, ty = _cell(ix, iy)
     c64 = c.to(tl.int64)
     m2 = pm[:, None] & cm[None, :]
     fbase = feat + (n * s_fn)[:, None] + (c64 * s_fc)[None, :]
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC)
     for k in tl.static_range(4):
-        dx = k % 2
-        dy = k // 2
-        xx = x0 + dx
-        yy = y0 + dy
-        wx = tx if dx == 1 else 1.0 - tx
-        wy = ty if dy == 1 else 1.0 - ty
-        ok = pm & (xx >= 0) & (xx < W) & (yy >= 0) & (yy < H)
+        xx, yy, wx, wy, ok = _corner(x0, y0, tx, ty, H, W, k)
+        ok = ok & pm
         v = tl.load(fbase + (yy * s_fh + xx * s_fw)[:, None], mask=ok[:, None] & cm[None, :], other=0.0)
         acc += (wx * wy)[:, None] * v.to(ACC)
     wv = acc * msk[:, None]
-    xv = tl.load(x + (n * s_xn + i * s_xh + j * s_xw)[:, None] + (c64 * s_xc)[None, :], mask=m2, other=0.0).to(ACC)
+    xv = tl.load(x + _tile(n, i, j, c64, s_xn, s_xc, s_xh, s_xw), mask=m2, other=0.0).to(ACC)
     bv = wv + xv * (1.0 - msk)[:, None]
-    tl.store(warped + (n * s_wn + i * s_wh + j * s_ww)[:, None] + (c64 * s_wc)[None, :], wv.to(warped.dtype.element_ty), mask=m2)
-    tl.store(blended + (n * s_bn + i * s_bh + j * s_bw)[:, None] + (c64 * s_bc)[None, :], bv.to(blended.dtype.element_ty), mask=m2)
+    tl.store(warped + _tile(n, i, j, c64, s_wn, s_wc, s_wh, s_ww), wv.to(warped.dtype.element_ty), mask=m2)
+    tl.store(blended + _tile(n, i, j, c64, s_bn, s_bc, s_bh, s_bw), bv.to(blended.dtype.element_ty), mask=m2)
 
 
 @triton.jit(do_not_specialize=["C", "H", "W", "P"])
@@ -494,31 +469,22 @@ def _wi_bwd_kernel(
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     pm = p < P
     cm = c < C
-    n = (p // (H * W)).to(tl.int64)
-    rem = p % (H * W)
-    i = (rem // W).to(tl.int64)
-    j = (rem % W).to(tl.int64)
+    n, i, j = _pixel(p, H, W)
     cbase = comp + n * s_cn + i * s_ch + j * s_cw
     c0 = tl.load(cbase, mask=pm, other=0.0).to(ACC)
     c1 = tl.load(cbase + s_cc, mask=pm, other=0.0).to(ACC)
     c2 = tl.load(cbase + 2 * s_cc, mask=pm, other=0.0).to(ACC)
-    gxn = _tanh(c0) + _linspace(j, W, ACC)
-    gyn = _tanh(c1) + _linspace(i, H, ACC)
+    gxn, gyn = _flow_grid(c0, c1, i, j, H, W, ACC)
     msk = _sigmoid(c2)
     ix, mx = _source_coord(gxn, W, 0, ALIGN)
     iy, my = _source_coord(gyn, H, 0, ALIGN)
-    x0f = tl.floor(ix)
-    y0f = tl.floor(iy)
-    tx = ix - x0f
-    ty = iy - y0f
-    x0 = x0f.to(tl.int64)
-    y0 = y0f.to(tl.int64)
+    x0, y0, tx, ty = _cell(ix, iy)
     c64 = c.to(tl.int64)
     m2 = pm[:, None] & cm[None, :]
-    gwv = tl.load(gw + (n * s_gwn + i * s_gwh + j * s_gww)[:, None] + (c64 * s_gwc)[None, :], mask=m2, other=0.0).to(ACC)
-    gbv = tl.load(gb + (n * s_gbn + i * s_gbh + j * s_gbw)[:, None] + (c64 * s_gbc)[None, :], mask=m2, other=0.0).to(ACC)
-    xv = tl.load(x + (n * s_xn + i * s_xh + j * s_xw)[:, None] + (c64 * s_xc)[None, :], mask=m2, other=0.0).to(ACC)
-    tl.store(gx_out + (n * s_dn + i * s_dh + j * s_dw)[:, None] + (c64 * s_dc)[None, :],
+    gwv = tl.load(gw + _tile(n, i, j, c64, s_gwn, s_gwc, s_gwh, s_gww), mask=m2, other=0.0).to(ACC)
+    gbv = tl.load(gb + _tile(n, i, j, c64, s_gbn, s_gbc, s_gbh, s_gbw), mask=m2, other=0.0).to(ACC)
+    xv = tl.load(x + _tile(n, i, j, c64, s_xn, s_xc, s_xh, s_xw), mask=m2, other=0.0).to(ACC)
+    tl.store(gx_out + _tile(n, i, j, c64, s_dn, s_dc, s_dh, s_dw),
              (gbv * (1.0 - msk)[:, None]).to(gx_out.dtype.element_ty), mask=m2)
     gsum = gwv + gbv
     gs = gsum * msk[:, None]  # gradient of the sampled value
@@ -528,15 +494,10 @@ def _wi_bwd_kernel(
     dgx = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC)
     dgy = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC)
     for k in tl.static_range(4):
-        dx = k % 2
-        dy = k // 2
-        xx = x0 + dx
-        yy = y0 + dy
-        wx = tx if dx == 1 else 1.0 - tx
-        wy = ty if dy == 1 else 1.0 - ty
-        sx = 1.0 if dx == 1 else -1.0
-        sy = 1.0 if dy == 1 else -1.0
-        ok = pm & (xx >= 0) & (xx < W) & (yy >= 0) & (yy < H)
+        xx, yy, wx, wy, ok = _corner(x0, y0, tx, ty, H, W, k)
+        ok = ok & pm
+        sx = 1.0 if k % 2 == 1 else -1.0  # d wx / d ix
+        sy = 1.0 if k // 2 == 1 else -1.0
         ok2 = ok[:, None] & cm[None, :]
         v = tl.load(fbase + (yy * s_fh + xx * s_fw)[:, None], mask=ok2, other=0.0).to(ACC)
         samp += (wx * wy)[:, None] * v
@@ -567,10 +528,7 @@ def _wi_logits_grad_kernel(
     p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     pm = p < P
     p64 = p.to(tl.int64)
-    n = p64 // (H * W)
-    rem = p64 % (H * W)
-    i = rem // W
-    j = rem % W
+    n, i, j = _pixel(p64, H, W)
     px = tl.zeros((BLOCK,), dtype=ACC)
     py = tl.zeros((BLOCK,), dtype=ACC)
     dm = tl.zeros((BLOCK,), dtype=ACC)
