@@ -190,6 +190,54 @@ __device__ __forceinline__ acc_t up2_at(const scalar_t* __restrict__ base, int a
 
 // Work item t -> (pixel p, channel group cg). VEC > 1: channel-fastest (channels_last, coalesced
 // 16-byte accesses); VEC == 1: pixel-fastest (NCHW, coalesced along W).
+// Flat pixel index p of an (N, Ho, Wo) output -> batch n, row i, column j.
+__device__ __forceinline__ void pixel_of(int64_t p, int Ho, int Wo, int64_t& n, int& i, int& j) {
+  n = p / (static_cast<int64_t>(Ho) * Wo);
+  const int rem = static_cast<int>(p - n * Ho * Wo);
+  i = rem / Wo;
+  j = rem - i * Wo;
+}
+
+// The corners of warp_inpaint's sampling point at pixel (i, j): flow logits (c0, c1) through tanh
+// plus the identity grid, zero padding; mx, my: d(pixel coordinate)/d(grid).
+template <typename acc_t>
+__device__ __forceinline__ Corners<acc_t> flow_corners(acc_t c0, acc_t c1, int i, int j, int H, int W, bool align,
+                                                       acc_t& mx, acc_t& my) {
+  Corners<acc_t> cr;
+  cr.init(source_coord(tanh_acc(c0) + linspace_at<acc_t>(j, W), W, 0, align, mx),
+          source_coord(tanh_acc(c1) + linspace_at<acc_t>(i, H), H, 0, align, my));
+  return cr;
+}
+
+// Bilinear sample of VEC consecutive channels c0.. (innermost, contiguous) of the plane at `base`.
+template <typename scalar_t, typename acc_t, int VEC>
+__device__ __forceinline__ void sample_vec(const scalar_t* base, const Corners<acc_t>& cr, const Strides4& s, int c0,
+                                           int H, int W, acc_t (&a)[VEC]) {
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) a[e] = acc_t(0);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    if (!cr.ok(k, H, W)) continue;
+    const acc_t w = cr.wx(k) * cr.wy(k);
+    const Vec<scalar_t, VEC> v = load_vec<scalar_t, VEC>(base + cr.y(k) * s.h + cr.x(k) * s.w + c0);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) a[e] += w * static_cast<acc_t>(v.v[e]);
+  }
+}
+
+// The 4 corner offsets (by strides s) and weights, for sampling channel after channel; corners outside
+// get offset 0 and weight 0.
+template <typename acc_t>
+__device__ __forceinline__ void corner_taps(const Corners<acc_t>& cr, const Strides4& s, int H, int W,
+                                            int64_t (&off)[4], acc_t (&w)[4]) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const bool ok = cr.ok(k, H, W);
+    off[k] = ok ? cr.y(k) * s.h + cr.x(k) * s.w : 0;
+    w[k] = ok ? cr.wx(k) * cr.wy(k) : acc_t(0);
+  }
+}
+
 template <int VEC>
 __device__ __forceinline__ void split_item(int64_t t, int64_t P, int CG, int64_t& p, int& cg) {
   if (VEC > 1) {
@@ -212,9 +260,9 @@ __global__ void __launch_bounds__(kThreads) grid_sample_fwd_kernel(
   int64_t p;
   int cg;
   split_item<VEC>(t, P, CG, p, cg);
-  const int64_t n = p / (static_cast<int64_t>(Ho) * Wo);
-  const int rem = static_cast<int>(p - n * Ho * Wo);
-  const int i = rem / Wo, j = rem - (rem / Wo) * Wo;
+  int64_t n;
+  int i, j;
+  pixel_of(p, Ho, Wo, n, i, j);
   const scalar_t* g = grid + n * sg.n + i * sg.h + j * sg.w;
   acc_t mx, my;
   const acc_t ix = source_coord(static_cast<acc_t>(g[0]), W, pad, align, mx);
@@ -226,16 +274,7 @@ __global__ void __launch_bounds__(kThreads) grid_sample_fwd_kernel(
   if constexpr (VEC > 1) {
     const int c0 = cg * VEC;
     acc_t a[VEC];
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) a[e] = acc_t(0);
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      if (!cr.ok(k, H, W)) continue;
-      const acc_t w = cr.wx(k) * cr.wy(k);
-      const Vec<scalar_t, VEC> v = load_vec<scalar_t, VEC>(ib + cr.y(k) * si.h + cr.x(k) * si.w + c0);
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) a[e] += w * static_cast<acc_t>(v.v[e]);
-    }
+    sample_vec<scalar_t, acc_t, VEC>(ib, cr, si, c0, H, W, a);
     Vec<scalar_t, VEC> r;
 #pragma unroll
     for (int e = 0; e < VEC; ++e) r.v[e] = static_cast<scalar_t>(a[e]);
@@ -243,12 +282,7 @@ __global__ void __launch_bounds__(kThreads) grid_sample_fwd_kernel(
   } else {
     int64_t off[4];
     acc_t w[4];
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const bool ok = cr.ok(k, H, W);
-      off[k] = ok ? cr.y(k) * si.h + cr.x(k) * si.w : 0;
-      w[k] = ok ? cr.wx(k) * cr.wy(k) : acc_t(0);
-    }
+    corner_taps(cr, si, H, W, off, w);
     const int c1 = min(C, (cg + 1) * kCPT);
     for (int c = cg * kCPT; c < c1; ++c) {
       const scalar_t* ic = ib + c * si.c;
@@ -275,9 +309,9 @@ __global__ void __launch_bounds__(kThreads) grid_sample_bwd_kernel(
   int64_t p;
   int cg;
   split_item<VEC>(t, P, CG, p, cg);
-  const int64_t n = p / (static_cast<int64_t>(Ho) * Wo);
-  const int rem = static_cast<int>(p - n * Ho * Wo);
-  const int i = rem / Wo, j = rem - (rem / Wo) * Wo;
+  int64_t n;
+  int i, j;
+  pixel_of(p, Ho, Wo, n, i, j);
   const scalar_t* g = grid + n * sg.n + i * sg.h + j * sg.w;
   acc_t mx, my;
   const acc_t ix = source_coord(static_cast<acc_t>(g[0]), W, pad, align, mx);
@@ -355,9 +389,9 @@ __global__ void __launch_bounds__(kThreads) corner_keys_kernel(const scalar_t* _
   using acc_t = typename AccType<scalar_t>::type;
   const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (p >= P) return;
-  const int64_t n = p / (static_cast<int64_t>(Ho) * Wo);
-  const int rem = static_cast<int>(p - n * Ho * Wo);
-  const int i = rem / Wo, j = rem - (rem / Wo) * Wo;
+  int64_t n;
+  int i, j;
+  pixel_of(p, Ho, Wo, n, i, j);
   const scalar_t* g = src + n * sg.n + i * sg.h + j * sg.w;
   acc_t gx = static_cast<acc_t>(g[0]), gy = static_cast<acc_t>(g[sg.c]);
   if (INPAINT) {
@@ -398,9 +432,9 @@ __global__ void __launch_bounds__(kThreads) gather_kernel(
     const int64_t q = perm[s];
     acc_t w = wts[q];
     const int64_t p = q >> 2;
-    const int64_t n = p / (static_cast<int64_t>(Ho) * Wo);
-    const int rem = static_cast<int>(p - n * Ho * Wo);
-    const int i = rem / Wo, j = rem - (rem / Wo) * Wo;
+    int64_t n;
+    int i, j;
+    pixel_of(p, Ho, Wo, n, i, j);
     const scalar_t* gp = go + n * sgo.n + i * sgo.h + j * sgo.w;
     const scalar_t* bp = gb + n * sgb.n + i * sgb.h + j * sgb.w;
     if (INPAINT) w *= sigmoid_acc(static_cast<acc_t>(comp[n * sc.n + 2 * sc.c + i * sc.h + j * sc.w]));
@@ -487,9 +521,9 @@ __global__ void __launch_bounds__(kThreads) warp_inpaint_fwd_kernel(
   int64_t p;
   int cg;
   split_item<VEC>(t, P, CG, p, cg);
-  const int64_t n = p / (static_cast<int64_t>(H) * W);
-  const int rem = static_cast<int>(p - n * H * W);
-  const int i = rem / W, j = rem - (rem / W) * W;
+  int64_t n;
+  int i, j;
+  pixel_of(p, H, W, n, i, j);
   // Composed logits, grid and mask live only in registers.
   const scalar_t* lb = logits + n * sl.n + i * sl.h + j * sl.w;
   acc_t c[3];
@@ -505,9 +539,7 @@ __global__ void __launch_bounds__(kThreads) warp_inpaint_fwd_kernel(
   }
   const acc_t m = sigmoid_acc(c[2]);
   acc_t mx, my;
-  Corners<acc_t> cr;
-  cr.init(source_coord(tanh_acc(c[0]) + linspace_at<acc_t>(j, W), W, 0, align, mx),
-          source_coord(tanh_acc(c[1]) + linspace_at<acc_t>(i, H), H, 0, align, my));
+  const Corners<acc_t> cr = flow_corners(c[0], c[1], i, j, H, W, align, mx, my);
   const scalar_t* fb = feat + n * sf.n;
   const scalar_t* xb = x + n * sx.n + i * sx.h + j * sx.w;
   scalar_t* wb = warped + n * sw.n + i * sw.h + j * sw.w;
@@ -515,16 +547,7 @@ __global__ void __launch_bounds__(kThreads) warp_inpaint_fwd_kernel(
   if constexpr (VEC > 1) {
     const int c0 = cg * VEC;
     acc_t a[VEC];
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) a[e] = acc_t(0);
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      if (!cr.ok(k, H, W)) continue;
-      const acc_t w = cr.wx(k) * cr.wy(k);
-      const Vec<scalar_t, VEC> v = load_vec<scalar_t, VEC>(fb + cr.y(k) * sf.h + cr.x(k) * sf.w + c0);
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) a[e] += w * static_cast<acc_t>(v.v[e]);
-    }
+    sample_vec<scalar_t, acc_t, VEC>(fb, cr, sf, c0, H, W, a);
     const Vec<scalar_t, VEC> xv = load_vec<scalar_t, VEC>(xb + c0);
     Vec<scalar_t, VEC> rw, rb;
 #pragma unroll
@@ -538,12 +561,7 @@ __global__ void __launch_bounds__(kThreads) warp_inpaint_fwd_kernel(
   } else {
     int64_t off[4];
     acc_t w[4];
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const bool ok = cr.ok(k, H, W);
-      off[k] = ok ? cr.y(k) * sf.h + cr.x(k) * sf.w : 0;
-      w[k] = ok ? cr.wx(k) * cr.wy(k) : acc_t(0);
-    }
+    corner_taps(cr, sf, H, W, off, w);
     const int c1 = min(C, (cg + 1) * kCPT);
     for (int ch = cg * kCPT; ch < c1; ++ch) {
       const scalar_t* fc = fb + ch * sf.c;
@@ -573,15 +591,14 @@ __global__ void __launch_bounds__(kThreads) warp_inpaint_bwd_kernel(
   int64_t p;
   int cg;
   split_item<VEC>(t, P, CG, p, cg);
-  const int64_t n = p / (static_cast<int64_t>(H) * W);
-  const int rem = static_cast<int>(p - n * H * W);
-  const int i = rem / W, j = rem - (rem / W) * W;
+  int64_t n;
+  int i, j;
+  pixel_of(p, H, W, n, i, j);
   const comp_t* cb = comp + n * sc.n + i * sc.h + j * sc.w;
   const acc_t m = sigmoid_acc(static_cast<acc_t>(cb[2 * sc.c]));
   acc_t mx, my;
-  Corners<acc_t> cr;
-  cr.init(source_coord(tanh_acc(static_cast<acc_t>(cb[0])) + linspace_at<acc_t>(j, W), W, 0, align, mx),
-          source_coord(tanh_acc(static_cast<acc_t>(cb[sc.c])) + linspace_at<acc_t>(i, H), H, 0, align, my));
+  const Corners<acc_t> cr =
+      flow_corners(static_cast<acc_t>(cb[0]), static_cast<acc_t>(cb[sc.c]), i, j, H, W, align, mx, my);
   const scalar_t* fb = feat + n * sf.n;
   const scalar_t* gwb = gw + n * sgw.n + i * sgw.h + j * sgw.w;
   const scalar_t* gbb = gb + n * sgb.n + i * sgb.h + j * sgb.w;
@@ -669,9 +686,9 @@ __global__ void __launch_bounds__(kThreads) logits_grad_kernel(const typename Ac
     s[1] += q[1];
     s[2] += q[2];
   }
-  const int64_t n = p / (static_cast<int64_t>(H) * W);
-  const int rem = static_cast<int>(p - n * H * W);
-  const int i = rem / W, j = rem - (rem / W) * W;
+  int64_t n;
+  int i, j;
+  pixel_of(p, H, W, n, i, j);
   const scalar_t* cb = comp + n * sc.n + i * sc.h + j * sc.w;
   const scalar_t* gcb = gcomp + n * sg.n + i * sg.h + j * sg.w;
   const acc_t t0 = tanh_acc(static_cast<acc_t>(cb[0]));
