@@ -42,14 +42,15 @@ def make_data(root: pathlib.Path) -> None:
     Animator(size=32, style_dim=32, width=1 / 32).save(root / "animator.safetensors")
 
 
-def train(kind: str, root: pathlib.Path, out: pathlib.Path, resume: bool, hooks: dict) -> dict:
+def train(kind: str, root: pathlib.Path, out: pathlib.Path, resume: bool, hooks: dict,
+          max_minutes: float | None = None) -> dict:
     if kind == "stage1":
         from leo.train.stage1 import Stage1Config, train_stage1
 
         cfg = Stage1Config(out=str(out), data=str(root / "clips"), size=32, width=0.0625, style_dim=32,
                            motion_dim=8, steps=STEPS, batch=2, workers=0, eval_pairs=2, eval_clips=1,
                            eval_every=100, sample_every=100, save_every=100, log_every=1, test_fraction=0.25,
-                           progress=False, seed=3, threads=1, resume=resume)
+                           progress=False, seed=3, threads=1, resume=resume, max_minutes=max_minutes)
         return train_stage1(cfg, hooks=hooks)
     if kind == "lmdm":
         from leo.train.stage2 import Stage2Config, train_lmdm
@@ -57,14 +58,14 @@ def train(kind: str, root: pathlib.Path, out: pathlib.Path, resume: bool, hooks:
         cfg = Stage2Config(data=str(root / "clips"), animator=str(root / "animator.safetensors"), out=str(out),
                            cache_dir=str(root / "code_cache"), window=8, channels=16, channel_mult=(1, 2),
                            head_dim=16, steps=STEPS, batch=4, lr=2e-3, save_every=100, log_every=1, seed=1,
-                           device="cpu", progress=False, resume=resume)
+                           device="cpu", progress=False, resume=resume, max_minutes=max_minutes)
         return train_lmdm(cfg, hooks=hooks)
     from leo.train.first_frame_train import FirstFrameTrainConfig, train_first_frame
 
     cfg = FirstFrameTrainConfig(data=str(root / "clips"), out=str(out), image_size=16, base_channels=8,
                                 channel_mults=(1, 2), attn_resolutions=(8,), frame_stride=2, steps=STEPS,
                                 batch=4, lr=2e-3, save_every=100, log_every=1, seed=3, device="cpu",
-                                sample_count=0, resume=resume)
+                                sample_count=0, resume=resume, max_minutes=max_minutes)
     return train_first_frame(cfg, hooks=hooks)
 
 
@@ -120,6 +121,38 @@ def test_sigint_and_sigterm_stop_with_checkpoint_and_resume_exactly(kind, data_r
     results = run_chain(kind, data_root, tmp_path, plan)
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # handlers restored
     check_chain(kind, tmp_path, results, plan)
+
+
+WEIGHTS = {"stage1": "animator.safetensors", "lmdm": "lmdm.safetensors", "first_frame": "first_frame.safetensors"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_time_budget_ends_the_run_exported_and_resume_continues_exactly(kind, data_root, tmp_path):
+    """--max-minutes: a budget that the first step already spends ends the run after that step as
+    a finished run (weights exported, checkpoint at step 1, handlers restored); a resume without a
+    budget then trains on to --steps, bit-identical to an uninterrupted run."""
+    before = signal.getsignal(signal.SIGINT)
+    train(kind, data_root, tmp_path / "ref", False, {})
+    s = train(kind, data_root, tmp_path / "run", False, {}, max_minutes=1e-9)
+    assert s["step"] == 1 and s["finished"] and s["ended_by"] == "max_minutes", s
+    assert (tmp_path / "run" / WEIGHTS[kind]).is_file()
+    assert signal.getsignal(signal.SIGINT) is before
+    if kind == "stage1":  # the run's end is evaluated, as a run that reached --steps is
+        assert s["final_eval"]["l1"] > 0
+    final = train(kind, data_root, tmp_path / "run", True, {})
+    assert final["ended_by"] == "steps"
+    resumed = {"step": final["step"], "finished": final["finished"],
+               "checkpoint_step": common.load_training_checkpoint(tmp_path / "run" / common.CHECKPOINT_NAME)["step"]}
+    check_chain(kind, tmp_path, [{"step": 1, "finished": False, "checkpoint_step": 1}, resumed],
+                [(1, None, None)])
+
+
+def test_max_minutes_must_be_positive():
+    from leo.train.stage1 import Stage1Config
+
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "5"):
+        with pytest.raises(ValueError, match="max_minutes"):
+            Stage1Config(out="x", data="y", max_minutes=bad)
 
 
 def old_spellings(kind: str, config: dict) -> dict:

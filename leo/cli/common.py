@@ -222,11 +222,14 @@ def int_list(text):
 
 
 def add_training_args(p, default_steps: int, optimizer: str, out_help: str, out_metavar: str | None = None):
-    """The flags of every trainer (leo.train.common.TrainConfig's loop fields): --out, --steps, --lr,
-    --save-every, --log-every, --seed, --resume, --device and --no-progress; :func:`training_kwargs`
+    """The flags of every trainer (leo.train.common.TrainConfig's loop fields): --out, --steps,
+    --max-minutes, --lr, --save-every, --log-every, --seed, --resume, --device and --no-progress; :func:`training_kwargs`
     reads them."""
     p.add_argument("--out", required=True, metavar=out_metavar, help=out_help)
     p.add_argument("--steps", type=int, default=default_steps, help=f"total optimizer steps (default {default_steps})")
+    p.add_argument("--max-minutes", type=float, default=None, metavar="M",
+                   help="wall-clock budget: end the run after the step that passes M minutes, with its weights "
+                        "exported (--resume continues toward --steps; default: no budget)")
     p.add_argument("--lr", type=float, default=2e-4, help=f"{optimizer} learning rate (default 2e-4)")
     p.add_argument("--save-every", type=int, default=500, help="checkpoint interval in steps (default 500)")
     p.add_argument("--log-every", type=int, default=10, help="metrics.csv interval in steps (default 10)")
@@ -240,7 +243,9 @@ def add_training_args(p, default_steps: int, optimizer: str, out_help: str, out_
 def training_kwargs(args) -> dict:
     """The TrainConfig fields given by :func:`add_training_args`' flags (but ``device``, whose
     default each trainer spells its own way)."""
-    return dict(steps=args.steps, lr=args.lr, save_every=args.save_every, log_every=args.log_every,
+    if args.max_minutes is not None and not 0 < args.max_minutes < float("inf"):
+        raise UserError(f"--max-minutes must be a positive number of minutes, got {args.max_minutes:g}")
+    return dict(steps=args.steps, max_minutes=args.max_minutes, lr=args.lr, save_every=args.save_every, log_every=args.log_every,
                 seed=args.seed, resume=args.resume, progress=not args.no_progress)
 
 
@@ -274,7 +279,8 @@ def run_diffusion_trainer(train, cfg) -> int:
     # Under torchrun only rank 0 writes the weights, so only it says so.
     if os.environ.get("RANK", "0") == "0":
         if summary.get("finished", True):
-            print(f"wrote {summary['weights']} (step {summary['step']})")
+            budget = ", --max-minutes reached" if summary.get("ended_by") == "max_minutes" else ""
+            print(f"wrote {summary['weights']} (step {summary['step']}{budget})")
         else:
             print(f"stopped at step {summary['step']}; continue with --resume")
     return 0 if summary.get("finished", True) else 130

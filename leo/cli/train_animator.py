@@ -147,6 +147,8 @@ def run_train(args) -> int:
             print(f"held-out L1 {ev0['l1']:.4f} -> {ev1['l1']:.4f} (copying the source: {ev1['copy_l1']:.4f}), "
                   f"gain over copying {ev0['gain']:+.3f} -> {ev1['gain']:+.3f}, motion ratio {ev1['motion_ratio']:.3f}, "
                   f"PSNR {ev0['psnr']:.2f} -> {ev1['psnr']:.2f} dB (copy {ev1['copy_psnr']:.2f})")
+        if summary.get("ended_by") == "max_minutes":
+            print(f"--max-minutes reached: the run ended at step {summary['step']} of {summary['steps']}")
         if summary.get("animator"):
             print(f"animator: {summary['animator']}")
         print(f"run folder: {args.out} (metrics.csv, loss.png, samples/, checkpoint.pt)")

@@ -72,6 +72,9 @@ class TrainConfig:
     """
 
     steps: int = 1000
+    max_minutes: float | None = None     # wall-clock budget of this invocation: at the first step boundary past
+                                         # it the run ends early as if --steps were reached (exported), and
+                                         # --resume continues toward steps; None: no budget
     lr: float = 2e-4
     save_every: int = 500                # checkpoint interval in steps
     log_every: int = 10                  # metrics.csv interval in steps
@@ -99,6 +102,9 @@ class TrainConfig:
             setattr(self, new, _from_old(old, value))
         if "out" in names and self.out is None:
             raise TypeError(f"{type(self).__name__}() missing required argument: 'out'")
+        m = self.max_minutes
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m < float("inf")):
+            raise ValueError(f"max_minutes must be a positive number of minutes or None, got {m!r}")
 
     @classmethod
     def current_keys(cls, d: dict) -> dict:
@@ -379,21 +385,31 @@ def restore_rng(states, ctx: "DistributedContext") -> None:
 
 
 class StopRequest:
-    """SIGINT (Ctrl-C) and SIGTERM (``kill``, cluster preemption) ask for a clean stop.
+    """SIGINT (Ctrl-C) and SIGTERM (``kill``, cluster preemption) ask for a clean stop, and an
+    optional wall-clock ``deadline`` (``time.monotonic()`` seconds) ends the run early.
 
     Use as a context manager around the training loop; it installs the handlers (main thread
     only) and restores the previous ones on exit. A second signal raises KeyboardInterrupt
     (abort without saving). Call :meth:`should_stop` on every rank at every step boundary: it
-    all-reduces the flag (MAX) so a signal that reached any one rank stops all of them after
-    the same step, and the collectives stay matched.
+    all-reduces the flags (MAX) so a signal that reached any one rank, or the deadline that any
+    one rank's clock passed, stops all of them after the same step, and the collectives stay
+    matched. After it returned True, :attr:`out_of_time` says whether the deadline (rather than a
+    signal) was the reason.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
+    def __init__(self, deadline: float | None = None):
         self.requested = False
         self.signum: int | None = None
+        self.deadline = deadline
+        self.out_of_time = False
         self._old: dict = {}
+
+    @classmethod
+    def for_budget(cls, max_minutes: float | None) -> "StopRequest":
+        """A StopRequest whose deadline is ``max_minutes`` from now (None: no deadline)."""
+        return cls(None if max_minutes is None else time.monotonic() + 60.0 * max_minutes)
 
     def _handler(self, signum, frame):
         if self.requested:
@@ -413,12 +429,16 @@ class StopRequest:
         return False
 
     def should_stop(self, ctx: "DistributedContext | None" = None) -> bool:
-        """True when a stop was requested on any rank (a collective under torchrun)."""
-        if ctx is None or not ctx.distributed:
-            return self.requested
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=ctx.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        """True when a stop was requested, or the deadline passed, on any rank (a collective under
+        torchrun). A signal wins over the deadline: that run stops unfinished."""
+        late = self.deadline is not None and time.monotonic() >= self.deadline
+        signalled = self.requested
+        if ctx is not None and ctx.distributed:
+            flags = torch.tensor([float(signalled), float(late)], device=ctx.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            signalled, late = bool(flags[0].item()), bool(flags[1].item())
+        self.out_of_time = late and not signalled
+        return signalled or late
 
 
 @contextlib.contextmanager

@@ -135,7 +135,7 @@ def _run(cfg: LoopConfig, task: DiffusionTask, ctx: common.DistributedContext, h
 
     losses, step, stopped = [], start, False
     try:
-        with common.StopRequest() as stop:
+        with common.StopRequest.for_budget(cfg.max_minutes) as stop:
             model.train()
             while step < cfg.steps:
                 g_cpu, g_dev = step_generators(cfg.seed, ctx.rank, step, device)
@@ -158,18 +158,22 @@ def _run(cfg: LoopConfig, task: DiffusionTask, ctx: common.DistributedContext, h
                 logger.log(step, metrics, to_csv=step % cfg.log_every == 0 or step == cfg.steps)
                 if "after_step" in hooks:
                     hooks["after_step"](step, {"loss": losses[-1], "model": model, "ema": ema})
-                # agree on a clean stop (signal on any rank) at this step boundary
+                # agree on a clean stop (a signal or the time budget, on any rank) at this step boundary
                 stopped = stop.should_stop(ctx)
                 if stopped:
                     break
                 if step % cfg.save_every == 0 and step != cfg.steps:
                     save(step)
             save(step)  # the end, a stop, or (resuming a finished run) the same state again
-            if stopped:
+            if stop.out_of_time and step < cfg.steps:
+                logger.message(f"time budget of {cfg.max_minutes:g} min reached at step {step} of {cfg.steps}: "
+                               "the run ends here (exported); --resume continues toward --steps")
+            elif stopped and not stop.out_of_time:
                 logger.message(f"stopped at step {step}; checkpoint saved, continue with --resume")
     finally:
         logger.close()
     if ctx.is_main:
         common.plot_run(cfg.out)  # loss.png, as every trainer (a notice when matplotlib is missing)
-    return {"step": step, "finished": step >= cfg.steps, "losses": losses, "checkpoint": ckpt_path,
-            "weights": export_path, "ema": ema}
+    ended_by = "steps" if step >= cfg.steps else "max_minutes" if stop.out_of_time else "signal"
+    return {"step": step, "finished": ended_by != "signal", "ended_by": ended_by, "losses": losses,
+            "checkpoint": ckpt_path, "weights": export_path, "ema": ema}

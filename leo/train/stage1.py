@@ -51,8 +51,8 @@ from leo.train.common import (
 CHECKPOINT_NAME = "checkpoint.pt"
 EXPORT_NAME = "animator.safetensors"
 # Settings that may change when resuming (they do not change what is computed).
-RUNTIME_KEYS = ("steps", "device", "workers", "threads", "save_every", "sample_every", "eval_every", "log_every", "out",
-                "resume", "progress")
+RUNTIME_KEYS = ("steps", "max_minutes", "device", "workers", "threads", "save_every", "sample_every", "eval_every",
+                "log_every", "out", "resume", "progress")
 
 
 @dataclass
@@ -389,7 +389,7 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
     step = start_step
     last = {}
     t_start = time.perf_counter()
-    with StopRequest() as stop:
+    with StopRequest.for_budget(cfg.max_minutes) as stop:
         while step < cfg.steps:
             # ---------------- generator: reconstruction (+ perceptual, + adversarial)
             G.train()
@@ -454,8 +454,9 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
             if "after_step" in hooks:
                 hooks["after_step"](step, {"losses": sums, "G": G, "D": D})
 
-            # agree on a clean stop (signal on any rank) at this step boundary
+            # agree on a clean stop (a signal or the time budget, on any rank) at this step boundary
             stop_now = stop.should_stop(ctx)
+            last_step = step == cfg.steps or stop.out_of_time  # the run ends here: evaluate, sample, export
 
             if step % cfg.log_every == 0 or step == cfg.steps or stop_now:
                 shown = {k: v for k, v in sums.items()
@@ -466,12 +467,12 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
                                                             device=device))
                     shown = dict(zip(keys, mean.tolist()))
                 log.log(step, shown)
-            if ctx.is_main and (step % cfg.eval_every == 0 or step == cfg.steps):
+            if ctx.is_main and (step % cfg.eval_every == 0 or last_step):
                 ev = evaluate(G_ema, eval_clips, device, pairs=cfg.eval_pairs, amp=amp)
                 log.log(step, {f"eval_{k}": v for k, v in ev.items()})
                 log.message(f"step {step} held-out: " + _eval_line(ev))
                 summary["final_eval"] = ev
-            if ctx.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
+            if ctx.is_main and (step % cfg.sample_every == 0 or last_step):
                 with torch.no_grad(), _autocast(device, amp):
                     was_training = G_ema.training
                     G_ema.eval()
@@ -481,16 +482,22 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
             if step % cfg.save_every == 0 or step == cfg.steps or stop_now:
                 save(step)
             if stop_now:
-                log.message(f"stopped at step {step}; checkpoint saved, continue with --resume")
+                if not stop.out_of_time:
+                    log.message(f"stopped at step {step}; checkpoint saved, continue with --resume")
+                elif step < cfg.steps:
+                    log.message(f"time budget of {cfg.max_minutes:g} min reached at step {step} of {cfg.steps}: "
+                                "the run ends here (exported); --resume continues toward --steps")
                 break
 
     elapsed = time.perf_counter() - t_start
     log.close()
-    summary.update({"step": step, "steps": cfg.steps, "finished": step >= cfg.steps, "last_losses": last,
+    ended_by = "steps" if step >= cfg.steps else "max_minutes" if stop.out_of_time else "signal"
+    summary.update({"step": step, "steps": cfg.steps, "finished": ended_by != "signal", "ended_by": ended_by,
+                    "last_losses": last,
                     "seconds": elapsed, "data": folder.summary(), "skipped_clips": folder.num_skipped,
                     "world_size": ctx.world_size, "device": str(device)})
     if ctx.is_main:
-        if step >= cfg.steps:
+        if ended_by != "signal":
             G_ema.save(out / EXPORT_NAME)
             summary["animator"] = str(out / EXPORT_NAME)
         plot_run(out)  # loss.png (a one-line notice when matplotlib is missing)
