@@ -3,7 +3,8 @@
 
 - ``demo``: what `leo demo`'s stage 1 does per step today (its settings read from leo/cli/demo.py's
   "full" preset: width 0.0625, batch 4, lr 3e-3, Adam betas (0.9, 0.99)): generator forward (source and target encoded in one
-  pass, flows decoded relative to those at zero motion, i.e. a second decoder pass for the source),
+  pass, flows decoded relative to those at zero motion, i.e. the source's zero-motion decoder pass in the
+  same batch as the motion pass),
   L1 + 3 average-pooled L1 terms, backward, Adam, EMA update; no discriminator (adv weight 0). The
   demo renders each pair's frames on the fly (about 7 ms per pair); that is data, not timed here.
 - ``G+D``: issue 11's step (the demo's recipe when the issue was filed): absolute flows, the same

@@ -152,7 +152,7 @@ class Synthesis(nn.Module):
         minus those decoded at ``still_latent`` with identity warps (:meth:`still_flows`), or
         minus ``still_flows`` if given (computed once per source)."""
         if still_flows is None and still_latent is not None:
-            still_flows = self.still_flows(still_latent, feats)
+            return self._decode(latent, feats, still_latent=still_latent, return_flow=return_flow)
         return self._decode(latent, feats, refs=still_flows, return_flow=return_flow)
 
     def still_flows(self, still_latent: torch.Tensor, feats: list) -> list:
@@ -164,12 +164,21 @@ class Synthesis(nn.Module):
         self._decode(still_latent, feats, record=refs)
         return refs
 
-    def _decode(self, latent, feats, refs=None, record=None, return_flow=False):
+    def _decode(self, latent, feats, refs=None, record=None, return_flow=False, still_latent=None):
+        """The decoder pass. ``refs``: per level, logits to subtract (cached still flows);
+        ``record``: be the still pass (keep each level's flow logits, warp by the identity);
+        ``still_latent``: run the still pass in the same batch as this one, level by level (rows
+        b: of every tensor), instead of as a pass of its own: one call per op on twice the rows,
+        which small CPU convolutions spread over the threads better (the same math per row)."""
         b = latent.shape[0]
-        out = self.input(b)
+        if still_latent is not None:
+            latent = torch.cat([latent, still_latent])
+        n = latent.shape[0]
+        out = self.input(n)
         nhwc = bool(feats) and is_channels_last(feats[0])
+        fmt = torch.channels_last if nhwc else torch.contiguous_format
         if nhwc:
-            out = out.contiguous(memory_format=torch.channels_last)  # run the decoder NHWC too
+            out = out.contiguous(memory_format=fmt)  # run the decoder NHWC too
         out = self.conv1(out, latent)
         rgb = flow = None
         last = len(self.to_flows) - 1
@@ -177,14 +186,23 @@ class Synthesis(nn.Module):
             out = self.convs[2 * k](out, latent)
             out = self.convs[2 * k + 1](out, latent)
             feat = feats[k]
-            if feat.shape[0] != b:
-                feat = feat.expand(b, -1, -1, -1)
-                if nhwc:
-                    # a broadcast feature is neither layout: the warp kernels would make it (and the
-                    # rest of the decoder) NCHW; materialize it NHWC instead
-                    feat = feat.contiguous(memory_format=torch.channels_last)
+            if still_latent is not None and k < last:
+                # a broadcast or concatenated feature is neither layout: the warp kernels would make
+                # it (and the rest of the decoder) NCHW; materialize it in the decoder's layout
+                feat = torch.cat([feat.expand(b, -1, -1, -1), feat]).contiguous(memory_format=fmt)
+            elif feat.shape[0] != b:
+                feat = feat.expand(b, -1, -1, -1).contiguous(memory_format=fmt) if nhwc else feat.expand(b, -1, -1, -1)
             logits = None
-            if record is not None or refs is not None:
+            if still_latent is not None:
+                logits = to_flow.logits(out, latent)
+                still = logits[b:]
+                own = torch.cat([still[:, :2], torch.zeros_like(still[:, 2:])], 1)
+                if k == last:  # the still rows' finest warp and to-RGB would only make an unused image
+                    out, latent, flow = _Head.apply(out, b), latent[:b], _Head.apply(flow, b)
+                    logits = logits[:b] - own
+                else:
+                    logits = logits - torch.cat([own.expand(b, -1, -1, -1), own])
+            elif record is not None or refs is not None:
                 logits = to_flow.logits(out, latent)
                 if record is not None:  # keep the flow channels, warp by the identity
                     own = torch.cat([logits[:, :2], torch.zeros_like(logits[:, 2:])], 1)
@@ -195,7 +213,7 @@ class Synthesis(nn.Module):
                 else:
                     logits = logits - refs[k]
             warped, out, flow = to_flow(out, latent, feat, flow, logits=logits)
-            rgb = to_rgb(warped, rgb)
+            rgb = to_rgb(warped if warped.shape[0] == b else _Head.apply(warped, b), rgb)
         return (rgb, flow) if return_flow else rgb
 
 
