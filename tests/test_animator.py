@@ -315,13 +315,16 @@ def test_relative_flow_copies_at_zero_motion_whatever_the_source():
     x, y = _smooth_images(3, 32, 42), _smooth_images(3, 32, 43)
     with torch.no_grad():
         want = still(x, y * 0 + x)
-        assert torch.allclose(m(x, x), want, atol=1e-5)
+        # forward decodes the still rows in the same batch as the motion rows; on more than one thread
+        # the convolutions may round the two copies of a row differently (1e-5 here, with these
+        # deliberately large flow heads), so the zero-motion flows are zero up to float32 rounding
+        assert torch.allclose(m(x, x), want, atol=1e-4)
         cache = m.encode(x)
         assert cache.still_flows is not None and len(cache.still_flows) == len(m.dec.to_flows)
         assert torch.allclose(m.render(cache, cache.alpha), want, atol=1e-5)
-        # without the cached references render computes them
+        # without the cached references render computes them (in the same batch: rounding as above)
         bare = SourceCache(cache.wa, cache.feats, cache.alpha)
-        assert torch.allclose(m.render(bare, cache.alpha), want, atol=1e-5)
+        assert torch.allclose(m.render(bare, cache.alpha), want, atol=1e-4)
         # with motion the flows are not zero, and differ from the absolute ones by the references
         moved = m(x, y)
         assert (moved - want).abs().max() > 1e-2
