@@ -100,3 +100,31 @@ def test_demo_streams_fresh_synthetic_clips_but_not_the_users_videos(demo_out, t
     out = tmp_path / "out"
     assert leo_main(["demo", "--quick", "--out", str(out), "--device", "cpu", "--data", str(videos)]) == 0
     assert recipe(out)["synthetic_stream"] is False and _count(out / "conditional.mp4") > 0
+
+
+def test_demo_stages_stop_at_their_time_budgets(tmp_path, capsys, monkeypatch):
+    """Each stage's time budget ends it early with its weights written, the demo goes on, and
+    metrics.json and the printed summary say how many steps each stage trained and why it ended."""
+    import json
+
+    from leo.cli import demo as demo_cli
+
+    quick = demo_cli.PRESETS["quick"]
+    monkeypatch.setitem(demo_cli.PRESETS, "quick", dict(quick, animator_steps=50, animator_minutes=1e-9,
+                                                         lmdm_minutes=1e-9))
+    out = tmp_path / "out"
+    assert leo_main(["demo", "--quick", "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    trained = json.loads((out / "metrics.json").read_text())["training"]
+    assert trained["animator"] == {"steps": 1, "step_cap": 50, "ended_by": "max_minutes", "max_minutes": 1e-9}
+    assert trained["lmdm"]["steps"] == 1 and trained["lmdm"]["ended_by"] == "max_minutes"
+    assert trained["first_frame"] == {"steps": quick["ff_steps"], "step_cap": quick["ff_steps"], "ended_by": "steps",
+                                      "max_minutes": None}
+    assert "animator 1 of 50 steps (its 1e-09-min budget ended it)" in printed
+    assert _count(out / "conditional.mp4") == quick["video_frames"]
+    # --animator-steps trains exactly that many steps: the stage's budget no longer applies
+    assert leo_main(["demo", "--quick", "--out", str(tmp_path / "exact"), "--device", "cpu",
+                     "--animator-steps", "3", "--no-time-budget"]) == 0
+    trained = json.loads((tmp_path / "exact" / "metrics.json").read_text())["training"]
+    assert [trained[k]["steps"] for k in ("animator", "lmdm")] == [3, quick["lmdm_steps"]]
+    assert all(t["ended_by"] == "steps" and t["max_minutes"] is None for t in trained.values())

@@ -18,23 +18,27 @@ import time
 from leo.cli.common import add_device, resolve_device
 
 # name: (videos, frames, size, animator width, animator steps, lmdm steps, first-frame steps,
-#        first-frame size, sampling steps)
+#        first-frame size, sampling steps, and each stage's time budget in minutes)
 PRESETS = {
-    # ~8 min on a 2-core CPU (the animator ~5 min of it, the first-frame model ~1.75 min): below the
-    # 10-min budget. The animator trains on a fresh clip per pair (the 24 written clips are for the
+    # Under 10 min on a 2-core CPU whatever state the machine is in: each stage trains until its step
+    # cap or its time budget (6 + 1 + 1 min; the data, videos, measurements and the stages' own
+    # evaluations add about half a minute, 1.5 min on a machine at a third of its speed), so a fast
+    # machine trains more animator steps and a slow one fewer (2-core EPYC, 2026-12: 3.2 to 9.8
+    # stage-1 steps/s, i.e. about 1150 to 3550 steps in the budget; `--no-time-budget` trains the caps). The animator trains on a fresh clip per pair (the 24 written clips are for the
     # LMDM and stay unseen by the animator) with Adam beta1 0.9 (docs/MOTION.md, eighth round), at half
     # the channels (width 1/16) and batch 4 at lr 3e-3: on 2 threads a step costs what a batch-2 step
     # of width 1/8 does, and learns the held-out motion faster (tenth round). No discriminator: with
     # source-relative flows it changed the held-out gain by less than 0.01 and cost 48% more time per
     # step (sixth round). 400 first-frame steps: twice the steps did not move the unconditional video more
     # ("Why the unconditional video moves least").
-    "full": dict(videos=24, frames=48, size=64, width=0.0625, style_dim=128, animator_steps=2200,
+    "full": dict(videos=24, frames=48, size=64, width=0.0625, style_dim=128, animator_steps=4400,
                  animator_batch=4, animator_lr=3e-3, animator_betas=(0.9, 0.99), animator_adv=0.0,
                  animator_stream=True, lmdm_steps=1500, ff_steps=400, ff_size=32, sample_steps=25, video_frames=32,
-                 window=16, heldout_clips=8),
+                 window=16, heldout_clips=8, animator_minutes=6.0, lmdm_minutes=1.0, ff_minutes=1.0),
     "quick": dict(videos=4, frames=20, size=32, width=1 / 32, style_dim=32, animator_steps=4, animator_batch=2,
                   animator_lr=2e-3, animator_betas=(0.9, 0.99), animator_adv=0.0, animator_stream=True,
-                  lmdm_steps=6, ff_steps=6, ff_size=16, sample_steps=4, video_frames=10, window=8, heldout_clips=2),
+                  lmdm_steps=6, ff_steps=6, ff_size=16, sample_steps=4, video_frames=10, window=8, heldout_clips=2,
+                  animator_minutes=None, lmdm_minutes=None, ff_minutes=None),
 }
 # `leo demo --data DIR` trains on a fixed set of clips, where a high learning rate fits (memorizes) the
 # training clips faster and unseen ones no better: the sixth round's recipe for 24 clips (its width too),
@@ -54,9 +58,15 @@ def register(sub):
     p.add_argument("--data", default=None, help="train on this folder of real videos instead of synthetic ones")
     add_device(p)
     p.add_argument("--quick", action="store_true", help="tiny models and a few steps (CI smoke run, ~2 min)")
-    p.add_argument("--animator-steps", type=int, default=None, help="stage-1 steps (overrides the preset)")
-    p.add_argument("--lmdm-steps", type=int, default=None, help="stage-2 steps (overrides the preset)")
-    p.add_argument("--first-frame-steps", type=int, default=None, help="first-frame model steps (overrides the preset)")
+    p.add_argument("--animator-steps", type=int, default=None,
+                   help="stage-1 steps, trained in full (overrides the preset's steps and time budget)")
+    p.add_argument("--lmdm-steps", type=int, default=None,
+                   help="stage-2 steps, trained in full (overrides the preset's steps and time budget)")
+    p.add_argument("--first-frame-steps", type=int, default=None,
+                   help="first-frame model steps, trained in full (overrides the preset's steps and time budget)")
+    p.add_argument("--no-time-budget", action="store_true",
+                   help="train every stage to its preset step count however long it takes (the same models on "
+                        "every machine of the same kind); by default each stage stops at its time budget")
     p.add_argument("--size", type=int, default=None, help="animator image size (power of two, default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
@@ -64,6 +74,10 @@ def register(sub):
 
 def _step(msg):
     print(f"[leo demo] {msg}", flush=True)
+
+
+def _steps_text(steps, minutes):
+    return f"{steps} steps" if minutes is None else f"up to {steps} steps or {minutes:g} min"
 
 
 def _fingerprint(path):
@@ -154,7 +168,10 @@ def _measure(pipe, results, heldout, real, p, window, device) -> dict:
 
 def _report_table(r: dict) -> str:
     a = r["animator_heldout"]
-    lines = ["", "held-out clips, (frame 0, frame t) pairs:",
+    trained = ", ".join(f"{name} {t['steps']} of {t['step_cap']} steps"
+                        + (f" (its {t['max_minutes']:g}-min budget ended it)" if t["ended_by"] == "max_minutes" else "")
+                        for name, t in r["training"].items())
+    lines = ["", f"trained: {trained}", "held-out clips, (frame 0, frame t) pairs:",
              f"  animator L1 {a['l1']:.4f}   copying frame 0: {a['copy_l1']:.4f}   gain {a['gain']:+.3f}",
              f"  PSNR {a['psnr']:.2f} dB (copy {a['copy_psnr']:.2f})   SSIM {a['ssim']:.3f} (copy {a['copy_ssim']:.3f})",
              f"  on moving pixels ({a['moving_fraction']:.0%}): gain {a['moving_gain']:+.3f}   "
@@ -193,13 +210,16 @@ def run(args) -> int:
         p.update(animator_stream=False, **({} if args.quick else FIXED_CLIPS))
     if args.size is not None:
         p["size"] = args.size
-    for flag, key in (("animator_steps", "animator_steps"), ("lmdm_steps", "lmdm_steps"),
-                      ("first_frame_steps", "ff_steps")):
+    for flag, key, budget in (("animator_steps", "animator_steps", "animator_minutes"),
+                              ("lmdm_steps", "lmdm_steps", "lmdm_minutes"),
+                              ("first_frame_steps", "ff_steps", "ff_minutes")):
         v = getattr(args, flag)
         if v is not None:
             if v < 1:
                 raise UserError(f"--{flag.replace('_', '-')} must be positive, got {v}")
-            p[key] = v
+            p[key], p[budget] = v, None
+        if args.no_time_budget:
+            p[budget] = None
     device = resolve_device(args.device)
     if args.data is not None and not os.path.isdir(args.data):
         raise UserError(f"--data: folder not found: {args.data}")
@@ -243,13 +263,13 @@ def run(args) -> int:
     # 2. stage 1: the animator
     from leo.train.stage1 import Stage1Config, train_stage1
 
-    _step(f"2/5 training the animator ({p['animator_steps']} steps)")
+    _step(f"2/5 training the animator ({_steps_text(p['animator_steps'], p['animator_minutes'])})")
     animator_before = _fingerprint(os.path.join(out, "animator", "animator.safetensors"))
     s1_cfg = Stage1Config(
         out=os.path.join(out, "animator"), data=data, size=p["size"], width=p["width"], style_dim=p["style_dim"],
         synthetic_stream=p["animator_stream"],
         steps=p["animator_steps"], batch=p["animator_batch"], lr=p["animator_lr"], betas=p["animator_betas"],
-        adv_weight=p["animator_adv"], save_every=max(50, p["animator_steps"]),
+        max_minutes=p["animator_minutes"], adv_weight=p["animator_adv"], save_every=max(50, p["animator_steps"]),
         sample_every=p["animator_steps"], eval_every=max(1, p["animator_steps"] // 4), log_every=max(1, min(10, p["animator_steps"] // 4)),
         eval_pairs=8 if not args.quick else 2, seed=args.seed, device=str(device), workers=0,
     )
@@ -265,11 +285,11 @@ def run(args) -> int:
     # 3. stage 2: the LMDM on the animator's motion codes
     from leo.train.stage2 import Stage2Config, train_lmdm
 
-    _step(f"3/5 training the LMDM ({p['lmdm_steps']} steps)")
+    _step(f"3/5 training the LMDM ({_steps_text(p['lmdm_steps'], p['lmdm_minutes'])})")
     lmdm_out = os.path.join(out, "lmdm")
     s2 = train_lmdm(Stage2Config(
         data=data, animator=animator_path, out=lmdm_out, window=p["window"], channels=32, channel_mult=(1, 2),
-        head_dim=16, steps=p["lmdm_steps"], batch=16, lr=1e-3, save_every=max(100, p["lmdm_steps"]),
+        head_dim=16, steps=p["lmdm_steps"], max_minutes=p["lmdm_minutes"], batch=16, lr=1e-3, save_every=max(100, p["lmdm_steps"]),
         log_every=max(1, min(10, p["lmdm_steps"] // 4)), seed=args.seed, device=str(device),
         resume=os.path.exists(os.path.join(lmdm_out, "checkpoint.pt")),
     ))
@@ -277,13 +297,14 @@ def run(args) -> int:
     # 4. the first-frame generator
     from leo.train.first_frame_train import FirstFrameTrainConfig, train_first_frame
 
-    _step(f"4/5 training the first-frame generator ({p['ff_steps']} steps, {p['ff_size']}x{p['ff_size']})")
+    _step(f"4/5 training the first-frame generator ({_steps_text(p['ff_steps'], p['ff_minutes'])}, "
+          f"{p['ff_size']}x{p['ff_size']})")
     ff_out = os.path.join(out, "first_frame")
     s3 = train_first_frame(FirstFrameTrainConfig(
         data=data, out=ff_out, image_size=p["ff_size"], base_channels=32 if not args.quick else 8,
         channel_mults=(1, 2, 2) if p["ff_size"] >= 32 else (1, 2), attn_resolutions=(8,), frame_stride=2,
         objective="v",  # v-prediction: well-posed at the noisiest steps, good samples after short training
-        steps=p["ff_steps"], batch=16 if not args.quick else 4, lr=1e-3, ema_decay=0.995,
+        steps=p["ff_steps"], max_minutes=p["ff_minutes"], batch=16 if not args.quick else 4, lr=1e-3, ema_decay=0.995,
         save_every=max(100, p["ff_steps"]), log_every=max(1, min(10, p["ff_steps"] // 4)), seed=args.seed,
         device=str(device), sample_count=0, resume=os.path.exists(os.path.join(ff_out, "checkpoint.pt")),
     ))
@@ -325,6 +346,11 @@ def run(args) -> int:
 
     _step("measuring motion (leo.metrics; every number next to its trivial baseline)")
     report = _measure(pipe, results, heldout, real, p, W, device)
+    report["training"] = {name: {"steps": summary["step"], "step_cap": p[cap], "ended_by": summary.get("ended_by"),
+                                 "max_minutes": p[budget]}
+                          for name, summary, cap, budget in (("animator", s1, "animator_steps", "animator_minutes"),
+                                                              ("lmdm", s2, "lmdm_steps", "lmdm_minutes"),
+                                                              ("first_frame", s3, "ff_steps", "ff_minutes"))}
     report_path = os.path.join(out, "metrics.json")
     from leo.checkpoint_io import atomic_write
 
