@@ -21,6 +21,9 @@ Implementations (each with its own models and optimizers, same initial weights a
 - custom ops: the same models with ``LEO_KERNELS_BACKEND=cpu``, i.e. every blur and bias + activation
   through the leo_kernels custom ops (the default path before the ATen fast path);
 - eager ops: ``kernels="reference"`` (leo_kernels' eager references, grouped modulated convs);
+- leo, still pass on its own (demo recipe): leo's path with the source's zero-motion decoder pass run as
+  a pass of its own before the motion pass (``Synthesis.still_flows``), as training did before the two
+  shared a batch;
 - leo, CPU bf16 autocast (CPU only): leo's path with the step under ``torch.autocast("cpu", bfloat16)``, as
   ``leo train-animator --cpu-bf16`` trains (another precision: a speed reference, not a drop-in).
 
@@ -82,15 +85,27 @@ def _env(name, value):
             os.environ[name] = old
 
 
+def _separate_still_pass(dec):
+    """``dec`` (a Synthesis) decodes the still pass as a pass of its own, then the motion pass."""
+    def forward(latent, feats, return_flow=False, still_latent=None, still_flows=None):
+        if still_flows is None and still_latent is not None:
+            still_flows = dec.still_flows(still_latent, feats)
+        return type(dec).forward(dec, latent, feats, return_flow=return_flow, still_flows=still_flows)
+
+    dec.forward = forward
+
+
 class Trainer:
     """Animator (+ discriminator) with Adam, stepped the way leo.train.stage1 steps them."""
 
-    def __init__(self, kernels, recipe, env=None, cpu_bf16=False):
+    def __init__(self, kernels, recipe, env=None, cpu_bf16=False, separate_still=False):
         relative_flow, self.adv, lr, betas, _, width = RECIPES[recipe]
         torch.manual_seed(0)
         self.G = Animator(size=SIZE, style_dim=STYLE_DIM, motion_dim=MOTION_DIM, width=width, kernels=kernels,
                           align_corners=True, relative_latent=True,
                           relative_flow=relative_flow).init_copy_source(motion_gain=30.0).to(DEV)
+        if separate_still:
+            _separate_still_pass(self.G.dec)
         self.opt_g = adam(self.G.parameters(), lr=lr, betas=betas)  # leo.train.stage1's optimizer
         if self.adv:
             self.D = Discriminator(size=SIZE, width=width, kernels=kernels).to(DEV)
@@ -142,6 +157,8 @@ def test_train_step(benchmark, recipe, batch):
         "eager ops": Trainer("reference", recipe),
         "leo, CPU bf16 autocast": Trainer("auto", recipe, cpu_bf16=True),
     }
+    if RECIPES[recipe][0]:  # source-relative flows: the still pass in its own pass, as before
+        trainers["leo, still pass on its own"] = Trainer("auto", recipe, separate_still=True)
     if _CUDA:  # on CUDA the default path is the custom ops; CPU autocast does not apply
         del trainers["custom ops"], trainers["leo, CPU bf16 autocast"]
     impls = {name: (lambda t=t: t.step(src, tgt)) for name, t in trainers.items()}
