@@ -53,6 +53,17 @@ def test_trainers_share_out_batch_and_no_progress(command):
     assert "--batch-size" not in opts and "--quiet" not in opts
 
 
+@pytest.mark.parametrize("command", ["train-animator", "train-lmdm", "train-first-frame"])
+def test_trainers_refuse_a_time_budget_that_is_not_positive(command, tmp_path, capsys):
+    assert "--max-minutes" in _options(command)
+    argv = [command, "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--max-minutes", "0"]
+    if command == "train-lmdm":
+        (tmp_path / "a.safetensors").write_bytes(b"")  # never read: the flags are checked first
+        argv += ["--animator", str(tmp_path / "a.safetensors")]
+    assert main(argv) == 2
+    assert "--max-minutes" in _err(capsys)
+
+
 def test_old_batch_size_flag_of_the_diffusion_trainers_still_parses(capsys):
     from leo.cli.common import rewrite_deprecated
 

@@ -223,8 +223,8 @@ def int_list(text):
 
 def add_training_args(p, default_steps: int, optimizer: str, out_help: str, out_metavar: str | None = None):
     """The flags of every trainer (leo.train.common.TrainConfig's loop fields): --out, --steps,
-    --max-minutes, --lr, --save-every, --log-every, --seed, --resume, --device and --no-progress; :func:`training_kwargs`
-    reads them."""
+    --max-minutes, --lr, --save-every, --log-every, --seed, --resume, --device and --no-progress;
+    :func:`training_kwargs` reads them."""
     p.add_argument("--out", required=True, metavar=out_metavar, help=out_help)
     p.add_argument("--steps", type=int, default=default_steps, help=f"total optimizer steps (default {default_steps})")
     p.add_argument("--max-minutes", type=float, default=None, metavar="M",
@@ -243,10 +243,14 @@ def add_training_args(p, default_steps: int, optimizer: str, out_help: str, out_
 def training_kwargs(args) -> dict:
     """The TrainConfig fields given by :func:`add_training_args`' flags (but ``device``, whose
     default each trainer spells its own way)."""
-    if args.max_minutes is not None and not 0 < args.max_minutes < float("inf"):
-        raise UserError(f"--max-minutes must be a positive number of minutes, got {args.max_minutes:g}")
-    return dict(steps=args.steps, max_minutes=args.max_minutes, lr=args.lr, save_every=args.save_every, log_every=args.log_every,
-                seed=args.seed, resume=args.resume, progress=not args.no_progress)
+    from leo.train.common import check_max_minutes
+
+    try:
+        check_max_minutes(args.max_minutes)
+    except ValueError as exc:
+        raise UserError(f"--max-minutes: {exc}") from None
+    return dict(steps=args.steps, max_minutes=args.max_minutes, lr=args.lr, save_every=args.save_every,
+                log_every=args.log_every, seed=args.seed, resume=args.resume, progress=not args.no_progress)
 
 
 def add_diffusion_training_args(p, default_steps):

@@ -59,6 +59,13 @@ def _from_old(old: str, value):
     return (not value) if old == "quiet" else value  # quiet=True is progress=False
 
 
+def check_max_minutes(value) -> None:
+    """``max_minutes`` (``--max-minutes``) is None or a positive, finite number of minutes."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not 0 < value < float("inf")):
+        raise ValueError(f"max_minutes must be a positive number of minutes or None, got {value!r}")
+
+
 @dataclass(kw_only=True)
 class TrainConfig:
     """The loop settings every trainer's config shares (Stage1Config, the diffusion trainers').
@@ -102,9 +109,7 @@ class TrainConfig:
             setattr(self, new, _from_old(old, value))
         if "out" in names and self.out is None:
             raise TypeError(f"{type(self).__name__}() missing required argument: 'out'")
-        m = self.max_minutes
-        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m < float("inf")):
-            raise ValueError(f"max_minutes must be a positive number of minutes or None, got {m!r}")
+        check_max_minutes(self.max_minutes)
 
     @classmethod
     def current_keys(cls, d: dict) -> dict:
