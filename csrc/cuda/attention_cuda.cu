@@ -62,6 +62,40 @@ __device__ __forceinline__ float unrope(const float* g, int pos, int c, const fl
   return c < H ? g[c] * cs + g[c + H] * sn : g[c] * cs - g[c - H] * sn;
 }
 
+// Stage R rows from pos0 of two (L, D) slices at base into shared tiles, zeros past L: rows of a
+// rotary-embedded when rope (q or k), rows of b as they are (v or dO). PA, PB: the tiles' row pitches.
+template <typename T, int D, int R, int PA, int PB>
+__device__ __forceinline__ void stage_rows(float (*as)[PA], float (*bs)[PB], const T* __restrict__ a,
+                                           const T* __restrict__ b, size_t base, int pos0, int L, bool rope,
+                                           const float* cos_t, const float* sin_t) {
+  for (int idx = threadIdx.x; idx < R * D; idx += kThreads) {
+    const int r = idx / D, c = idx % D, pos = pos0 + r;
+    const bool ok = pos < L;
+    const size_t off = base + static_cast<size_t>(pos) * D;
+    as[r][c] = ok ? load_rope<T, D>(a + off, pos, c, rope, cos_t, sin_t) : 0.f;
+    bs[r][c] = ok ? to_f(b[off + c]) : 0.f;
+  }
+}
+
+// Store one warp's gradient row g * mul (lane holds elements lane + 32 e) to dst, rotated back
+// through the warp's row buffer when the rows were roped. Called by all lanes of the warp.
+template <typename T, int D, int EPL>
+__device__ __forceinline__ void store_grad_row(T* __restrict__ dst, const float (&g)[EPL], float mul, float* rowbuf,
+                                               int pos, int lane, bool rope, const float* cos_t, const float* sin_t) {
+#pragma unroll
+  for (int e = 0; e < EPL; ++e) {
+    const int c = lane + 32 * e;
+    if (c < D) rowbuf[c] = g[e] * mul;
+  }
+  __syncwarp();
+#pragma unroll
+  for (int e = 0; e < EPL; ++e) {
+    const int c = lane + 32 * e;
+    if (c < D) dst[c] = static_cast<T>(rope ? unrope<D>(rowbuf, pos, c, cos_t, sin_t) : rowbuf[c]);
+  }
+  __syncwarp();
+}
+
 template <typename T, int D, int QPW>
 __global__ void __launch_bounds__(kThreads)
     attn_fwd_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ out,
@@ -92,13 +126,7 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int t0 = 0; t0 < L; t0 += kTile) {
     __syncthreads();  // Qs written / previous tile consumed
-    for (int idx = tid; idx < kTile * D; idx += kThreads) {
-      const int r = idx / D, c = idx % D, pos = t0 + r;
-      const bool ok = pos < L;
-      const size_t off = base + static_cast<size_t>(pos) * D;
-      Ks[r][c] = ok ? load_rope<T, D>(k + off, pos, c, rope, cos_t, sin_t) : 0.f;
-      Vs[r][c] = ok ? to_f(v[off + c]) : 0.f;
-    }
+    stage_rows<T, D, kTile>(Ks, Vs, k, v, base, t0, L, rope, cos_t, sin_t);
     __syncthreads();
     const bool kvalid = t0 + lane < L;
     const int nk = min(kTile, L - t0);
@@ -172,13 +200,7 @@ __global__ void __launch_bounds__(kThreads)
   const size_t base = static_cast<size_t>(bh) * L * D;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
 
-  for (int idx = tid; idx < QB * D; idx += kThreads) {
-    const int r = idx / D, c = idx % D, pos = q0 + r;
-    const bool ok = pos < L;
-    const size_t off = base + static_cast<size_t>(pos) * D;
-    Qs[r][c] = ok ? load_rope<T, D>(q + off, pos, c, rope, cos_t, sin_t) : 0.f;
-    dOs[r][c] = ok ? to_f(dout[off + c]) : 0.f;
-  }
+  stage_rows<T, D, QB>(Qs, dOs, q, dout, base, q0, L, rope, cos_t, sin_t);
   float lse_r[QPW], del_r[QPW], acc[QPW][EPL];
 #pragma unroll
   for (int i = 0; i < QPW; ++i) {
@@ -191,13 +213,7 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int t0 = 0; t0 < L; t0 += kTile) {
     __syncthreads();
-    for (int idx = tid; idx < kTile * D; idx += kThreads) {
-      const int r = idx / D, c = idx % D, pos = t0 + r;
-      const bool ok = pos < L;
-      const size_t off = base + static_cast<size_t>(pos) * D;
-      Ks[r][c] = ok ? load_rope<T, D>(k + off, pos, c, rope, cos_t, sin_t) : 0.f;
-      Vs[r][c] = ok ? to_f(v[off + c]) : 0.f;
-    }
+    stage_rows<T, D, kTile>(Ks, Vs, k, v, base, t0, L, rope, cos_t, sin_t);
     __syncthreads();
     const bool kvalid = t0 + lane < L;
     const int nk = min(kTile, L - t0);
@@ -226,21 +242,8 @@ __global__ void __launch_bounds__(kThreads)
   for (int i = 0; i < QPW; ++i) {
     const int pos = q0 + warp * QPW + i;
     if (pos >= L) continue;  // warp-uniform
-#pragma unroll
-    for (int e = 0; e < EPL; ++e) {
-      const int c = lane + 32 * e;
-      if (c < D) rowbuf[warp][c] = acc[i][e] * scale;
-    }
-    __syncwarp();
-#pragma unroll
-    for (int e = 0; e < EPL; ++e) {
-      const int c = lane + 32 * e;
-      if (c < D) {
-        const float g = rope ? unrope<D>(rowbuf[warp], pos, c, cos_t, sin_t) : rowbuf[warp][c];
-        dq[base + static_cast<size_t>(pos) * D + c] = static_cast<T>(g);
-      }
-    }
-    __syncwarp();
+    store_grad_row<T, D>(dq + base + static_cast<size_t>(pos) * D, acc[i], scale, rowbuf[warp], pos, lane, rope,
+                         cos_t, sin_t);
   }
 }
 
@@ -264,13 +267,7 @@ __global__ void __launch_bounds__(kThreads)
   const size_t base = static_cast<size_t>(bh) * L * D;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
 
-  for (int idx = tid; idx < KB * D; idx += kThreads) {
-    const int r = idx / D, c = idx % D, pos = k0 + r;
-    const bool ok = pos < L;
-    const size_t off = base + static_cast<size_t>(pos) * D;
-    Ks[r][c] = ok ? load_rope<T, D>(k + off, pos, c, rope, cos_t, sin_t) : 0.f;
-    Vs[r][c] = ok ? to_f(v[off + c]) : 0.f;
-  }
+  stage_rows<T, D, KB>(Ks, Vs, k, v, base, k0, L, rope, cos_t, sin_t);
   float adk[KPW][EPL], adv[KPW][EPL];
 #pragma unroll
   for (int i = 0; i < KPW; ++i)
@@ -279,13 +276,7 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int t0 = 0; t0 < L; t0 += kTile) {
     __syncthreads();
-    for (int idx = tid; idx < kTile * D; idx += kThreads) {
-      const int r = idx / D, c = idx % D, pos = t0 + r;
-      const bool ok = pos < L;
-      const size_t off = base + static_cast<size_t>(pos) * D;
-      Qs[r][c] = ok ? load_rope<T, D>(q + off, pos, c, rope, cos_t, sin_t) : 0.f;
-      dOs[r][c] = ok ? to_f(dout[off + c]) : 0.f;
-    }
+    stage_rows<T, D, kTile>(Qs, dOs, q, dout, base, t0, L, rope, cos_t, sin_t);
     if (tid < kTile) {
       const int pos = t0 + tid;
       lse_s[tid] = pos < L ? lse[static_cast<size_t>(bh) * L + pos] : 0.f;
@@ -327,21 +318,9 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int e = 0; e < EPL; ++e) {
       const int c = lane + 32 * e;
-      if (c < D) {
-        rowbuf[warp][c] = adk[i][e] * scale;
-        dv[off + c] = static_cast<T>(adv[i][e]);
-      }
+      if (c < D) dv[off + c] = static_cast<T>(adv[i][e]);
     }
-    __syncwarp();
-#pragma unroll
-    for (int e = 0; e < EPL; ++e) {
-      const int c = lane + 32 * e;
-      if (c < D) {
-        const float g = rope ? unrope<D>(rowbuf[warp], pos, c, cos_t, sin_t) : rowbuf[warp][c];
-        dk[off + c] = static_cast<T>(g);
-      }
-    }
-    __syncwarp();
+    store_grad_row<T, D>(dk + off, adk[i], scale, rowbuf[warp], pos, lane, rope, cos_t, sin_t);
   }
 }
 
