@@ -74,14 +74,27 @@ def _mm32(a, b, DOT: tl.constexpr):
 
 
 @triton.jit
+def _load_tile(base, offs_l, offs_d, s_l, s_d, mask_l):
+    """Rows offs_l, columns offs_d of a (L, D) slice with strides (s_l, s_d), in its own dtype
+    (zeros in the masked rows)."""
+    return tl.load(base + offs_l[:, None] * s_l + offs_d[None, :] * s_d, mask=mask_l[:, None], other=0.0)
+
+
+@triton.jit
+def _load_lse2(LSE, bh, L, offs, mask):
+    """The forward's log-sum-exp of rows offs, in log2 units (the kernels exponentiate with exp2)."""
+    return tl.load(LSE + bh * L + offs, mask=mask, other=0.0) * 1.4426950408889634
+
+
+@triton.jit
 def _load_rows(base, offs_l, offs_d, s_l, s_d, mask_l, COS, SIN, D: tl.constexpr, ROPE: tl.constexpr):
     """A (rows, D) tile as float32, rotary-embedded at positions offs_l when ROPE."""
     m = mask_l[:, None]
-    t = tl.load(base + offs_l[:, None] * s_l + offs_d[None, :] * s_d, mask=m, other=0.0).to(tl.float32)
+    t = _load_tile(base, offs_l, offs_d, s_l, s_d, mask_l).to(tl.float32)
     if ROPE:
         HALF: tl.constexpr = D // 2
         sw = (offs_d + HALF) % D
-        ts = tl.load(base + offs_l[:, None] * s_l + sw[None, :] * s_d, mask=m, other=0.0).to(tl.float32)
+        ts = _load_tile(base, offs_l, sw, s_l, s_d, mask_l).to(tl.float32)
         j = offs_d % HALF
         c = tl.load(COS + offs_l[:, None] * HALF + j[None, :], mask=m, other=0.0)
         s = tl.load(SIN + offs_l[:, None] * HALF + j[None, :], mask=m, other=0.0)
@@ -129,8 +142,7 @@ def _attn_fwd_kernel(
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < L
         k = _cast(_load_rows(K + b * skb + h * skh, offs_n, offs_d, skl, skd, mask_n, COS, SIN, D, ROPE), dt, DOT)
-        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svl + offs_d[None, :] * svd,
-                    mask=mask_n[:, None], other=0.0)
+        v = _load_tile(V + b * svb + h * svh, offs_n, offs_d, svl, svd, mask_n)
         s = _mm(q, tl.trans(k), DOT) * scale_log2e  # log2 units
         s = tl.where(mask_n[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -154,9 +166,8 @@ def _attn_bwd_delta_kernel(O, DO, DELTA, sdb, sdh, sdl, sdd, H, L, D: tl.constex
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     mask = offs_m < L
-    o = tl.load(O + bh * L * D + offs_m[:, None] * D + offs_d[None, :], mask=mask[:, None], other=0.0)
-    do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdl + offs_d[None, :] * sdd,
-                 mask=mask[:, None], other=0.0)
+    o = _load_tile(O + bh * L * D, offs_m, offs_d, D, 1, mask)
+    do = _load_tile(DO + b * sdb + h * sdh, offs_m, offs_d, sdl, sdd, mask)
     tl.store(DELTA + bh * L + offs_m, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=mask)
 
 
@@ -176,17 +187,15 @@ def _attn_bwd_dkdv_kernel(
     offs_d = tl.arange(0, D)
     mask_n = offs_n < L
     k = _cast(_load_rows(K + b * skb + h * skh, offs_n, offs_d, skl, skd, mask_n, COS, SIN, D, ROPE), dt, DOT)
-    v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svl + offs_d[None, :] * svd,
-                mask=mask_n[:, None], other=0.0)
+    v = _load_tile(V + b * svb + h * svh, offs_n, offs_d, svl, svd, mask_n)
     dk = tl.zeros([BLOCK_N, D], tl.float32)
     dv = tl.zeros([BLOCK_N, D], tl.float32)
     for m0 in range(0, L, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
         mask_m = offs_m < L
         q = _cast(_load_rows(Q + b * sqb + h * sqh, offs_m, offs_d, sql, sqd, mask_m, COS, SIN, D, ROPE), dt, DOT)
-        do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdl + offs_d[None, :] * sdd,
-                     mask=mask_m[:, None], other=0.0)
-        lse = tl.load(LSE + bh * L + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634
+        do = _load_tile(DO + b * sdb + h * sdh, offs_m, offs_d, sdl, sdd, mask_m)
+        lse = _load_lse2(LSE, bh, L, offs_m, mask_m)
         delta = tl.load(DELTA + bh * L + offs_m, mask=mask_m, other=0.0)
         s_t = _mm(k, tl.trans(q), DOT) * scale_log2e  # (BLOCK_N, BLOCK_M)
         p_t = tl.exp2(s_t - lse[None, :])
@@ -219,17 +228,15 @@ def _attn_bwd_dq_kernel(
     offs_d = tl.arange(0, D)
     mask_m = offs_m < L
     q = _cast(_load_rows(Q + b * sqb + h * sqh, offs_m, offs_d, sql, sqd, mask_m, COS, SIN, D, ROPE), dt, DOT)
-    do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdl + offs_d[None, :] * sdd,
-                 mask=mask_m[:, None], other=0.0)
-    lse = tl.load(LSE + bh * L + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634
+    do = _load_tile(DO + b * sdb + h * sdh, offs_m, offs_d, sdl, sdd, mask_m)
+    lse = _load_lse2(LSE, bh, L, offs_m, mask_m)
     delta = tl.load(DELTA + bh * L + offs_m, mask=mask_m, other=0.0)
     dq = tl.zeros([BLOCK_M, D], tl.float32)
     for n0 in range(0, L, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < L
         k = _cast(_load_rows(K + b * skb + h * skh, offs_n, offs_d, skl, skd, mask_n, COS, SIN, D, ROPE), dt, DOT)
-        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svl + offs_d[None, :] * svd,
-                    mask=mask_n[:, None], other=0.0)
+        v = _load_tile(V + b * svb + h * svh, offs_n, offs_d, svl, svd, mask_n)
         s = _mm(q, tl.trans(k), DOT) * scale_log2e
         p = tl.exp2(s - lse[:, None])
         p = tl.where(mask_n[None, :], p, 0.0)
@@ -260,11 +267,11 @@ def _attn_bwd_single_kernel(
     mask = offs < L
     q = _cast(_load_rows(Q + b * sqb + h * sqh, offs, offs_d, sql, sqd, mask, COS, SIN, D, ROPE), dt, DOT)
     k = _cast(_load_rows(K + b * skb + h * skh, offs, offs_d, skl, skd, mask, COS, SIN, D, ROPE), dt, DOT)
-    v = tl.load(V + b * svb + h * svh + offs[:, None] * svl + offs_d[None, :] * svd, mask=mask[:, None], other=0.0)
-    do = tl.load(DO + b * sdb + h * sdh + offs[:, None] * sdl + offs_d[None, :] * sdd, mask=mask[:, None], other=0.0)
-    o = tl.load(O + bh * L * D + offs[:, None] * D + offs_d[None, :], mask=mask[:, None], other=0.0)
+    v = _load_tile(V + b * svb + h * svh, offs, offs_d, svl, svd, mask)
+    do = _load_tile(DO + b * sdb + h * sdh, offs, offs_d, sdl, sdd, mask)
+    o = _load_tile(O + bh * L * D, offs, offs_d, D, 1, mask)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    lse = tl.load(LSE + bh * L + offs, mask=mask, other=0.0) * 1.4426950408889634
+    lse = _load_lse2(LSE, bh, L, offs, mask)
     s = _mm(q, tl.trans(k), DOT) * scale_log2e
     p = tl.exp2(s - lse[:, None])
     p = tl.where(mask[None, :], p, 0.0)
