@@ -404,17 +404,31 @@ class StopRequest:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, deadline: float | None = None):
+    def __init__(self, deadline: float | None = None, max_minutes: float | None = None):
         self.requested = False
         self.signum: int | None = None
-        self.deadline = deadline
-        self.out_of_time = False
+        self.deadline, self.max_minutes = deadline, max_minutes
+        self.stopped = self.out_of_time = False
         self._old: dict = {}
 
     @classmethod
     def for_budget(cls, max_minutes: float | None) -> "StopRequest":
         """A StopRequest whose deadline is ``max_minutes`` from now (None: no deadline)."""
-        return cls(None if max_minutes is None else time.monotonic() + 60.0 * max_minutes)
+        return cls(None if max_minutes is None else time.monotonic() + 60.0 * max_minutes, max_minutes)
+
+    def ended_by(self, step: int, steps: int) -> str:
+        """Why a run that is at ``step`` of ``steps`` ended: "steps", "max_minutes" or "signal"."""
+        return "steps" if step >= steps else "max_minutes" if self.out_of_time else "signal"
+
+    def end_message(self, step: int, steps: int) -> str | None:
+        """What the trainer says when :meth:`should_stop` stopped it at ``step`` (None: it did not,
+        or the run reached ``steps`` anyway)."""
+        if not self.stopped or (self.out_of_time and step >= steps):
+            return None
+        if self.out_of_time:
+            return (f"time budget of {self.max_minutes:g} min reached at step {step} of {steps}: "
+                    "the run ends here (exported); --resume continues toward --steps")
+        return f"stopped at step {step}; checkpoint saved, continue with --resume"
 
     def _handler(self, signum, frame):
         if self.requested:
@@ -443,7 +457,8 @@ class StopRequest:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
             signalled, late = bool(flags[0].item()), bool(flags[1].item())
         self.out_of_time = late and not signalled
-        return signalled or late
+        self.stopped = signalled or late
+        return self.stopped
 
 
 @contextlib.contextmanager

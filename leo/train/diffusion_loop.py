@@ -165,15 +165,12 @@ def _run(cfg: LoopConfig, task: DiffusionTask, ctx: common.DistributedContext, h
                 if step % cfg.save_every == 0 and step != cfg.steps:
                     save(step)
             save(step)  # the end, a stop, or (resuming a finished run) the same state again
-            if stop.out_of_time and step < cfg.steps:
-                logger.message(f"time budget of {cfg.max_minutes:g} min reached at step {step} of {cfg.steps}: "
-                               "the run ends here (exported); --resume continues toward --steps")
-            elif stopped and not stop.out_of_time:
-                logger.message(f"stopped at step {step}; checkpoint saved, continue with --resume")
+            if msg := stop.end_message(step, cfg.steps):
+                logger.message(msg)
     finally:
         logger.close()
     if ctx.is_main:
         common.plot_run(cfg.out)  # loss.png, as every trainer (a notice when matplotlib is missing)
-    ended_by = "steps" if step >= cfg.steps else "max_minutes" if stop.out_of_time else "signal"
+    ended_by = stop.ended_by(step, cfg.steps)
     return {"step": step, "finished": ended_by != "signal", "ended_by": ended_by, "losses": losses,
             "checkpoint": ckpt_path, "weights": export_path, "ema": ema}

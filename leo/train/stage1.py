@@ -482,16 +482,13 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
             if step % cfg.save_every == 0 or step == cfg.steps or stop_now:
                 save(step)
             if stop_now:
-                if not stop.out_of_time:
-                    log.message(f"stopped at step {step}; checkpoint saved, continue with --resume")
-                elif step < cfg.steps:
-                    log.message(f"time budget of {cfg.max_minutes:g} min reached at step {step} of {cfg.steps}: "
-                                "the run ends here (exported); --resume continues toward --steps")
+                if msg := stop.end_message(step, cfg.steps):
+                    log.message(msg)
                 break
 
     elapsed = time.perf_counter() - t_start
     log.close()
-    ended_by = "steps" if step >= cfg.steps else "max_minutes" if stop.out_of_time else "signal"
+    ended_by = stop.ended_by(step, cfg.steps)
     summary.update({"step": step, "steps": cfg.steps, "finished": ended_by != "signal", "ended_by": ended_by,
                     "last_losses": last,
                     "seconds": elapsed, "data": folder.summary(), "skipped_clips": folder.num_skipped,
