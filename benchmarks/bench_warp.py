@@ -10,8 +10,10 @@ Baselines, every one checked against leo's reference before timing:
 - compiled: torch.compile of the efficient eager form;
 - copy and clone (forward only): a copy of the bytes the op must move, timed in the same pairs: its
   ratio is the fraction of the memory-traffic floor the op reaches (0.5 = within 2x of the floor).
-  copy writes into a preallocated tensor (the strict floor); clone into a new one, as the op must
-  (on this kind of machine fresh pages from the OS cost about as much as the copy itself).
+  copy writes into a preallocated tensor (the strict floor); clone into a newly allocated one, as the
+  op must. The session keeps freed memory for reuse (conftest.py), so a new tensor is memory used
+  before; with LEO_BENCH_FRESH_PAGES=1 it is fresh pages from the OS, which on this kind of machine
+  cost about as much as the copy itself.
 
 Inputs: smooth flows by default, as a trained animator produces (low-frequency fields, displacements
 of a few pixels); random per-pixel flows (displacements up to a third of the image, scattered

@@ -69,12 +69,18 @@ def render(data: dict, run: dict | None = None) -> str:
     run = run or data.get("leo_run")
     threads = m.get("torch_threads", "?")
     full_env = "LEO_BENCH_FULL=1 " if m.get("settings") == "full" and not m.get("gpu") else ""
+    if m.get("freed_memory_reuse") is False:
+        full_env += "LEO_BENCH_FRESH_PAGES=1 "
     device = f"{m.get('gpu')} GPU + " if m.get("gpu") else ""
     isa = f" ({m['cpu_isa']})" if m.get("cpu_isa") else ""
     machine = (f"{device}{m.get('cpu', '?')}{isa}, {m.get('cpu_count', '?')} CPUs, torch {m.get('torch', '?')}, "
                f"torch threads: {threads} (OMP_NUM_THREADS), {m.get('settings', '?')} settings")
     if m.get("huge_pages"):  # THP_MEM_ALLOC_ENABLE=1 in the environment: say so, it changes allocation costs
         machine += ", THP_MEM_ALLOC_ENABLE=1"
+    if m.get("freed_memory_reuse"):
+        machine += ", freed memory kept for reuse (as `leo` commands run)"
+    elif "freed_memory_reuse" in m:
+        machine += ", default allocator: fresh pages for large tensors (LEO_BENCH_FRESH_PAGES=1)"
     when = data.get("datetime", datetime.datetime.now(datetime.timezone.utc).isoformat())[:16].replace("T", " ")
     out = [
         "# Benchmark results",
