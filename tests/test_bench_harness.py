@@ -59,3 +59,21 @@ def test_compare_rejects_bad_input(timing, kwargs, match):
     kwargs = {"rounds": 1} | kwargs
     with pytest.raises(ValueError, match=match):
         timing.compare(_FakeBenchmark(), {"ours": lambda: None, "a": lambda: None}, **kwargs)
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_results_page_states_the_allocator_setting(monkeypatch, reuse):
+    """The allocator changes large-tensor timings by 2x or more: RESULTS.md's machine line must say
+    which one ran, and a default-allocator run's command must reproduce it (LEO_BENCH_FRESH_PAGES=1)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import report
+
+    entry = {"name": "test_warp_inpaint[x]", "fullname": "benchmarks/bench_warp.py::test_warp_inpaint[x]", "extra_info": {
+        "case": "c", "ours": ["leo-cpu"], "impls": {"leo-cpu": {"median_ms": 1.0, "min_ms": 1.0, "GB/s": None}},
+        "speedup": {}}}
+    data = {"machine_info": {"leo": {"cpu": "cpu", "cpu_count": 2, "torch": "t", "torch_threads": 2,
+                                     "settings": "short", "freed_memory_reuse": reuse}},
+            "datetime": "2026-12-07T00:00:00", "benchmarks": [entry]}
+    page = report.render(data)
+    assert ("freed memory kept for reuse" in page) == reuse
+    assert ("LEO_BENCH_FRESH_PAGES=1 OMP_NUM_THREADS=2 python -m pytest benchmarks/bench_warp.py" in page) == (not reuse)
