@@ -113,6 +113,7 @@ def main(argv=None):
     p.add_argument("--lr-mult", action="append", default=[], metavar="SUBSTRING=K", type=lr_mult,
                    help="parameters whose name contains SUBSTRING train at K x lr (repeatable; first match wins)")
     p.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 (LIA/StyleGAN: 0)")
+    p.add_argument("--beta2", type=float, default=0.99, help="Adam beta2 (LIA/StyleGAN: 0.99)")
     p.add_argument("--flow-teacher", type=float, default=0.0,
                    help="weight of an L1 loss between the finest predicted grid offsets and a per-pair optimized flow")
     p.add_argument("--teacher-res", type=int, default=16)
@@ -154,12 +155,12 @@ def main(argv=None):
     for name, prm in G.named_parameters():
         k = next((k for sub, k in a.lr_mult if sub in name), 1.0)
         groups.setdefault(k, []).append(prm)
-    opt = torch.optim.Adam([{"params": v, "lr": a.lr * k} for k, v in groups.items()], lr=a.lr, betas=(a.beta1, 0.99))
+    opt = torch.optim.Adam([{"params": v, "lr": a.lr * k} for k, v in groups.items()], lr=a.lr, betas=(a.beta1, a.beta2))
     base_lrs = [g["lr"] for g in opt.param_groups]
     D = opt_d = None
     if a.adv > 0:
         D = Discriminator(size=size, width=0.125)
-        opt_d = torch.optim.Adam(D.parameters(), lr=a.lr, betas=(a.beta1, 0.99))
+        opt_d = torch.optim.Adam(D.parameters(), lr=a.lr, betas=(a.beta1, a.beta2))
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if a.ema > 0 else None
     extra_emas = {d: copy.deepcopy(G).eval().requires_grad_(False) for d in a.ema_extra}
     rng = np.random.default_rng(a.seed)
