@@ -114,6 +114,10 @@ def main(argv=None):
                    help="parameters whose name contains SUBSTRING train at K x lr (repeatable; first match wins)")
     p.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 (LIA/StyleGAN: 0)")
     p.add_argument("--beta2", type=float, default=0.99, help="Adam beta2 (LIA/StyleGAN: 0.99)")
+    p.add_argument("--grad-loss", type=float, default=0.0,
+                   help="weight of an L1 loss between the horizontal and vertical pixel differences of output and target")
+    p.add_argument("--image-warp", type=float, default=0.0,
+                   help="weight of an L1 loss between the target and the source image warped by the finest flow")
     p.add_argument("--flow-teacher", type=float, default=0.0,
                    help="weight of an L1 loss between the finest predicted grid offsets and a per-pair optimized flow")
     p.add_argument("--teacher-res", type=int, default=16)
@@ -243,6 +247,17 @@ def main(argv=None):
             lin = torch.linspace(-1, 1, n)
             grid = torch.stack([torch.tanh(flow[:ne, 0]) + lin.view(1, 1, n), torch.tanh(flow[:ne, 1]) + lin.view(1, n, 1)], -1)
             loss = loss + (grid - egrid).abs().mean()
+        if a.grad_loss > 0:  # edges: a limb a pixel off costs along its whole outline
+            def diffs(x):
+                return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
+
+            loss = loss + a.grad_loss * sum((r - t).abs().mean() for r, t in zip(diffs(recon), diffs(tgt)))
+        if a.image_warp > 0:  # supervise the finest flow directly: it must carry the source's pixels to the target's
+            n = flow.shape[-1]
+            lin = torch.linspace(-1, 1, n)
+            grid = torch.stack([torch.tanh(flow[:, 0]) + lin.view(1, 1, n), torch.tanh(flow[:, 1]) + lin.view(1, n, 1)], -1)
+            warped = F.grid_sample(src, grid.float(), mode="bilinear", padding_mode="border", align_corners=True)
+            loss = loss + a.image_warp * (warped - tgt).abs().mean()
         if a.flow_teacher > 0:
             off = optimize_flow(src, tgt, a.teacher_res, a.teacher_steps, lr=0.02)[0]
             loss = loss + a.flow_teacher * (torch.tanh(flow[:, :2].permute(0, 2, 3, 1)) - off).abs().mean()
