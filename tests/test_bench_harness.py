@@ -77,3 +77,24 @@ def test_results_page_states_the_allocator_setting(monkeypatch, reuse):
     page = report.render(data)
     assert ("freed memory kept for reuse" in page) == reuse
     assert ("LEO_BENCH_FRESH_PAGES=1 OMP_NUM_THREADS=2 python -m pytest benchmarks/bench_warp.py" in page) == (not reuse)
+
+
+def test_results_page_adds_the_default_allocator_tables(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import report
+
+    def run(reuse, case):
+        return {"machine_info": {"leo": {"cpu": "cpu", "cpu_count": 2, "torch": "t", "torch_threads": 2,
+                                         "settings": "short", "freed_memory_reuse": reuse}},
+                "datetime": "2026-12-07T00:00:00", "benchmarks": [{
+                    "name": "test_warp_inpaint[x]", "fullname": "benchmarks/bench_warp.py::test_warp_inpaint[x]",
+                    "extra_info": {"case": case, "ours": ["leo-cpu"], "speedup": {},
+                                   "impls": {"leo-cpu": {"median_ms": 1.0, "min_ms": 1.0, "GB/s": None}}}}]}
+
+    data = run(True, "case-reuse")
+    data["leo_fresh_pages"] = run(False, "case-fresh")
+    page = report.render(data)
+    reuse_at, fresh_at = page.index("case-reuse"), page.index("case-fresh")
+    assert reuse_at < page.index("# The warp benchmarks with the default allocator") < fresh_at
+    assert "## bench_warp.py::test_warp_inpaint (default allocator)" in page
+    assert page.count("LEO_BENCH_FRESH_PAGES=1 OMP_NUM_THREADS=2 python -m pytest") == 1
