@@ -30,6 +30,7 @@ from leo.discriminator import Discriminator
 from leo.metrics import animator_report
 from leo.train import losses
 from leo.train.stage1 import reconstruction_loss
+from leo_kernels.reference import flow_grid
 
 from flow_oracle import optimize_flow  # tools/: the per-pair flow of the oracle is the flow teacher
 
@@ -243,20 +244,14 @@ def main(argv=None):
         if a.code_floor > 0:
             loss = loss + torch.relu(a.code_floor - (alpha_t - alpha_s).abs().mean())
         if ne:
-            n = flow.shape[-1]
-            lin = torch.linspace(-1, 1, n)
-            grid = torch.stack([torch.tanh(flow[:ne, 0]) + lin.view(1, 1, n), torch.tanh(flow[:ne, 1]) + lin.view(1, n, 1)], -1)
-            loss = loss + (grid - egrid).abs().mean()
+            loss = loss + (flow_grid(flow[:ne].float()) - egrid).abs().mean()
         if a.grad_loss > 0:  # edges: a limb a pixel off costs along its whole outline
             def diffs(x):
                 return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
 
             loss = loss + a.grad_loss * sum((r - t).abs().mean() for r, t in zip(diffs(recon), diffs(tgt)))
         if a.image_warp > 0:  # supervise the finest flow directly: it must carry the source's pixels to the target's
-            n = flow.shape[-1]
-            lin = torch.linspace(-1, 1, n)
-            grid = torch.stack([torch.tanh(flow[:, 0]) + lin.view(1, 1, n), torch.tanh(flow[:, 1]) + lin.view(1, n, 1)], -1)
-            warped = F.grid_sample(src, grid.float(), mode="bilinear", padding_mode="border", align_corners=True)
+            warped = F.grid_sample(src, flow_grid(flow.float()), mode="bilinear", padding_mode="border", align_corners=True)
             loss = loss + a.image_warp * (warped - tgt).abs().mean()
         if a.flow_teacher > 0:
             off = optimize_flow(src, tgt, a.teacher_res, a.teacher_steps, lr=0.02)[0]
