@@ -117,6 +117,10 @@ def main(argv=None):
     p.add_argument("--beta2", type=float, default=0.99, help="Adam beta2 (LIA/StyleGAN: 0.99)")
     p.add_argument("--grad-loss", type=float, default=0.0,
                    help="weight of an L1 loss between the horizontal and vertical pixel differences of output and target")
+    p.add_argument("--curriculum", type=int, default=0,
+                   help="for this many steps the target frame is at most g frames from the source, g growing from 2 to all")
+    p.add_argument("--both-directions", action="store_true",
+                   help="render batch/2 pairs and train each both ways (source->target and target->source)")
     p.add_argument("--image-warp", type=float, default=0.0,
                    help="weight of an L1 loss between the target and the source image warped by the finest flow")
     p.add_argument("--flow-teacher", type=float, default=0.0,
@@ -202,12 +206,18 @@ def main(argv=None):
     V, T = train.shape[:2]
     for step in range(1, a.steps + 1):
         vi, si, ti = rng.integers(V, size=a.batch), rng.integers(T, size=a.batch), rng.integers(T, size=a.batch)
+        if a.curriculum and step <= a.curriculum:  # near frames first: small motions, then all gaps
+            g = int(2 + (T - 2) * (step - 1) / a.curriculum)
+            ti = np.clip(si + rng.integers(-g, g + 1, size=a.batch), 0, T - 1)
         if a.identity:
             ti[:a.identity] = si[:a.identity]
         if a.stream:  # a fresh clip per pair: indices past the stored ones, two frames rendered each
+            n_render = a.batch // 2 if a.both_directions else a.batch
             pairs = [render_video(0, stream_offset + (step - 1) * a.batch + b, 48, size, sway=a.sway, body=a.body,
-                                  moves=a.moves, frames=[si[b], ti[b]]) for b in range(a.batch)]
+                                  moves=a.moves, frames=[si[b], ti[b]]) for b in range(n_render)]
             src, tgt = torch.stack([q[0] for q in pairs]), torch.stack([q[1] for q in pairs])
+            if a.both_directions:
+                src, tgt = torch.cat([src, tgt]), torch.cat([tgt, src])
         else:
             src, tgt = train[vi, si], train[vi, ti].clone()
         if a.augment:  # the same random flip and colour change for both frames of a pair
