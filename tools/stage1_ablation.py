@@ -107,6 +107,8 @@ def main(argv=None):
     p.add_argument("--grad-clip", type=float, default=0.0, help="clip the generator's gradient norm (0: off)")
     p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up over this many steps")
     p.add_argument("--bf16", action="store_true", help="the generator's forward and loss under CPU bf16 autocast")
+    p.add_argument("--decay-last", type=float, default=0.0,
+                   help="decay the learning rate linearly to 0 over this last fraction of the steps (0: off)")
     p.add_argument("--lr-decay", choices=("none", "cosine"), default="none",
                    help="cosine: the learning rate falls to 0 at the last step (half a cosine)")
     p.add_argument("--adv", type=float, default=0.0,
@@ -271,6 +273,8 @@ def main(argv=None):
             loss = loss + a.adv * losses.g_nonsaturating(D(recon))
         amp.__exit__(None, None, None)
         scale = 0.5 * (1 + math.cos(math.pi * (step - 1) / a.steps)) if a.lr_decay == "cosine" else 1.0
+        if a.decay_last > 0:  # constant, then linearly to 0 over the last fraction of the steps
+            scale *= min(1.0, (a.steps - step + 1) / (a.decay_last * a.steps))
         if a.warmup:
             scale *= min(1.0, step / a.warmup)
         for g, lr0 in zip(opt.param_groups, base_lrs):
