@@ -152,6 +152,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON file for the log (default: ablation_NAME.json)")
     a = p.parse_args(argv)
+    if a.both_directions and (a.batch % 2 or not a.stream):
+        p.error("--both-directions needs --stream and an even --batch")
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
