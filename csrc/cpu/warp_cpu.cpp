@@ -1532,7 +1532,9 @@ __attribute__((target("avx2,fma"))) inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
 }
 
-template <bool kWarp>
+// kGb = false (staged NCHW backward): gw already holds G = grad_warped + grad_blended, and gb, xp,
+// gxp are unused; am then sums only G * s (the caller subtracts the sum of gb * x and writes grad_x).
+template <bool kWarp, bool kGb = kWarp>
 __attribute__((target("avx2,fma"))) void bwd_row_cl_avx2(const Taps<float>& tp, const float* scale, int64_t Wo,
                                                          int64_t C, const float* inb, const float* zero,
                                                          const float* gw, const float* gb, const float* xp, float* gxp,
@@ -1557,23 +1559,27 @@ __attribute__((target("avx2,fma"))) void bwd_row_cl_avx2(const Taps<float>& tp, 
                    v11 = _mm256_loadu_ps(p[3] + c);
       __m256 G = _mm256_loadu_ps(gw + o + c);
       if constexpr (kWarp) {
-        const __m256 gbv = _mm256_loadu_ps(gb + o + c);
-        G = _mm256_add_ps(G, gbv);
-        _mm256_storeu_ps(gxp + o + c, _mm256_mul_ps(gbv, kv));
         __m256 s = _mm256_mul_ps(w0, v00);
         s = _mm256_fmadd_ps(w1, v01, s);
         s = _mm256_fmadd_ps(w2, v10, s);
         s = _mm256_fmadd_ps(w3, v11, s);
-        sam = _mm256_add_ps(sam, _mm256_fmsub_ps(G, s, _mm256_mul_ps(gbv, _mm256_loadu_ps(xp + o + c))));
+        if constexpr (kGb) {
+          const __m256 gbv = _mm256_loadu_ps(gb + o + c);
+          G = _mm256_add_ps(G, gbv);
+          _mm256_storeu_ps(gxp + o + c, _mm256_mul_ps(gbv, kv));
+          sam = _mm256_add_ps(sam, _mm256_fmsub_ps(G, s, _mm256_mul_ps(gbv, _mm256_loadu_ps(xp + o + c))));
+        } else {
+          sam = _mm256_fmadd_ps(G, s, sam);
+        }
       }
       sax = _mm256_fmadd_ps(G, _mm256_fmadd_ps(fyv, _mm256_sub_ps(v11, v10), _mm256_mul_ps(fy1, _mm256_sub_ps(v01, v00))), sax);
       say = _mm256_fmadd_ps(G, _mm256_fmadd_ps(fxv, _mm256_sub_ps(v11, v01), _mm256_mul_ps(fx1, _mm256_sub_ps(v10, v00))), say);
     }
     float a = hsum8(sax), y = hsum8(say), m = hsum8(sam);
     for (; c < C; ++c) {
-      const float gbv = kWarp ? gb[o + c] : 0.f, G = gw[o + c] + gbv;
-      if constexpr (kWarp) gxp[o + c] = gbv * keep;
-      bwd_pixel<kWarp>(p[0][c], p[1][c], p[2][c], p[3][c], w, fx, fy, G, gbv, kWarp ? xp[o + c] : 0.f, a, y, m);
+      const float gbv = kGb ? gb[o + c] : 0.f, G = gw[o + c] + gbv;
+      if constexpr (kGb) gxp[o + c] = gbv * keep;
+      bwd_pixel<kWarp>(p[0][c], p[1][c], p[2][c], p[3][c], w, fx, fy, G, gbv, kGb ? xp[o + c] : 0.f, a, y, m);
     }
     ax[j] = a;
     ay[j] = y;
@@ -1656,6 +1662,167 @@ void bwd_f32_cl(const P& p, int64_t N, int64_t C, int64_t H, int64_t W, int64_t 
 #endif
 }
 
+// NCHW float32 through NHWC scratch copies, one image at a time (the forward's staging, applied to
+// the backward): the channels_last row pass and scatter run on the image's features and on
+// G = grad_warped + grad_blended transposed into scratch, and the input gradient is transposed back.
+// The NCHW kernels do 4 corner loads or 4 branchy scatter-adds per channel and pixel; here each
+// corner is one run of C contiguous values. Measured (warp_inpaint backward, 2 threads, AVX-512
+// EPYC): see use_staged_bwd.
+#ifdef LEO_WARP_AVX2
+// dst[p * C + c] = gw[c * cs + p] + gb[c * cs + p] for pixels [p0, p1) (gb may be null), and with
+// gb: gbx[p] = sum over c of gb * x, the term of the mask gradient the row pass leaves out.
+__attribute__((target("avx2,fma"))) void stage_grad_nhwc(const float* gw, const float* gb, const float* xp,
+                                                        int64_t cs, int64_t C, int64_t p0, int64_t p1, float* dst,
+                                                        float* gbx) {
+  const int64_t C8 = C & ~int64_t(7);
+  auto one = [&](int64_t p, int64_t c) {
+    const float b = gb ? gb[c * cs + p] : 0.f;
+    dst[p * C + c] = gw[c * cs + p] + b;
+    if (gb) gbx[p] += b * xp[c * cs + p];
+  };
+  for (int64_t q0 = p0; q0 < p1; q0 += 512) {
+    const int64_t q1 = std::min(p1, q0 + 512), q8 = q0 + ((q1 - q0) & ~int64_t(7));
+    if (gb) std::fill(gbx + q0, gbx + q1, 0.f);
+    for (int64_t c = 0; c < C8; c += 8)
+      for (int64_t p = q0; p < q8; p += 8) {
+        __m256 r[8];
+        if (gb) {
+          __m256 acc = _mm256_loadu_ps(gbx + p);
+          for (int k = 0; k < 8; ++k) {
+            const int64_t o = (c + k) * cs + p;
+            const __m256 b = _mm256_loadu_ps(gb + o);
+            r[k] = _mm256_add_ps(_mm256_loadu_ps(gw + o), b);
+            acc = _mm256_fmadd_ps(b, _mm256_loadu_ps(xp + o), acc);
+          }
+          _mm256_storeu_ps(gbx + p, acc);
+        } else {
+          for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(gw + (c + k) * cs + p);
+        }
+        transpose8x8(r);
+        for (int k = 0; k < 8; ++k) _mm256_storeu_ps(dst + (p + k) * C + c, r[k]);
+      }
+    for (int64_t c = C8; c < C; ++c)
+      for (int64_t p = q0; p < q8; ++p) one(p, c);
+    for (int64_t p = q8; p < q1; ++p)
+      for (int64_t c = 0; c < C; ++c) one(p, c);
+  }
+}
+#endif
+
+// Whether the NCHW float32 backward stages (needs AVX2): LEO_WARP_CPU_STAGED forces it (1) or the
+// NCHW kernels (0), as for the forward; unset, for C >= 8. warp_inpaint backward, staged against
+// NCHW kernels (2 threads, AVX-512 EPYC, interleaved, 2026-12-07): 2.3x at (4,64,128,128) random
+// flows, 1.8-2.0x smooth, 1.4x at (8,64,256,256) and (1,64,256,256) smooth, 1.9x (1,64,128,128)
+// random, 1.3-2.1x at C = 16, 1.2-1.6x at C = 8, 1.5x at (8,128,16,16); but 0.74-0.91x at C = 3.
+bool use_staged_bwd(int64_t C) {
+#ifdef LEO_WARP_AVX2
+  if (!cpu_has_avx2()) return false;
+  const int o = staged_override();
+  return o == 1 || (o == -1 && C >= 8);
+#else
+  (void)C;
+  return false;
+#endif
+}
+
+// Whether a float32 NCHW backward with these (N, C, H, W) feature and output-gradient tensors takes
+// the staged path. The caller decides, since that path overwrites the input gradient and the others
+// accumulate into a zeroed one.
+bool staged_bwd_applies(const at::Tensor& in, const at::Tensor& grad) {
+  auto planes = [](const at::Tensor& t) {
+    return t.stride(3) == 1 && t.stride(2) == t.size(3) && t.stride(1) == t.size(2) * t.size(3);
+  };
+  return in.scalar_type() == at::kFloat && !use_channels_last(in) && planes(in) && planes(grad) &&
+         in.size(1) * in.size(2) * in.size(3) < (int64_t(1) << 31) && use_staged_bwd(in.size(1));
+}
+
+// in: (N, C, H, W) contiguous; gw, gb, xp, gxp: (N, C, Ho, Wo) contiguous; gin: (N, C, H, W)
+// contiguous (overwritten, need not be zeroed). p's taps must use the NHWC strides (W * C, C).
+template <class P>
+void bwd_f32_nchw_staged(const P& p, int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
+                         const float* in, const float* gw, const float* gb, const float* xp, float* gxp, float* gin) {
+#ifdef LEO_WARP_AVX2
+  constexpr bool kWarp = P::kWarp;
+  const int64_t HW = H * W, HWo = Ho * Wo;
+  std::vector<float> own;
+  float* st_in = staging_buffer(HW * C, own);
+  at::Tensor g_t = at::empty({HWo * C}, at::kFloat), gin_t = at::zeros({HW * C}, at::kFloat);
+  at::Tensor side = at::empty({2, HWo}, at::kFloat);  // sum of gb * x, and keep = 1 - mask
+  at::Tensor taps_o = at::empty({4, HWo}, at::kInt), taps_w = at::empty({4, HWo}, at::kFloat);
+  float* st_g = g_t.mutable_data_ptr<float>();
+  float* st_gin = gin_t.mutable_data_ptr<float>();
+  float* gbx = side.mutable_data_ptr<float>();
+  float* keep = gbx + HWo;
+  int32_t* to = taps_o.mutable_data_ptr<int32_t>();
+  float* tw = taps_w.mutable_data_ptr<float>();
+  std::vector<float> zero_row(C, 0.f);
+  // Channel blocks of the scatter: 32 when that still gives every thread a block of one image.
+  const int64_t nt = at::get_num_threads();
+  const int64_t cblock = C >= 32 * nt ? 32 : C >= 16 * nt ? 16 : 8, nblocks = (C + cblock - 1) / cblock;
+  for (int64_t n = 0; n < N; ++n) {
+    const float* gwn = gw + n * C * HWo;
+    const float* gbn = kWarp ? gb + n * C * HWo : nullptr;
+    const float* xn = kWarp ? xp + n * C * HWo : nullptr;
+    at::parallel_for(0, (HWo + 7) / 8, grain_for(8 * C), [&](int64_t b0, int64_t b1) {
+      stage_grad_nhwc(gwn, gbn, xn, HWo, C, 8 * b0, std::min(HWo, 8 * b1), st_g, gbx);
+    });
+    at::parallel_for(0, (HW + 7) / 8, grain_for(8 * C), [&](int64_t b0, int64_t b1) {
+      stage_nhwc(in + n * C * HW, HW, C, 8 * b0, std::min(HW, 8 * b1), st_in);
+    });
+    // Pass 1: the flow and mask gradients by rows, and each pixel's taps for the scatter.
+    at::parallel_for(0, Ho, grain_for(2 * C * Wo), [&](int64_t i0, int64_t i1) {
+      auto row = p.row();
+      std::vector<float> ax(Wo), ay(Wo), am(Wo);
+      for (int64_t i = i0; i < i1; ++i) {
+        p.set(row, n, i);
+        const Taps<float>& tp = row.taps();
+        const float* sc = row.scale();
+        const int64_t r = i * Wo;
+        bwd_row_cl_avx2<kWarp, false>(tp, sc, Wo, C, st_in, zero_row.data(), st_g + r * C, nullptr, nullptr, nullptr,
+                                      ax.data(), ay.data(), am.data());
+        if constexpr (kWarp)
+          for (int64_t j = 0; j < Wo; ++j) {
+            am[j] -= gbx[r + j];
+            keep[r + j] = 1.f - sc[j];
+          }
+        p.finish(row, n, i, ax.data(), ay.data(), am.data());
+        for (int k = 0; k < 4; ++k)
+          for (int64_t j = 0; j < Wo; ++j) {
+            to[k * HWo + r + j] = tp.ok[k][j] ? static_cast<int32_t>(tp.off[k][j]) : -1;
+            tw[k * HWo + r + j] = sc ? tp.w[k][j] * sc[j] : tp.w[k][j];
+          }
+      }
+    });
+    if constexpr (kWarp)
+      at::parallel_for(0, C, grain_for(HWo), [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          const float* b = gbn + c * HWo;
+          float* o = gxp + (n * C + c) * HWo;
+          for (int64_t q = 0; q < HWo; ++q) o[q] = b[q] * keep[q];
+        }
+      });
+    // Pass 2: scatter G into the zeroed scratch by channel blocks (each walks every pixel in order).
+    at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+      const int32_t* o[4] = {to, to + HWo, to + 2 * HWo, to + 3 * HWo};
+      const float* w[4] = {tw, tw + HWo, tw + 2 * HWo, tw + 3 * HWo};
+      for (int64_t b = b0; b < b1; ++b)
+        scatter_cl_avx2(o, w, 0, HWo, C, b * cblock, std::min(C, (b + 1) * cblock), st_g, nullptr, st_gin);
+    });
+    // Back to NCHW, leaving the scratch zeroed for the next image.
+    at::parallel_for(0, (HW + 511) / 512, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t p0 = 512 * b, p1 = std::min(HW, p0 + 512);
+        unstage_tile<false>(st_gin + p0 * C, p1 - p0, C, nullptr, nullptr, gin + n * C * HW + p0, nullptr, HW, false);
+        std::fill(st_gin + p0 * C, st_gin + p1 * C, 0.f);
+      }
+    });
+  }
+#else
+  (void)p, (void)N, (void)C, (void)H, (void)W, (void)Ho, (void)Wo, (void)in, (void)gw, (void)gb, (void)xp, (void)gxp,
+      (void)gin;
+#endif
+}
+
 struct GsBwdPolicy {
   static constexpr bool kWarp = false;
   const float* g;
@@ -1685,7 +1852,7 @@ struct GsBwdPolicy {
 
 template <typename scalar_t, bool CL>
 void grid_sample_bwd_impl(const at::Tensor& go, const at::Tensor& input, const at::Tensor& grid, at::Tensor& gin_acc,
-                          at::Tensor& ggrid, int64_t pad, bool align) {
+                          at::Tensor& ggrid, int64_t pad, bool align, bool staged) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t Ho = grid.size(1), Wo = grid.size(2);
@@ -1699,6 +1866,11 @@ void grid_sample_bwd_impl(const at::Tensor& go, const at::Tensor& input, const a
   bool pass1_done = false;
   if constexpr (std::is_same_v<scalar_t, float>) {
     const GsBwdPolicy pol{g, H, W, isH, isW, pad, align, Ho, Wo, gg};
+    if (!CL && staged) {
+      const GsBwdPolicy nhwc{g, H, W, W * C, C, pad, align, Ho, Wo, gg};
+      bwd_f32_nchw_staged(nhwc, N, C, H, W, Ho, Wo, in, gop, nullptr, nullptr, nullptr, gin_acc.mutable_data_ptr<float>());
+      return;
+    }
     if (!CL && isW == 1 && isH == W && gsW == 1 && gsH == Wo && gsC == Ho * Wo && H * W < (int64_t(1) << 31) &&
         gin_acc.is_contiguous()) {
       bwd_f32_nchw(pol, N, C, H, W, Ho, Wo, in, gop, nullptr, nullptr, nullptr, gin_acc.mutable_data_ptr<float>());
@@ -1771,14 +1943,15 @@ std::tuple<at::Tensor, at::Tensor> grid_sample_bwd_cpu(const at::Tensor& grad_ou
   const auto fmt = feature_format(input_);
   const at::Tensor input = input_.contiguous(fmt), grid = grid_.contiguous(), go = grad_out_.contiguous(fmt);
   const auto acc_dtype = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor gin_acc =
-      fresh_output(at::empty(input.sizes(), input.options().dtype(acc_dtype).memory_format(fmt))).zero_();
+  const bool staged = staged_bwd_applies(input, go);
+  at::Tensor gin_acc = fresh_output(at::empty(input.sizes(), input.options().dtype(acc_dtype).memory_format(fmt)));
+  if (!staged) gin_acc.zero_();
   at::Tensor ggrid = at::empty(grid.sizes(), grid.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "grid_sample_bwd_cpu", [&] {
     if (fmt == at::MemoryFormat::ChannelsLast)
-      grid_sample_bwd_impl<scalar_t, true>(go, input, grid, gin_acc, ggrid, pad, align);
+      grid_sample_bwd_impl<scalar_t, true>(go, input, grid, gin_acc, ggrid, pad, align, staged);
     else
-      grid_sample_bwd_impl<scalar_t, false>(go, input, grid, gin_acc, ggrid, pad, align);
+      grid_sample_bwd_impl<scalar_t, false>(go, input, grid, gin_acc, ggrid, pad, align, staged);
   });
   at::Tensor gin = gin_acc.scalar_type() == input.scalar_type() ? gin_acc : gin_acc.to(input.scalar_type());
   return {gin, ggrid};
@@ -2102,7 +2275,7 @@ struct WiBwdPolicy {
 template <typename scalar_t, bool CL>
 void warp_inpaint_bwd_impl(const at::Tensor& gw, const at::Tensor& gb, const at::Tensor& gc, const at::Tensor& feat,
                            const at::Tensor& x, const at::Tensor& composed, bool align, at::Tensor& gfeat_acc,
-                           at::Tensor& gx, at::Tensor& glogits) {
+                           at::Tensor& gx, at::Tensor& glogits, bool staged) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = feat.size(0), C = feat.size(1), H = feat.size(2), W = feat.size(3);
   const int64_t sN = feat.stride(0), sC = feat.stride(1), sH = feat.stride(2), sW = feat.stride(3);
@@ -2119,6 +2292,11 @@ void warp_inpaint_bwd_impl(const at::Tensor& gw, const at::Tensor& gb, const at:
   bool pass1_done = false;
   if constexpr (std::is_same_v<scalar_t, float>) {
     const WiBwdPolicy pol{cp, gcp, glp, H, W, sH, sW, align};
+    if (!CL && staged) {
+      const WiBwdPolicy nhwc{cp, gcp, glp, H, W, W * C, C, align};
+      bwd_f32_nchw_staged(nhwc, N, C, H, W, H, W, fp, gwp, gbp, xp, gxp, gfeat_acc.mutable_data_ptr<float>());
+      return;
+    }
     if (!CL && sW == 1 && sH == W && H * W < (int64_t(1) << 31) && gfeat_acc.is_contiguous()) {
       bwd_f32_nchw(pol, N, C, H, W, H, W, fp, gwp, gbp, xp, gxp, gfeat_acc.mutable_data_ptr<float>());
       return;
@@ -2207,16 +2385,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> warp_inpaint_bwd_cpu(
   const auto fmt = feature_format(feat_);
   const at::Tensor feat = feat_.contiguous(fmt), x = x_.contiguous(fmt), composed = composed_.to(acc_dtype).contiguous();
   const at::Tensor gw = grad_warped.contiguous(fmt), gb = grad_blended.contiguous(fmt), gc = grad_composed.contiguous();
-  at::Tensor gfeat_acc =
-      fresh_output(at::empty(feat.sizes(), feat.options().dtype(acc_dtype).memory_format(fmt))).zero_();
+  const bool staged = staged_bwd_applies(feat, gw) && staged_bwd_applies(x, gb);
+  at::Tensor gfeat_acc = fresh_output(at::empty(feat.sizes(), feat.options().dtype(acc_dtype).memory_format(fmt)));
+  if (!staged) gfeat_acc.zero_();
   at::Tensor gx = fresh_output(at::empty(feat.sizes(), feat.options().memory_format(fmt)));
   at::Tensor glogits = at::empty(composed.sizes(), gc.options());
   at::Tensor gskip;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "warp_inpaint_bwd_cpu", [&] {
     if (fmt == at::MemoryFormat::ChannelsLast)
-      warp_inpaint_bwd_impl<scalar_t, true>(gw, gb, gc, feat, x, composed, align, gfeat_acc, gx, glogits);
+      warp_inpaint_bwd_impl<scalar_t, true>(gw, gb, gc, feat, x, composed, align, gfeat_acc, gx, glogits, staged);
     else
-      warp_inpaint_bwd_impl<scalar_t, false>(gw, gb, gc, feat, x, composed, align, gfeat_acc, gx, glogits);
+      warp_inpaint_bwd_impl<scalar_t, false>(gw, gb, gc, feat, x, composed, align, gfeat_acc, gx, glogits, staged);
     if (has_skip) {
       gskip = at::empty({glogits.size(0), 3, glogits.size(2) / 2, glogits.size(3) / 2}, glogits.options());
       up2t_into<scalar_t>(glogits, gskip);
