@@ -18,7 +18,7 @@ from leo.data import (
     split_clips,
     write_dataset,
 )
-from leo.data.synthetic import iter_videos
+from leo.data.synthetic import _scene, iter_videos, keypoints
 from leo.media import save_image
 from leo.train.common import StreamSampler
 
@@ -124,6 +124,23 @@ def test_synthetic_moves_span_the_shared_repertoire(monkeypatch, moves):
     rank = int((s > 1e-6 * s[0]).sum())
     assert rank == (moves or 10), s
     assert all((c[1:] - c[:1]).abs().mean() > 0.005 for c in clips), "every clip must move"
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(body=0.0, moves=3, sway=2.0), dict(camera=0.2)])
+def test_synthetic_keypoints_are_where_the_figure_is_drawn(kw):
+    # The near shin is drawn last: at 256x256 its capsule is opaque at its middle, where the pixel
+    # shows the pants colour with the mid-limb shading (0.85), whatever lies behind it.
+    frames, size = [0, 7, 30], 256
+    video = render_video(4, 3, size=size, frames=frames, **kw)
+    kp = keypoints(4, 3, frames, **kw)
+    assert kp.shape == (3, 12, 2, 2) and np.isfinite(kp).all()  # limbs may leave the frame
+    assert np.array_equal(kp[1:2], keypoints(4, 3, [7], **kw))  # frame k is the same frame either way
+    pants = torch.from_numpy(_scene(4, 3, kw.get("sway", 1.0), kw.get("body", 1.0), kw.get("moves", 0)).fig.colors[2])
+    for f in range(3):
+        x, y = (kp[f, -1, 0] + kp[f, -1, 1]) / 2
+        pixel = (video[f, :, int(y * size), int(x * size)] + 1) / 2
+        torch.testing.assert_close(pixel, (pants * 0.85).float(), atol=0.03, rtol=0)
+    assert np.abs(kp[2] - kp[0]).max() > 0.01  # the pose changes
 
 
 def test_synthetic_bad_arguments():

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from leo.animator import Animator
-from leo.data.synthetic import render_video
+from leo.data.synthetic import keypoints, render_video
 from leo.discriminator import Discriminator
 from leo.metrics import animator_report
 from leo.train import losses
@@ -125,6 +125,9 @@ def main(argv=None):
                    help="render batch/2 pairs and train each both ways (source->target and target->source)")
     p.add_argument("--image-warp", type=float, default=0.0,
                    help="weight of an L1 loss between the target and the source image warped by the finest flow")
+    p.add_argument("--pose-loss", type=float, default=0.0,
+                   help="with --stream: weight of an MSE between a linear read-out of alpha_t - alpha_s (trained "
+                        "with the model) and the figure's true capsule end-point displacements (synthetic ground truth)")
     p.add_argument("--flow-teacher", type=float, default=0.0,
                    help="weight of an L1 loss between the finest predicted grid offsets and a per-pair optimized flow")
     p.add_argument("--teacher-res", type=int, default=16)
@@ -152,6 +155,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON file for the log (default: ablation_NAME.json)")
     a = p.parse_args(argv)
+    if a.pose_loss > 0 and (not a.stream or a.both_directions):
+        p.error("--pose-loss needs --stream (without --both-directions)")
     if a.both_directions and (a.batch % 2 or not a.stream):
         p.error("--both-directions needs --stream and an even --batch")
 
@@ -168,6 +173,9 @@ def main(argv=None):
     for name, prm in G.named_parameters():
         k = next((k for sub, k in a.lr_mult if sub in name), 1.0)
         groups.setdefault(k, []).append(prm)
+    pose_probe = torch.nn.Linear(20, 48) if a.pose_loss > 0 else None  # alpha delta -> 12 capsules x 2 ends x (x, y)
+    if pose_probe is not None:
+        groups.setdefault(1.0, []).extend(pose_probe.parameters())
     opt = torch.optim.Adam([{"params": v, "lr": a.lr * k} for k, v in groups.items()], lr=a.lr, betas=(a.beta1, a.beta2))
     base_lrs = [g["lr"] for g in opt.param_groups]
     D = opt_d = None
@@ -220,6 +228,10 @@ def main(argv=None):
             pairs = [render_video(0, stream_offset + (step - 1) * a.batch + b, 48, size, sway=a.sway, body=a.body,
                                   moves=a.moves, frames=[si[b], ti[b]]) for b in range(n_render)]
             src, tgt = torch.stack([q[0] for q in pairs]), torch.stack([q[1] for q in pairs])
+            if pose_probe is not None:  # true end-point displacements, x10 (about unit scale)
+                kp = [keypoints(0, stream_offset + (step - 1) * a.batch + b, [si[b], ti[b]], sway=a.sway, body=a.body,
+                                moves=a.moves) for b in range(a.batch)]
+                pose_delta = torch.from_numpy(np.stack([10 * (k[1] - k[0]).reshape(-1) for k in kp])).float()
             if a.both_directions:
                 src, tgt = torch.cat([src, tgt]), torch.cat([tgt, src])
         else:
@@ -255,6 +267,8 @@ def main(argv=None):
         if a.wa_invariance > 0:  # the code of a recoloured source must not change: wa carries pose, not colour
             wa_r, _ = G.enc.net_app(random_recolour(rng, a.batch, 0.6)(src), with_feats=False)
             loss = loss + a.wa_invariance * (wa_r - wa).pow(2).mean() / wa.detach().pow(2).mean().clamp_min(1e-8)
+        if pose_probe is not None:
+            loss = loss + a.pose_loss * (pose_probe(alpha_t - alpha_s) - pose_delta).pow(2).mean()
         if a.code_floor > 0:
             loss = loss + torch.relu(a.code_floor - (alpha_t - alpha_s).abs().mean())
         if ne:

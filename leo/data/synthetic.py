@@ -173,31 +173,18 @@ def render_video(seed: int, index: int = 0, num_frames: int = 32, size: int = 64
         raise ValueError(f"moves must be an int in [0, {len(_MOVES)}], got {moves!r}")
     if not 0 <= body <= 1:
         raise ValueError(f"body must be in [0, 1], got {body!r}")
-    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index)])
-    fig = _figure(rng, body)
-    fig.drift[:, 0] *= sway
-    paint = _background(rng)
-    pan = rng.uniform(-0.03, 0.03, size=2) * sway  # slow drift of the figure, in frame units
-    cam_freq, cam_phase = rng.uniform(0.2, 0.6, size=2), rng.uniform(0, 2 * math.pi, size=2)
-    if moves:
-        fig.moves = np.stack([rng.uniform(0.4, 1.2, moves), rng.uniform(0.3, 1.2, moves),
-                              rng.uniform(0, 2 * math.pi, moves)], axis=1)
+    sc = _scene(seed, index, sway, body, moves)
+    fig, paint = sc.fig, sc.paint
     if frames is None:
         frames = np.arange(num_frames)
-    else:
-        frames = np.asarray(frames)
-        if frames.ndim != 1 or len(frames) == 0 or frames.dtype.kind not in "iu" or frames.min() < 0:
-            raise ValueError(f"frames must be a non-empty 1-d sequence of non-negative ints, got {frames!r}")
-        num_frames = len(frames)
-    t = frames.astype(np.float64) * (25.0 / fps) / 25.0
-    segs = _segments(fig, t)
-    # camera offset per frame (0 at t = 0): the scene moves by -offset in the image
-    cam = camera * (np.sin(2 * math.pi * cam_freq[None] * t[:, None] + cam_phase) - np.sin(cam_phase))
+    num_frames = len(_check_frames(frames))
+    t, cam, shift_np = sc.at(frames, fps, camera)
 
     coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size
     py, px = torch.meshgrid(coords, coords, indexing="ij")
     p = torch.stack([px, py], -1)[None]  # (1, S, S, 2)
-    shift = torch.from_numpy(pan[None] * t[:, None] - cam).float()[:, None, None, :]  # (T,1,1,2)
+    segs = _segments(fig, t)
+    shift = torch.from_numpy(shift_np).float()[:, None, None, :]  # (T,1,1,2)
     if camera > 0:
         out = torch.stack([paint(size, tuple(c)) for c in cam])
     else:
@@ -215,6 +202,53 @@ def render_video(seed: int, index: int = 0, num_frames: int = 32, size: int = 64
         shade = 0.85 + 0.15 * torch.cos(u.clamp(0, 1) * math.pi)[:, None]
         out = out * (1 - alpha) + (colors[ci][None, :, None, None] * shade).clamp(0, 1) * alpha
     return out.mul_(2).sub_(1).contiguous()
+
+
+@dataclass
+class _Scene:
+    """What (seed, index) draws: the figure, the background and the figure's and camera's drift."""
+    fig: _Figure
+    paint: object
+    pan: np.ndarray
+    cam_freq: np.ndarray
+    cam_phase: np.ndarray
+
+    def at(self, frames, fps: float, camera: float):
+        """Times t (T,), camera offsets (T, 2) and the figure's image shift (T, 2) of ``frames``."""
+        t = np.asarray(frames).astype(np.float64) * (25.0 / fps) / 25.0
+        # camera offset per frame (0 at t = 0): the scene moves by -offset in the image
+        cam = camera * (np.sin(2 * math.pi * self.cam_freq[None] * t[:, None] + self.cam_phase) - np.sin(self.cam_phase))
+        return t, cam, self.pan[None] * t[:, None] - cam
+
+
+def _scene(seed: int, index: int, sway: float, body: float, moves: int) -> _Scene:
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index)])
+    fig = _figure(rng, body)
+    fig.drift[:, 0] *= sway
+    paint = _background(rng)
+    pan = rng.uniform(-0.03, 0.03, size=2) * sway  # slow drift of the figure, in frame units
+    cam_freq, cam_phase = rng.uniform(0.2, 0.6, size=2), rng.uniform(0, 2 * math.pi, size=2)
+    if moves:
+        fig.moves = np.stack([rng.uniform(0.4, 1.2, moves), rng.uniform(0.3, 1.2, moves),
+                              rng.uniform(0, 2 * math.pi, moves)], axis=1)
+    return _Scene(fig, paint, pan, cam_freq, cam_phase)
+
+
+def _check_frames(frames) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim != 1 or len(frames) == 0 or frames.dtype.kind not in "iu" or frames.min() < 0:
+        raise ValueError(f"frames must be a non-empty 1-d sequence of non-negative ints, got {frames!r}")
+    return frames
+
+
+def keypoints(seed: int, index: int, frames, fps: float = 25.0, camera: float = 0.0, sway: float = 1.0,
+              body: float = 1.0, moves: int = 0) -> np.ndarray:
+    """The figure's pose in the frames ``render_video`` draws with the same arguments: (T, 12, 2, 2),
+    the two end points (x, y in frame units, [0, 1] across the image) of each of its 12 capsules,
+    back to front. A ground truth for experiments (tools/stage1_ablation.py --pose-loss)."""
+    sc = _scene(seed, index, sway, body, moves)
+    t, _, shift = sc.at(_check_frames(frames), fps, camera)
+    return np.stack([np.stack([a + shift, b + shift], axis=1) for a, b, _, _ in _segments(sc.fig, t)], axis=1)
 
 
 class SyntheticPairStream(torch.utils.data.Dataset):
