@@ -141,6 +141,10 @@ def test_synthetic_keypoints_are_where_the_figure_is_drawn(kw):
         pixel = (video[f, :, int(y * size), int(x * size)] + 1) / 2
         torch.testing.assert_close(pixel, (pants * 0.85).float(), atol=0.03, rtol=0)
     assert np.abs(kp[2] - kp[0]).max() > 0.01  # the pose changes
+    with pytest.raises(ValueError, match="moves"):
+        keypoints(4, 3, [0], moves=99)
+    with pytest.raises(ValueError, match="camera"):
+        keypoints(4, 3, [0], camera=2.0)
 
 
 def test_synthetic_bad_arguments():

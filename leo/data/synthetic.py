@@ -163,16 +163,7 @@ def render_video(seed: int, index: int = 0, num_frames: int = 32, size: int = 64
     for name, v in (("num_frames", num_frames), ("size", size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
-    if fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps!r}")
-    if not 0 <= camera <= 0.5:
-        raise ValueError(f"camera must be in [0, 0.5] (frame units), got {camera!r}")
-    if not 0 <= sway <= 5:
-        raise ValueError(f"sway must be in [0, 5], got {sway!r}")
-    if isinstance(moves, bool) or not isinstance(moves, int) or not 0 <= moves <= len(_MOVES):
-        raise ValueError(f"moves must be an int in [0, {len(_MOVES)}], got {moves!r}")
-    if not 0 <= body <= 1:
-        raise ValueError(f"body must be in [0, 1], got {body!r}")
+    _check_timing(fps, camera)
     sc = _scene(seed, index, sway, body, moves)
     fig, paint = sc.fig, sc.paint
     if frames is None:
@@ -221,7 +212,20 @@ class _Scene:
         return t, cam, self.pan[None] * t[:, None] - cam
 
 
+def _check_timing(fps: float, camera: float) -> None:
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps!r}")
+    if not 0 <= camera <= 0.5:
+        raise ValueError(f"camera must be in [0, 0.5] (frame units), got {camera!r}")
+
+
 def _scene(seed: int, index: int, sway: float, body: float, moves: int) -> _Scene:
+    if not 0 <= sway <= 5:
+        raise ValueError(f"sway must be in [0, 5], got {sway!r}")
+    if isinstance(moves, bool) or not isinstance(moves, int) or not 0 <= moves <= len(_MOVES):
+        raise ValueError(f"moves must be an int in [0, {len(_MOVES)}], got {moves!r}")
+    if not 0 <= body <= 1:
+        raise ValueError(f"body must be in [0, 1], got {body!r}")
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index)])
     fig = _figure(rng, body)
     fig.drift[:, 0] *= sway
@@ -246,6 +250,7 @@ def keypoints(seed: int, index: int, frames, fps: float = 25.0, camera: float = 
     """The figure's pose in the frames ``render_video`` draws with the same arguments: (T, 12, 2, 2),
     the two end points (x, y in frame units, [0, 1] across the image) of each of its 12 capsules,
     back to front. A ground truth for experiments (tools/stage1_ablation.py --pose-loss)."""
+    _check_timing(fps, camera)
     sc = _scene(seed, index, sway, body, moves)
     t, _, shift = sc.at(_check_frames(frames), fps, camera)
     return np.stack([np.stack([a + shift, b + shift], axis=1) for a, b, _, _ in _segments(sc.fig, t)], axis=1)
