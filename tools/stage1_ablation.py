@@ -173,7 +173,8 @@ def main(argv=None):
     for name, prm in G.named_parameters():
         k = next((k for sub, k in a.lr_mult if sub in name), 1.0)
         groups.setdefault(k, []).append(prm)
-    pose_probe = torch.nn.Linear(20, 48) if a.pose_loss > 0 else None  # alpha delta -> 12 capsules x 2 ends x (x, y)
+    motion_dim = G.dec.direction.weight.shape[1]
+    pose_probe = torch.nn.Linear(motion_dim, 48) if a.pose_loss > 0 else None  # -> 12 capsules x 2 ends x (x, y)
     if pose_probe is not None:
         groups.setdefault(1.0, []).extend(pose_probe.parameters())
     opt = torch.optim.Adam([{"params": v, "lr": a.lr * k} for k, v in groups.items()], lr=a.lr, betas=(a.beta1, a.beta2))
@@ -225,12 +226,12 @@ def main(argv=None):
             ti[:a.identity] = si[:a.identity]
         if a.stream:  # a fresh clip per pair: indices past the stored ones, two frames rendered each
             n_render = a.batch // 2 if a.both_directions else a.batch
-            pairs = [render_video(0, stream_offset + (step - 1) * a.batch + b, 48, size, sway=a.sway, body=a.body,
-                                  moves=a.moves, frames=[si[b], ti[b]]) for b in range(n_render)]
+            clips = [stream_offset + (step - 1) * a.batch + b for b in range(n_render)]
+            scene = dict(sway=a.sway, body=a.body, moves=a.moves)
+            pairs = [render_video(0, c, 48, size, frames=[si[b], ti[b]], **scene) for b, c in enumerate(clips)]
             src, tgt = torch.stack([q[0] for q in pairs]), torch.stack([q[1] for q in pairs])
             if pose_probe is not None:  # true end-point displacements, x10 (about unit scale)
-                kp = [keypoints(0, stream_offset + (step - 1) * a.batch + b, [si[b], ti[b]], sway=a.sway, body=a.body,
-                                moves=a.moves) for b in range(a.batch)]
+                kp = [keypoints(0, c, [si[b], ti[b]], **scene) for b, c in enumerate(clips)]
                 pose_delta = torch.from_numpy(np.stack([10 * (k[1] - k[0]).reshape(-1) for k in kp])).float()
             if a.both_directions:
                 src, tgt = torch.cat([src, tgt]), torch.cat([tgt, src])
