@@ -166,9 +166,8 @@ def render_video(seed: int, index: int = 0, num_frames: int = 32, size: int = 64
     _check_timing(fps, camera)
     sc = _scene(seed, index, sway, body, moves)
     fig, paint = sc.fig, sc.paint
-    if frames is None:
-        frames = np.arange(num_frames)
-    num_frames = len(_check_frames(frames))
+    frames = _check_frames(np.arange(num_frames) if frames is None else frames)
+    num_frames = len(frames)
     t, cam, shift_np = sc.at(frames, fps, camera)
 
     coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size
