@@ -18,7 +18,7 @@ from leo.data import (
     split_clips,
     write_dataset,
 )
-from leo.data.synthetic import _scene, iter_videos, keypoints
+from leo.data.synthetic import _scene, iter_videos, keypoints, true_flow
 from leo.media import save_image
 from leo.train.common import StreamSampler
 
@@ -145,6 +145,71 @@ def test_synthetic_keypoints_are_where_the_figure_is_drawn(kw):
         keypoints(4, 3, [0], moves=99)
     with pytest.raises(ValueError, match="camera"):
         keypoints(4, 3, [0], camera=2.0)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(body=0.0, moves=3, sway=2.0), dict(camera=0.2)])
+def test_synthetic_true_flow_carries_the_source_onto_the_target(kw):
+    src, tgt = 2, 25
+    flow = true_flow(4, 3, src, tgt, size=256, **kw)
+    assert flow.shape == (2, 256, 256) and flow.dtype == torch.float32 and torch.isfinite(flow).all()
+    # The near shin is drawn last and opaque at its middle: that pixel came from the shin's middle.
+    kp = keypoints(4, 3, [src, tgt], **kw)
+    mid_s, mid_t = kp[0, -1].mean(0), kp[1, -1].mean(0)
+    x, y = (mid_t * 256).astype(int)
+    torch.testing.assert_close(flow[:, y, x].double(), torch.from_numpy(mid_s - mid_t), atol=2 / 256, rtol=0)
+    # The background moves with the camera alone (the figure stays off the top-left corner).
+    cam = _scene(4, 3, kw.get("sway", 1.0), kw.get("body", 1.0), kw.get("moves", 0)).at([src, tgt], 25.0, kw.get("camera", 0.0))[1]
+    torch.testing.assert_close(flow[:, 0, 0].double(), torch.from_numpy(cam[1] - cam[0]), atol=1e-6, rtol=0)
+    # Warping the source frame by the flow reproduces the target far better than copying it, and the
+    # opposite flow does worse than copying (the sign and the units are right).
+    size = 64
+    pair = render_video(4, 3, size=size, frames=[src, tgt], **kw)
+    base = torch.stack(torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="xy"), -1)
+    offset = true_flow(4, 3, src, tgt, size=size, **kw).permute(1, 2, 0) * (2 * size / (size - 1))
+
+    def warped_l1(sign):
+        grid = (base + sign * offset)[None]
+        out = torch.nn.functional.grid_sample(pair[:1], grid, align_corners=True, padding_mode="border")
+        return float((out[0] - pair[1]).abs().mean())
+
+    copy = float((pair[1] - pair[0]).abs().mean())
+    assert warped_l1(1) < 0.75 * copy < copy < warped_l1(-1), (warped_l1(1), copy, warped_l1(-1))
+    assert true_flow(4, 3, 9, 9, size=32, **kw).abs().max() < 1e-6  # a frame onto itself: no motion
+    with pytest.raises(ValueError, match="size"):
+        true_flow(4, 3, 0, 1, size=0)
+    with pytest.raises(ValueError, match="frames"):
+        true_flow(4, 3, -1, 1)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(body=0.0, moves=3), dict(camera=0.2, sway=2.0)])
+@pytest.mark.parametrize("size", [64, 17])
+def test_render_pairs_draws_what_render_video_draws(kw, size):
+    from leo.data.synthetic import render_pairs
+
+    indices, frames = [3, 40, 41, 1000], [(0, 5), (11, 3), (7, 7), (2, 9)]
+    pairs = render_pairs(5, indices, frames, 12, size, **kw)
+    assert pairs.shape == (4, 2, 3, size, size) and pairs.is_contiguous()
+    for row, i, f in zip(pairs, indices, frames):
+        # the same float32 math per pixel; only where the vectorized loops split the longer
+        # tensors differently may a value round differently (1 ulp)
+        torch.testing.assert_close(row, render_video(5, i, 12, size, frames=list(f), **kw), atol=5e-7, rtol=0)
+    with pytest.raises(ValueError, match="frames"):
+        render_pairs(5, [1, 2], [(0, 1)], 12, size)
+    with pytest.raises(ValueError, match="num_frames"):
+        render_pairs(5, [1], [(0, 12)], 12, size)
+    with pytest.raises(ValueError, match="size"):
+        render_pairs(5, [1], [(0, 1)], 12, 0)
+
+
+def test_synthetic_pair_stream_renders_a_batch_at_once():
+    from leo.data.synthetic import SyntheticPairStream
+
+    ds = SyntheticPairStream(seed=4, first_index=10, num_frames=12, size=24, body=0.0, moves=2)
+    batch = next(iter(_loader(ds, start=5, batch=3)))  # the DataLoader fetches through __getitems__
+    for j, k in enumerate((5, 6, 7)):
+        item = ds[k]
+        assert torch.equal(batch["source"][j], item["source"]) and torch.equal(batch["target"][j], item["target"])
+        assert batch["clip"][j] == item["clip"] and torch.equal(batch["frame_index"][j], item["frame_index"])
 
 
 def test_synthetic_bad_arguments():

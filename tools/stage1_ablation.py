@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from leo.animator import Animator
-from leo.data.synthetic import keypoints, render_video
+from leo.data.synthetic import keypoints, render_pairs, render_video, true_flow
 from leo.discriminator import Discriminator
 from leo.metrics import animator_report
 from leo.train import losses
@@ -128,6 +128,9 @@ def main(argv=None):
     p.add_argument("--pose-loss", type=float, default=0.0,
                    help="with --stream: weight of an MSE between a linear read-out of alpha_t - alpha_s (trained "
                         "with the model) and the figure's true capsule end-point displacements (synthetic ground truth)")
+    p.add_argument("--true-flow", type=float, default=0.0,
+                   help="with --stream and --align-corners: weight of an L1 loss between the finest flow's grid offsets "
+                        "and the true displacement of every pixel (synthetic ground truth, leo.data.synthetic.true_flow)")
     p.add_argument("--flow-teacher", type=float, default=0.0,
                    help="weight of an L1 loss between the finest predicted grid offsets and a per-pair optimized flow")
     p.add_argument("--teacher-res", type=int, default=16)
@@ -151,12 +154,16 @@ def main(argv=None):
                    help="this many samples per batch have target = source (zero motion must render the source)")
     p.add_argument("--wa-invariance", type=float, default=0.0,
                    help="weight of a loss tying the source's code wa to that of a recoloured copy (look-free codes)")
+    p.add_argument("--style-dim", type=int, default=128, help="the animator's latent size (LIA: 512)")
+    p.add_argument("--save", default=None, help="save the evaluated weights (EMA if --ema) here at the end")
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON file for the log (default: ablation_NAME.json)")
     a = p.parse_args(argv)
     if a.pose_loss > 0 and (not a.stream or a.both_directions):
         p.error("--pose-loss needs --stream (without --both-directions)")
+    if a.true_flow > 0 and (not a.stream or a.both_directions or not a.align_corners):
+        p.error("--true-flow needs --stream and --align-corners (without --both-directions)")
     if a.both_directions and (a.batch % 2 or not a.stream):
         p.error("--both-directions needs --stream and an even --batch")
 
@@ -165,7 +172,7 @@ def main(argv=None):
     size = 64
     train = torch.stack([render_video(0, i, 48, size, sway=a.sway, body=a.body, moves=a.moves) for i in range(a.train_clips)])  # (V, T, 3, S, S)
     heldout = [render_video(1000, i, 48, size, sway=a.sway, body=a.body, moves=a.moves) for i in range(8)]
-    G = Animator(size=size, style_dim=128, width=a.width, align_corners=a.align_corners, relative_latent=a.relative,
+    G = Animator(size=size, style_dim=a.style_dim, width=a.width, align_corners=a.align_corners, relative_latent=a.relative,
                  relative_flow=a.relative_flow)
     if a.init != "random":
         G.init_copy_source(motion_gain=a.motion_gain if a.init == "copy_amp" else 1.0)
@@ -228,11 +235,14 @@ def main(argv=None):
             n_render = a.batch // 2 if a.both_directions else a.batch
             clips = [stream_offset + (step - 1) * a.batch + b for b in range(n_render)]
             scene = dict(sway=a.sway, body=a.body, moves=a.moves)
-            pairs = [render_video(0, c, 48, size, frames=[si[b], ti[b]], **scene) for b, c in enumerate(clips)]
-            src, tgt = torch.stack([q[0] for q in pairs]), torch.stack([q[1] for q in pairs])
+            pairs = render_pairs(0, clips, np.stack([si, ti], 1)[:n_render], 48, size, **scene)
+            src, tgt = pairs[:, 0], pairs[:, 1]
             if pose_probe is not None:  # true end-point displacements, x10 (about unit scale)
                 kp = [keypoints(0, c, [si[b], ti[b]], **scene) for b, c in enumerate(clips)]
                 pose_delta = torch.from_numpy(np.stack([10 * (k[1] - k[0]).reshape(-1) for k in kp])).float()
+            if a.true_flow > 0:  # frame units -> the grid's units (align_corners: 2 / (S - 1) per pixel)
+                gt_offset = torch.stack([true_flow(0, c, int(si[b]), int(ti[b]), size, **scene)
+                                         for b, c in enumerate(clips)]) * (2 * size / (size - 1))
             if a.both_directions:
                 src, tgt = torch.cat([src, tgt]), torch.cat([tgt, src])
         else:
@@ -282,6 +292,8 @@ def main(argv=None):
         if a.image_warp > 0:  # supervise the finest flow directly: it must carry the source's pixels to the target's
             warped = F.grid_sample(src, flow_grid(flow.float()), mode="bilinear", padding_mode="border", align_corners=True)
             loss = loss + a.image_warp * (warped - tgt).abs().mean()
+        if a.true_flow > 0:
+            loss = loss + a.true_flow * (torch.tanh(flow[:, :2].float()) - gt_offset).abs().mean()
         if a.flow_teacher > 0:
             off = optimize_flow(src, tgt, a.teacher_res, a.teacher_steps, lr=0.02)[0]
             loss = loss + a.flow_teacher * (torch.tanh(flow[:, :2].permute(0, 2, 3, 1)) - off).abs().mean()
@@ -310,6 +322,8 @@ def main(argv=None):
             follow(m, G, d)
         if step % a.eval_every == 0 or step == a.steps:
             evaluate(step)
+    if a.save:
+        torch.save({"config": (G_ema or G).config, "state_dict": (G_ema or G).state_dict()}, a.save)
     with open(a.out or f"ablation_{a.name}.json", "w") as f:
         json.dump({"args": vars(a), "log": log}, f, indent=1)
 

@@ -163,34 +163,68 @@ def render_video(seed: int, index: int = 0, num_frames: int = 32, size: int = 64
     for name, v in (("num_frames", num_frames), ("size", size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
+    frames = _check_frames(np.arange(num_frames) if frames is None else frames)
+    return _composite(*_layers(seed, index, frames, size, fps, camera, sway, body, moves), size)
+
+
+def render_pairs(seed: int, indices, frames, num_frames: int = 48, size: int = 64, **options) -> torch.Tensor:
+    """Two frames of each of many clips of ``seed``: (N, 2, 3, size, size), row n holding frames
+    ``frames[n]`` (two indices below ``num_frames``) of clip ``indices[n]``, the images that
+    ``render_video(seed, indices[n], num_frames, size, frames=frames[n], **options)`` draws (the same
+    float32 math; a value may round 1 ulp apart where vectorized loops split differently). The
+    figures of all clips are drawn in one pass (one op per capsule for all N clips instead of N),
+    which makes a batch of training pairs several times cheaper to render."""
+    frames = np.asarray(frames)
+    if frames.ndim != 2 or frames.shape[1] != 2 or len(frames) != len(indices) or len(frames) == 0:
+        raise ValueError(f"frames must be (N, 2) frame indices, N = len(indices) > 0; got shape "
+                         f"{frames.shape} for {len(indices)} indices")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    if (frames >= num_frames).any():
+        raise ValueError(f"frames must be below num_frames={num_frames}, got {frames.max()}")
+    layers = [_layers(seed, i, _check_frames(f), size, **options) for i, f in zip(indices, frames)]
+    background = torch.cat([b for b, _ in layers])
+    capsules = [tuple(torch.cat(parts) for parts in zip(*(c[k] for _, c in layers))) for k in range(len(layers[0][1]))]
+    return _composite(background, capsules, size).view(len(indices), 2, 3, size, size)
+
+
+def _layers(seed, index, frames, size, fps=25.0, camera=0.0, sway=1.0, body=1.0, moves=0):
+    """What ``render_video`` draws in ``frames``: the background (T, 3, S, S) in [0, 1] and the
+    figure's capsules back to front, each (start (T, 2), end (T, 2), radius (T,), colour (T, 3)),
+    float32 tensors, image coordinates in [0, 1]."""
     _check_timing(fps, camera)
     sc = _scene(seed, index, sway, body, moves)
-    fig, paint = sc.fig, sc.paint
-    frames = _check_frames(np.arange(num_frames) if frames is None else frames)
-    num_frames = len(frames)
-    t, cam, shift_np = sc.at(frames, fps, camera)
+    t, cam, shift = sc.at(frames, fps, camera)
+    if camera > 0:
+        background = torch.stack([sc.paint(size, tuple(c)) for c in cam])
+    else:
+        background = sc.paint(size)[None].expand(len(frames), -1, -1, -1)
+    colors = torch.from_numpy(sc.fig.colors).float()
+    # coordinates and shift are rounded to float32 before they add, as the renderer always did
+    shift = torch.from_numpy(shift).float()
+    capsules = [(torch.from_numpy(a).float() + shift, torch.from_numpy(b).float() + shift,
+                 torch.full((len(frames),), r, dtype=torch.float32), colors[ci].expand(len(frames), 3))
+                for a, b, r, ci in _segments(sc.fig, t)]
+    return background, capsules
 
+
+def _composite(background, capsules, size):
+    """Draw the capsules of ``_layers`` (any frames of any clips, one row each) over their
+    backgrounds: (M, 3, S, S) in [-1, 1]."""
     coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size
     py, px = torch.meshgrid(coords, coords, indexing="ij")
     p = torch.stack([px, py], -1)[None]  # (1, S, S, 2)
-    segs = _segments(fig, t)
-    shift = torch.from_numpy(shift_np).float()[:, None, None, :]  # (T,1,1,2)
-    if camera > 0:
-        out = torch.stack([paint(size, tuple(c)) for c in cam])
-    else:
-        out = paint(size)[None].expand(num_frames, -1, -1, -1).clone()
-    colors = torch.from_numpy(fig.colors).float()
+    out = background.clone()
     soft = 0.6 / size  # about one pixel of anti-aliasing
-    for a, b, r, ci in segs:
-        a = torch.from_numpy(a).float()[:, None, None, :] + shift
-        b = torch.from_numpy(b).float()[:, None, None, :] + shift
+    for a, b, r, color in capsules:
+        a, b, r = a[:, None, None, :], b[:, None, None, :], r[:, None, None]
         ab = b - a
         u = ((p - a) * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)
         d = (p - a - u.clamp(0, 1)[..., None] * ab).norm(dim=-1)
-        alpha = torch.sigmoid((r - d) / soft)[:, None]  # (T,1,S,S)
+        alpha = torch.sigmoid((r - d) / soft)[:, None]  # (M,1,S,S)
         # a little shading along the limb makes rotations visible
         shade = 0.85 + 0.15 * torch.cos(u.clamp(0, 1) * math.pi)[:, None]
-        out = out * (1 - alpha) + (colors[ci][None, :, None, None] * shade).clamp(0, 1) * alpha
+        out = out * (1 - alpha) + (color[:, :, None, None] * shade).clamp(0, 1) * alpha
     return out.mul_(2).sub_(1).contiguous()
 
 
@@ -255,12 +289,42 @@ def keypoints(seed: int, index: int, frames, fps: float = 25.0, camera: float = 
     return np.stack([np.stack([a + shift, b + shift], axis=1) for a, b, _, _ in _segments(sc.fig, t)], axis=1)
 
 
+def true_flow(seed: int, index: int, source: int, target: int, size: int = 64, fps: float = 25.0,
+              camera: float = 0.0, sway: float = 1.0, body: float = 1.0, moves: int = 0) -> torch.Tensor:
+    """Where each pixel of frame ``target`` comes from in frame ``source`` (the frames that
+    ``render_video`` draws with the same arguments): (2, size, size) float32, the x, y displacement
+    in frame units ([0, 1] across the image). A ground truth for experiments (tools/stage1_ablation.py
+    --true-flow). Each capsule of the figure moves rigidly, so its pixels map by the similarity that
+    carries the capsule's end points in ``target`` onto those in ``source``; the background moves with
+    the camera. Pixels mix these displacements with the renderer's own alpha compositing."""
+    _check_timing(fps, camera)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    sc = _scene(seed, index, sway, body, moves)
+    t, cam, shift = sc.at(_check_frames([source, target]), fps, camera)
+    coords = (torch.arange(size, dtype=torch.float64) + 0.5) / size
+    py, px = torch.meshgrid(coords, coords, indexing="ij")
+    p = torch.complex(px, py)  # (S, S): points as complex numbers make the similarity one product
+    flow = torch.full((size, size), complex(*(cam[1] - cam[0])), dtype=torch.complex128)
+    soft = 0.6 / size  # the renderer's anti-aliasing, so the weights match its compositing
+    for a, b, r, _ in _segments(sc.fig, t):
+        a_s, a_t = (complex(*(a[i] + shift[i])) for i in (0, 1))
+        b_s, b_t = (complex(*(b[i] + shift[i])) for i in (0, 1))
+        ab = b_t - a_t
+        u = ((p - a_t) * ab.conjugate()).real / max(abs(ab) ** 2, 1e-12)
+        d = (p - a_t - u.clamp(0, 1) * ab).abs()
+        alpha = torch.sigmoid((r - d) / soft)
+        moved = a_s + (p - a_t) * ((b_s - a_s) / ab) - p
+        flow = flow * (1 - alpha) + moved * alpha
+    return torch.stack([flow.real, flow.imag]).float()
+
+
 class SyntheticPairStream(torch.utils.data.Dataset):
     """Stage 1 pairs from an endless supply of fresh synthetic clips: sample ``k`` ->
     ``{"source", "target", "clip", "frame_index"}`` like :class:`leo.data.videos.FramePairDataset`,
     from two different frames of clip ``first_index + k`` of ``seed``, rendered on demand (two
-    frames, about 7 ms at 64x64). No clip is seen twice, so nothing can be memorized (docs/MOTION.md,
-    seventh round). Everything is derived from ``k``: resumable, any number of workers.
+    frames; a DataLoader batch is rendered in one :func:`render_pairs` call). No clip is seen
+    twice, so nothing can be memorized (docs/MOTION.md, seventh round). Everything is derived from ``k``: resumable, any number of workers.
     ``first_index``: keep it past the clips stored for evaluation so they stay unseen."""
 
     def __init__(self, seed: int, first_index: int, num_frames: int = 48, size: int = 64, **options):
@@ -276,13 +340,20 @@ class SyntheticPairStream(torch.utils.data.Dataset):
         return 2**62  # an endless stream; use leo.train.common.StreamSampler
 
     def __getitem__(self, k: int) -> dict:
-        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, int(k), 3])
-        a = int(rng.integers(self.num_frames))
-        b = int(rng.integers(self.num_frames - 1))
-        b += b >= a  # two different frames
-        index = self.first_index + int(k)
-        pair = render_video(self.seed, index, self.num_frames, self.size, frames=[a, b], **self.options)
-        return {"source": pair[0], "target": pair[1], "clip": index, "frame_index": torch.tensor([a, b])}
+        return self.__getitems__([k])[0]
+
+    def __getitems__(self, ks) -> list[dict]:
+        """A batch of samples rendered together (torch's DataLoader calls this with a batch's indices)."""
+        frames = []
+        for k in ks:
+            rng = np.random.default_rng([self.seed & 0xFFFFFFFF, int(k), 3])
+            a = int(rng.integers(self.num_frames))
+            b = int(rng.integers(self.num_frames - 1))
+            frames.append((a, b + (b >= a)))  # two different frames
+        indices = [self.first_index + int(k) for k in ks]
+        pairs = render_pairs(self.seed, indices, frames, self.num_frames, self.size, **self.options)
+        return [{"source": p[0], "target": p[1], "clip": i, "frame_index": torch.tensor(f)}
+                for p, i, f in zip(pairs, indices, frames)]
 
 
 def iter_videos(num_videos: int, num_frames: int = 32, size: int = 64, seed: int = 0,
