@@ -48,6 +48,16 @@ def affine_targets(src, rng, magnitude):
     return F.grid_sample(src, grid, align_corners=True), grid
 
 
+def dssim(x, y, c1=0.01 ** 2, c2=0.03 ** 2):
+    """mean (1 - SSIM) / 2 over 3x3 windows of images in [-1, 1] (mapped to [0, 1] first)."""
+    x, y = (x + 1) / 2, (y + 1) / 2
+    pool = lambda t: F.avg_pool2d(F.pad(t, (1, 1, 1, 1), mode="reflect"), 3, 1)  # noqa: E731
+    mx, my = pool(x), pool(y)
+    vx, vy, cxy = pool(x * x) - mx * mx, pool(y * y) - my * my, pool(x * y) - mx * my
+    ssim = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return ((1 - ssim) / 2).clamp(0, 1).mean()
+
+
 def random_recolour(rng, n, low):
     """A random colour change per sample: a channel permutation, then each channel scaled by U(low, 1)."""
     perm = torch.stack([torch.from_numpy(rng.permutation(3)) for _ in range(n)])
@@ -128,6 +138,8 @@ def main(argv=None):
     p.add_argument("--pose-loss", type=float, default=0.0,
                    help="with --stream: weight of an MSE between a linear read-out of alpha_t - alpha_s (trained "
                         "with the model) and the figure's true capsule end-point displacements (synthetic ground truth)")
+    p.add_argument("--ssim", type=float, default=0.0,
+                   help="weight of a structural loss, mean (1 - SSIM) / 2 over 3x3 windows (monodepth-style), added to L1")
     p.add_argument("--true-flow", type=float, default=0.0,
                    help="with --stream and --align-corners: weight of an L1 loss between the finest flow's grid offsets "
                         "and the true displacement of every pixel (synthetic ground truth, leo.data.synthetic.true_flow)")
@@ -292,6 +304,8 @@ def main(argv=None):
         if a.image_warp > 0:  # supervise the finest flow directly: it must carry the source's pixels to the target's
             warped = F.grid_sample(src, flow_grid(flow.float()), mode="bilinear", padding_mode="border", align_corners=True)
             loss = loss + a.image_warp * (warped - tgt).abs().mean()
+        if a.ssim > 0:
+            loss = loss + a.ssim * dssim(recon.float(), tgt.float())
         if a.true_flow > 0:
             loss = loss + a.true_flow * (torch.tanh(flow[:, :2].float()) - gt_offset).abs().mean()
         if a.flow_teacher > 0:
