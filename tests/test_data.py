@@ -227,6 +227,23 @@ def test_synthetic_bad_arguments():
         render_video(0, 0, -1, 8)
     with pytest.raises(ValueError, match="fmt"):
         write_dataset("/tmp/never", 1, 2, 8, fmt="gif")
+    with pytest.raises(ValueError, match="limbs"):
+        render_video(0, 0, 4, 8, limbs=0.2)
+
+
+def test_synthetic_limbs_thicken_the_arms_and_legs_only():
+    kw = dict(body=0.0, moves=3, frames=[0, 30])
+    thin, thick = render_video(2, 6, size=64, **kw), render_video(2, 6, size=64, limbs=1.6, **kw)
+    assert torch.equal(thin, render_video(2, 6, size=64, limbs=1.0, **kw))  # 1 is the original generator
+    from leo.data.synthetic import _layers
+
+    background = _layers(2, 6, np.array([0, 30]), 64, body=0.0, moves=3)[0] * 2 - 1
+    changed = (thick - thin).abs().amax(1) > 1e-2
+    drawn = (thick - background).abs().amax(1) > 1e-4  # where the thicker figure shows over the background
+    assert changed.any() and not (changed & ~drawn).any()  # the figure changes, nothing else does
+    assert drawn.float().mean() < 0.4  # the background far from the figure is untouched
+    assert ((thick[1] - thick[0]).abs().mean() > (thin[1] - thin[0]).abs().mean())  # more pixels move
+    assert np.array_equal(keypoints(2, 6, [0, 30], body=0.0, moves=3, limbs=1.6), keypoints(2, 6, [0, 30], body=0.0, moves=3))
 
 
 def test_write_dataset_records_its_settings_last(tmp_path, monkeypatch):
@@ -234,9 +251,9 @@ def test_write_dataset_records_its_settings_last(tmp_path, monkeypatch):
     from leo.data.synthetic import read_manifest
 
     assert read_manifest(tmp_path) is None
-    write_dataset(tmp_path, num_videos=2, num_frames=3, size=16, seed=5, fmt="frames", body=0.0, moves=1)
+    write_dataset(tmp_path, num_videos=2, num_frames=3, size=16, seed=5, fmt="frames", body=0.0, moves=1, limbs=1.6)
     assert read_manifest(tmp_path) == dict(seed=5, videos=2, frames=3, size=16, fmt="frames", fps=25.0, camera=0.0,
-                                           body=0.0, moves=1)
+                                           body=0.0, moves=1, limbs=1.6)
 
     def fail(*args, **kwargs):
         raise OSError("disk full")

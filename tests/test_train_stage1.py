@@ -559,7 +559,7 @@ def test_synthetic_stream_continues_the_generator_of_a_make_synthetic_folder(tmp
     capsys.readouterr()
     s = train_stage1(cfg)
     assert s["finished"] and np.isfinite(s["final_eval"]["gain"])
-    assert made == [((7, 3, 6, 32), {"camera": 0.0, "body": 0.0, "moves": 2})]
+    assert made == [((7, 3, 6, 32), {"camera": 0.0, "body": 0.0, "moves": 2, "limbs": 1.0})]
     log = "".join(capsys.readouterr())
     assert "seed 7, clips 3 and on" in log and "held-out evaluation: 3 all clips" in log
 

@@ -143,10 +143,14 @@ def main(argv=None):
     p.add_argument("--true-flow", type=float, default=0.0,
                    help="with --stream and --align-corners: weight of an L1 loss between the finest flow's grid offsets "
                         "and the true displacement of every pixel (synthetic ground truth, leo.data.synthetic.true_flow)")
+    p.add_argument("--true-flow-moving", action="store_true",
+                   help="--true-flow only where the true motion exceeds 0.1 pixel (the moving figure), averaged there")
     p.add_argument("--flow-teacher", type=float, default=0.0,
                    help="weight of an L1 loss between the finest predicted grid offsets and a per-pair optimized flow")
     p.add_argument("--teacher-res", type=int, default=16)
     p.add_argument("--teacher-steps", type=int, default=50)
+    p.add_argument("--limbs", type=float, default=1.0,
+                   help="thickness of the figure's arms and legs (render_video's limbs)")
     p.add_argument("--sway", type=float, default=1.0, help="synthetic figure travel (render_video's sway)")
     p.add_argument("--body", type=float, default=1.0,
                    help="synthetic figure build/place spread between clips (render_video's body; 0: one body)")
@@ -182,8 +186,9 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     size = 64
-    train = torch.stack([render_video(0, i, 48, size, sway=a.sway, body=a.body, moves=a.moves) for i in range(a.train_clips)])  # (V, T, 3, S, S)
-    heldout = [render_video(1000, i, 48, size, sway=a.sway, body=a.body, moves=a.moves) for i in range(8)]
+    scene = dict(sway=a.sway, body=a.body, moves=a.moves, limbs=a.limbs)
+    train = torch.stack([render_video(0, i, 48, size, **scene) for i in range(a.train_clips)])  # (V, T, 3, S, S)
+    heldout = [render_video(1000, i, 48, size, **scene) for i in range(8)]
     G = Animator(size=size, style_dim=a.style_dim, width=a.width, align_corners=a.align_corners, relative_latent=a.relative,
                  relative_flow=a.relative_flow)
     if a.init != "random":
@@ -246,7 +251,6 @@ def main(argv=None):
         if a.stream:  # a fresh clip per pair: indices past the stored ones, two frames rendered each
             n_render = a.batch // 2 if a.both_directions else a.batch
             clips = [stream_offset + (step - 1) * a.batch + b for b in range(n_render)]
-            scene = dict(sway=a.sway, body=a.body, moves=a.moves)
             pairs = render_pairs(0, clips, np.stack([si, ti], 1)[:n_render], 48, size, **scene)
             src, tgt = pairs[:, 0], pairs[:, 1]
             if pose_probe is not None:  # true end-point displacements, x10 (about unit scale)
@@ -307,7 +311,12 @@ def main(argv=None):
         if a.ssim > 0:
             loss = loss + a.ssim * dssim(recon.float(), tgt.float())
         if a.true_flow > 0:
-            loss = loss + a.true_flow * (torch.tanh(flow[:, :2].float()) - gt_offset).abs().mean()
+            err = (torch.tanh(flow[:, :2].float()) - gt_offset).abs()
+            if a.true_flow_moving:  # the figure's flow alone: no pull toward zero on the background
+                moving = (gt_offset.norm(dim=1, keepdim=True) > 0.1 * 2 / (size - 1)).float()
+                loss = loss + a.true_flow * (err * moving).sum() / (2 * moving.sum()).clamp_min(1)
+            else:
+                loss = loss + a.true_flow * err.mean()
         if a.flow_teacher > 0:
             off = optimize_flow(src, tgt, a.teacher_res, a.teacher_steps, lr=0.02)[0]
             loss = loss + a.flow_teacher * (torch.tanh(flow[:, :2].permute(0, 2, 3, 1)) - off).abs().mean()

@@ -88,6 +88,8 @@ def register(sub):
                    help="how much the figures' build and place differ between videos, 0..1 (default 1; leo demo: 0)")
     p.add_argument("--moves", type=int, default=0,
                    help="drive the joints by this many shared moves (default 0: every joint on its own; leo demo: 3)")
+    p.add_argument("--limbs", type=float, default=1.0,
+                   help="thickness of the figures' arms and legs, 0.5..3 times the original (default 1; leo demo: 1.6)")
     p.set_defaults(func=run_make_synthetic)
 
 
@@ -99,7 +101,7 @@ def run_make_synthetic(args) -> int:
             raise UserError(f"--{name} must be >= 1")
     try:
         paths = write_dataset(args.out, args.videos, args.frames, args.size, args.seed, args.format, args.fps,
-                              body=args.body, moves=args.moves)
+                              body=args.body, moves=args.moves, limbs=args.limbs)
     except (ValueError, OSError) as exc:
         raise UserError(str(exc)) from None
     print(f"wrote {len(paths)} synthetic videos ({args.frames} frames, {args.size}x{args.size}) to {args.out}")

@@ -29,6 +29,7 @@ class _Figure:
     angles: np.ndarray      # (10, 4) base, amplitude, frequency, phase for every joint angle
     harm: np.ndarray        # (10, 2) second-harmonic amplitude and phase
     moves: np.ndarray | None = None  # (K, 3) weight, frequency, phase of each shared move (None: free joints)
+    limbs: float = 1.0      # thickness of the arms and legs, times the original's
 
 
 # Typical swing (radians) of each joint angle (order: _figure's joints).
@@ -128,8 +129,9 @@ def _segments(fig: _Figure, t: np.ndarray):
         knee = hip_j + vec(ang[:, th], 0.21 * s)
         ankle = knee + vec(ang[:, th] + ang[:, sh], 0.20 * s)
         far = side == 1
-        limbs.append(((shoulder, elbow, 0.030 * s, 3 if far else 1), (elbow, wrist, 0.025 * s, 0),
-                      (hip_j, knee, 0.045 * s, 4 if far else 2), (knee, ankle, 0.038 * s, 4 if far else 2)))
+        k = fig.limbs
+        limbs.append(((shoulder, elbow, 0.030 * s * k, 3 if far else 1), (elbow, wrist, 0.025 * s * k, 0),
+                      (hip_j, knee, 0.045 * s * k, 4 if far else 2), (knee, ankle, 0.038 * s * k, 4 if far else 2)))
     segs += list(limbs[1])  # far side first
     segs.append((hip, neck, 0.085 * s, 1))
     segs.append((neck, head, 0.028 * s, 0))
@@ -142,7 +144,7 @@ def _segments(fig: _Figure, t: np.ndarray):
 
 def render_video(seed: int, index: int = 0, num_frames: int = 32, size: int = 64, fps: float = 25.0,
                  camera: float = 0.0, sway: float = 1.0, body: float = 1.0,
-                 moves: int = 0, frames=None) -> torch.Tensor:
+                 moves: int = 0, frames=None, limbs: float = 1.0) -> torch.Tensor:
     """Render synthetic video ``index`` of ``seed``: (T, 3, size, size) float32 in [-1, 1].
 
     ``frames``: indices of the frames to render (T = len(frames)); None renders 0 .. num_frames - 1.
@@ -159,12 +161,14 @@ def render_video(seed: int, index: int = 0, num_frames: int = 32, size: int = 64
     ``moves``: 0 moves every joint on its own sinusoids (the original generator); K > 0 drives all
     joints by the first K moves of a fixed repertoire shared by every clip, each clip with its own
     weights, frequencies and phases.
+    ``limbs``: thickness of the arms and legs, times the original generator's (1). At 64x64 the
+    original forearm is about 2 pixels wide; ``leo demo`` draws them 1.6x as thick.
     """
     for name, v in (("num_frames", num_frames), ("size", size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     frames = _check_frames(np.arange(num_frames) if frames is None else frames)
-    return _composite(*_layers(seed, index, frames, size, fps, camera, sway, body, moves), size)
+    return _composite(*_layers(seed, index, frames, size, fps, camera, sway, body, moves, limbs), size)
 
 
 def render_pairs(seed: int, indices, frames, num_frames: int = 48, size: int = 64, **options) -> torch.Tensor:
@@ -188,12 +192,12 @@ def render_pairs(seed: int, indices, frames, num_frames: int = 48, size: int = 6
     return _composite(background, capsules, size).view(len(indices), 2, 3, size, size)
 
 
-def _layers(seed, index, frames, size, fps=25.0, camera=0.0, sway=1.0, body=1.0, moves=0):
+def _layers(seed, index, frames, size, fps=25.0, camera=0.0, sway=1.0, body=1.0, moves=0, limbs=1.0):
     """What ``render_video`` draws in ``frames``: the background (T, 3, S, S) in [0, 1] and the
     figure's capsules back to front, each (start (T, 2), end (T, 2), radius (T,), colour (T, 3)),
     float32 tensors, image coordinates in [0, 1]."""
     _check_timing(fps, camera)
-    sc = _scene(seed, index, sway, body, moves)
+    sc = _scene(seed, index, sway, body, moves, limbs)
     t, cam, shift = sc.at(frames, fps, camera)
     if camera > 0:
         background = torch.stack([sc.paint(size, tuple(c)) for c in cam])
@@ -252,15 +256,18 @@ def _check_timing(fps: float, camera: float) -> None:
         raise ValueError(f"camera must be in [0, 0.5] (frame units), got {camera!r}")
 
 
-def _scene(seed: int, index: int, sway: float, body: float, moves: int) -> _Scene:
+def _scene(seed: int, index: int, sway: float, body: float, moves: int, limbs: float = 1.0) -> _Scene:
     if not 0 <= sway <= 5:
         raise ValueError(f"sway must be in [0, 5], got {sway!r}")
     if isinstance(moves, bool) or not isinstance(moves, int) or not 0 <= moves <= len(_MOVES):
         raise ValueError(f"moves must be an int in [0, {len(_MOVES)}], got {moves!r}")
     if not 0 <= body <= 1:
         raise ValueError(f"body must be in [0, 1], got {body!r}")
+    if not 0.5 <= limbs <= 3:
+        raise ValueError(f"limbs must be in [0.5, 3], got {limbs!r}")
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index)])
     fig = _figure(rng, body)
+    fig.limbs = float(limbs)  # drawn from no random number: the clip is otherwise the same
     fig.drift[:, 0] *= sway
     paint = _background(rng)
     pan = rng.uniform(-0.03, 0.03, size=2) * sway  # slow drift of the figure, in frame units
@@ -279,18 +286,19 @@ def _check_frames(frames) -> np.ndarray:
 
 
 def keypoints(seed: int, index: int, frames, fps: float = 25.0, camera: float = 0.0, sway: float = 1.0,
-              body: float = 1.0, moves: int = 0) -> np.ndarray:
+              body: float = 1.0, moves: int = 0, limbs: float = 1.0) -> np.ndarray:
     """The figure's pose in the frames ``render_video`` draws with the same arguments: (T, 12, 2, 2),
     the two end points (x, y in frame units, [0, 1] across the image) of each of its 12 capsules,
     back to front. A ground truth for experiments (tools/stage1_ablation.py --pose-loss)."""
     _check_timing(fps, camera)
-    sc = _scene(seed, index, sway, body, moves)
+    sc = _scene(seed, index, sway, body, moves, limbs)
     t, _, shift = sc.at(_check_frames(frames), fps, camera)
     return np.stack([np.stack([a + shift, b + shift], axis=1) for a, b, _, _ in _segments(sc.fig, t)], axis=1)
 
 
 def true_flow(seed: int, index: int, source: int, target: int, size: int = 64, fps: float = 25.0,
-              camera: float = 0.0, sway: float = 1.0, body: float = 1.0, moves: int = 0) -> torch.Tensor:
+              camera: float = 0.0, sway: float = 1.0, body: float = 1.0, moves: int = 0,
+              limbs: float = 1.0) -> torch.Tensor:
     """Where each pixel of frame ``target`` comes from in frame ``source`` (the frames that
     ``render_video`` draws with the same arguments): (2, size, size) float32, the x, y displacement
     in frame units ([0, 1] across the image). A ground truth for experiments (tools/stage1_ablation.py
@@ -300,7 +308,7 @@ def true_flow(seed: int, index: int, source: int, target: int, size: int = 64, f
     _check_timing(fps, camera)
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
-    sc = _scene(seed, index, sway, body, moves)
+    sc = _scene(seed, index, sway, body, moves, limbs)
     t, cam, shift = sc.at(_check_frames([source, target]), fps, camera)
     coords = (torch.arange(size, dtype=torch.float64) + 0.5) / size
     py, px = torch.meshgrid(coords, coords, indexing="ij")
@@ -333,7 +341,7 @@ class SyntheticPairStream(torch.utils.data.Dataset):
         if isinstance(first_index, bool) or not isinstance(first_index, int) or first_index < 0:
             raise ValueError(f"first_index must be a non-negative int, got {first_index!r}")
         self.seed, self.first_index, self.num_frames, self.size = int(seed), first_index, num_frames, size
-        self.options = options  # render_video's camera, sway, body, moves
+        self.options = options  # render_video's camera, sway, body, moves, limbs
         render_video(seed, first_index, 1, size, frames=[0], **options)  # bad options fail here, not in a worker
 
     def __len__(self) -> int:
@@ -357,10 +365,10 @@ class SyntheticPairStream(torch.utils.data.Dataset):
 
 
 def iter_videos(num_videos: int, num_frames: int = 32, size: int = 64, seed: int = 0,
-                camera: float = 0.0, body: float = 1.0, moves: int = 0) -> Iterator[torch.Tensor]:
+                camera: float = 0.0, body: float = 1.0, moves: int = 0, limbs: float = 1.0) -> Iterator[torch.Tensor]:
     """Yield ``num_videos`` synthetic videos (T, 3, S, S) in [-1, 1] (options: render_video's)."""
     for i in range(num_videos):
-        yield render_video(seed, i, num_frames, size, camera=camera, body=body, moves=moves)
+        yield render_video(seed, i, num_frames, size, camera=camera, body=body, moves=moves, limbs=limbs)
 
 
 MANIFEST = "synthetic.json"
@@ -384,12 +392,12 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
 
 def write_dataset(out_dir: str | os.PathLike, num_videos: int = 16, num_frames: int = 48, size: int = 64,
                   seed: int = 0, fmt: str = "mp4", fps: float = 25.0, camera: float = 0.0, body: float = 1.0,
-                  moves: int = 0) -> list[str]:
+                  moves: int = 0, limbs: float = 1.0) -> list[str]:
     """Write synthetic videos into ``out_dir`` as mp4 files (``fmt="mp4"``) or PNG frame folders
     (``fmt="frames"``); returns the written paths. Existing identical names are overwritten (a frame
     folder loses its old frames). Last, ``synthetic.json`` records the settings (:func:`read_manifest`),
     so a trainer can continue the same generator past the written clips (SyntheticPairStream).
-    camera, body, moves: render_video's options."""
+    camera, body, moves, limbs: render_video's options."""
     from leo.checkpoint_io import atomic_write
     from leo.media import VideoWriter, save_image
 
@@ -403,7 +411,7 @@ def write_dataset(out_dir: str | os.PathLike, num_videos: int = 16, num_frames: 
         os.remove(manifest_path)
     paths = []
     for i in range(num_videos):
-        frames = render_video(seed, i, num_frames, size, fps, camera=camera, body=body, moves=moves)
+        frames = render_video(seed, i, num_frames, size, fps, camera=camera, body=body, moves=moves, limbs=limbs)
         name = os.path.join(os.fspath(out_dir), f"synthetic_{i:04d}")
         if fmt == "mp4":
             path = name + ".mp4"
@@ -418,7 +426,7 @@ def write_dataset(out_dir: str | os.PathLike, num_videos: int = 16, num_frames: 
                 save_image(os.path.join(path, f"{j:05d}.png"), f)
         paths.append(path)
     manifest = dict(seed=seed, videos=num_videos, frames=num_frames, size=size, fmt=fmt, fps=fps, camera=camera,
-                    body=body, moves=moves)
+                    body=body, moves=moves, limbs=limbs)
     atomic_write(manifest_path, lambda tmp: _write_json(tmp, manifest))
     return paths
 

@@ -297,7 +297,7 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
         # what wrote the clips: this run (runs from before manifests have none) or `leo make-synthetic`
         m = (dict(seed=cfg.seed, videos=cfg.synthetic, frames=cfg.synthetic_frames) if cfg.synthetic
              else read_manifest(data_root))
-        options = {k: m[k] for k in ("camera", "body", "moves") if k in m}
+        options = {k: m[k] for k in ("camera", "body", "moves", "limbs") if k in m}
         dataset = SyntheticPairStream(m["seed"], m["videos"], m["frames"], cfg.size, **options)
         log.message(f"training pairs: a fresh synthetic clip per pair (seed {m['seed']}, clips {m['videos']} and on)")
     else:
