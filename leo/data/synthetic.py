@@ -176,8 +176,8 @@ def render_pairs(seed: int, indices, frames, num_frames: int = 48, size: int = 6
     ``frames[n]`` (two indices below ``num_frames``) of clip ``indices[n]``, the images that
     ``render_video(seed, indices[n], num_frames, size, frames=frames[n], **options)`` draws (the same
     float32 math; a value may round 1 ulp apart where vectorized loops split differently). The
-    figures of all clips are drawn in one pass (one op per capsule for all N clips instead of N),
-    which makes a batch of training pairs several times cheaper to render."""
+    figures of all clips are drawn in one pass (one op per capsule for all N clips instead of N):
+    the demo's batch of 4 pairs renders about 1.2x faster than pair by pair."""
     frames = np.asarray(frames)
     if frames.ndim != 2 or frames.shape[1] != 2 or len(frames) != len(indices) or len(frames) == 0:
         raise ValueError(f"frames must be (N, 2) frame indices, N = len(indices) > 0; got shape "
@@ -332,7 +332,8 @@ class SyntheticPairStream(torch.utils.data.Dataset):
     ``{"source", "target", "clip", "frame_index"}`` like :class:`leo.data.videos.FramePairDataset`,
     from two different frames of clip ``first_index + k`` of ``seed``, rendered on demand (two
     frames; a DataLoader batch is rendered in one :func:`render_pairs` call). No clip is seen
-    twice, so nothing can be memorized (docs/MOTION.md, seventh round). Everything is derived from ``k``: resumable, any number of workers.
+    twice, so nothing can be memorized (docs/MOTION.md, seventh round). Everything is derived
+    from ``k``: resumable, any number of workers.
     ``first_index``: keep it past the clips stored for evaluation so they stay unseen."""
 
     def __init__(self, seed: int, first_index: int, num_frames: int = 48, size: int = 64, **options):
