@@ -18,7 +18,7 @@ from leo.data import (
     split_clips,
     write_dataset,
 )
-from leo.data.synthetic import _scene, iter_videos, keypoints, true_flow
+from leo.data.synthetic import _layers, _scene, iter_videos, keypoints, true_flow
 from leo.media import save_image
 from leo.train.common import StreamSampler
 
@@ -235,8 +235,6 @@ def test_synthetic_limbs_thicken_the_arms_and_legs_only():
     kw = dict(body=0.0, moves=3, frames=[0, 30])
     thin, thick = render_video(2, 6, size=64, **kw), render_video(2, 6, size=64, limbs=1.6, **kw)
     assert torch.equal(thin, render_video(2, 6, size=64, limbs=1.0, **kw))  # 1 is the original generator
-    from leo.data.synthetic import _layers
-
     background = _layers(2, 6, np.array([0, 30]), 64, body=0.0, moves=3)[0] * 2 - 1
     changed = (thick - thin).abs().amax(1) > 1e-2
     drawn = (thick - background).abs().amax(1) > 1e-4  # where the thicker figure shows over the background

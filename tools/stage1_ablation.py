@@ -171,7 +171,8 @@ def main(argv=None):
     p.add_argument("--wa-invariance", type=float, default=0.0,
                    help="weight of a loss tying the source's code wa to that of a recoloured copy (look-free codes)")
     p.add_argument("--style-dim", type=int, default=128, help="the animator's latent size (LIA: 512)")
-    p.add_argument("--save", default=None, help="save the evaluated weights (EMA if --ema) here at the end")
+    p.add_argument("--save", default=None,
+                   help="save the evaluated animator (EMA if --ema) here at the end (.safetensors, Animator.save)")
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON file for the log (default: ablation_NAME.json)")
@@ -346,7 +347,7 @@ def main(argv=None):
         if step % a.eval_every == 0 or step == a.steps:
             evaluate(step)
     if a.save:
-        torch.save({"config": (G_ema or G).config, "state_dict": (G_ema or G).state_dict()}, a.save)
+        (G_ema or G).save(a.save)  # leo's checkpoint format: Animator.from_checkpoint reads it
     with open(a.out or f"ablation_{a.name}.json", "w") as f:
         json.dump({"args": vars(a), "log": log}, f, indent=1)
 

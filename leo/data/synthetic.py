@@ -164,9 +164,8 @@ def render_video(seed: int, index: int = 0, num_frames: int = 32, size: int = 64
     ``limbs``: thickness of the arms and legs, times the original generator's (1). At 64x64 the
     original forearm is about 2 pixels wide; ``leo demo`` draws them 1.6x as thick.
     """
-    for name, v in (("num_frames", num_frames), ("size", size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    _check_count("num_frames", num_frames)
+    _check_count("size", size)
     frames = _check_frames(np.arange(num_frames) if frames is None else frames)
     return _composite(*_layers(seed, index, frames, size, fps, camera, sway, body, moves, limbs), size)
 
@@ -182,8 +181,7 @@ def render_pairs(seed: int, indices, frames, num_frames: int = 48, size: int = 6
     if frames.ndim != 2 or frames.shape[1] != 2 or len(frames) != len(indices) or len(frames) == 0:
         raise ValueError(f"frames must be (N, 2) frame indices, N = len(indices) > 0; got shape "
                          f"{frames.shape} for {len(indices)} indices")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
+    _check_count("size", size)
     if (frames >= num_frames).any():
         raise ValueError(f"frames must be below num_frames={num_frames}, got {frames.max()}")
     layers = [_layers(seed, i, _check_frames(f), size, **options) for i, f in zip(indices, frames)]
@@ -278,6 +276,11 @@ def _scene(seed: int, index: int, sway: float, body: float, moves: int, limbs: f
     return _Scene(fig, paint, pan, cam_freq, cam_phase)
 
 
+def _check_count(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
 def _check_frames(frames) -> np.ndarray:
     frames = np.asarray(frames)
     if frames.ndim != 1 or len(frames) == 0 or frames.dtype.kind not in "iu" or frames.min() < 0:
@@ -306,8 +309,7 @@ def true_flow(seed: int, index: int, source: int, target: int, size: int = 64, f
     carries the capsule's end points in ``target`` onto those in ``source``; the background moves with
     the camera. Pixels mix these displacements with the renderer's own alpha compositing."""
     _check_timing(fps, camera)
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
+    _check_count("size", size)
     sc = _scene(seed, index, sway, body, moves, limbs)
     t, cam, shift = sc.at(_check_frames([source, target]), fps, camera)
     coords = (torch.arange(size, dtype=torch.float64) + 0.5) / size
