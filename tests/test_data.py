@@ -394,6 +394,24 @@ def test_frame_pairs_max_gap(tmp_path):
         with pytest.raises(ValueError, match="max_gap"):
             FramePairDataset(vf, "train", max_gap=bad)
 
+
+def test_frame_pairs_flip(tmp_path):
+    (tmp_path / "c").mkdir()
+    for j, f in enumerate(render_video(1, 0, 30, 16)):
+        save_image(tmp_path / "c" / f"{j:03d}.png", f)
+    vf = VideoFolder(tmp_path, size=16, test_fraction=0.0)
+    plain = FramePairDataset(vf, "train", seed=4, max_gap=5)
+    flip = FramePairDataset(vf, "train", seed=4, max_gap=5, flip=True)
+    flipped = 0
+    for k in range(200):
+        p, f = plain[k], flip[k]
+        # the same frames are drawn; both frames of a pair are mirrored together, or neither
+        assert torch.equal(p["frame_index"], f["frame_index"])
+        mirrored = torch.equal(f["source"], p["source"].flip(-1)) and torch.equal(f["target"], p["target"].flip(-1))
+        assert mirrored or (torch.equal(f["source"], p["source"]) and torch.equal(f["target"], p["target"]))
+        flipped += mirrored and not torch.equal(p["source"], p["source"].flip(-1))
+    assert 70 < flipped < 130  # about half
+
 def test_missing_and_empty_folders(tmp_path):
     with pytest.raises(DataError, match="not found"):
         VideoFolder(tmp_path / "nope")

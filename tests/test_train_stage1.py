@@ -271,6 +271,22 @@ def synth_data(tmp_path_factory):
     return root
 
 
+def test_sample_grid_pairs_fill_four_columns():
+    from leo.train.stage1 import _sample_pairs
+
+    def clip(first, n):  # frame t of a fake clip is the constant first + t
+        return (first + torch.arange(n, dtype=torch.float32)).view(n, 1, 1, 1).expand(n, 3, 2, 2)
+
+    def picked(clips):
+        p = _sample_pairs(clips)
+        return p["source"][:, 0, 0, 0].tolist(), p["target"][:, 0, 0, 0].tolist()
+
+    # one or two clips: frame 0 against frames spread up to the last; four or more: each clip's middle
+    assert picked([clip(0, 46)]) == ([0, 0, 0, 0], [11, 22, 34, 45])
+    assert picked([clip(0, 46), clip(100, 9)]) == ([0, 0, 100, 100], [22, 45, 104, 108])
+    assert picked([clip(100 * i, 10 + i) for i in range(6)]) == ([0, 100, 200, 300], [5, 105, 206, 306])
+
+
 def _cfg(out, data, **kw):
     base = dict(out=str(out), data=str(data), size=32, width=0.0625, style_dim=32, motion_dim=8, steps=4,
                 batch=2, workers=0, eval_pairs=4, eval_every=100, sample_every=100, save_every=100,
@@ -523,6 +539,8 @@ def test_synthetic_stream_trains_on_fresh_clips_and_holds_out_the_stored_ones(tm
         Stage1Config(out="x", data=str(tmp_path), synthetic_stream=True).validate()
     with pytest.raises(ValueError, match="max_gap limits pairs of stored clips"):
         Stage1Config(out="x", synthetic=2, synthetic_stream=True, max_gap=8).validate()
+    with pytest.raises(ValueError, match="flip mirrors pairs of stored clips"):
+        Stage1Config(out="x", synthetic=2, synthetic_stream=True, flip=True).validate()
     for bad in ({"max_gap": 0}, {"split_by": "frames"}, {"betas": (1.0, 0.99)}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             Stage1Config(out="x", synthetic=2, **bad).validate()
@@ -532,6 +550,8 @@ def test_synthetic_stream_trains_on_fresh_clips_and_holds_out_the_stored_ones(tm
     (tmp_path / "synthetic.json").write_text("{not json")
     assert leo_main(["train-animator", "--data", str(tmp_path), "--synthetic-stream", "--out", str(tmp_path / "y")]) == 2
     assert "unreadable synthetic-data manifest" in capsys.readouterr().err
+    assert leo_main(["train-animator", "--synthetic", "2", "--synthetic-stream", "--flip", "--out", str(tmp_path / "y")]) == 2
+    assert "flip mirrors pairs of stored clips" in capsys.readouterr().err
 
 
 def test_synthetic_stream_continues_the_generator_of_a_make_synthetic_folder(tmp_path, monkeypatch, capsys):

@@ -57,12 +57,16 @@ def register(sub):
                    help="with --synthetic N, or --data DIR written by `leo make-synthetic`: train on pairs of fresh "
                         "clips of the same generator, never the same clip twice (the written ones evaluate; "
                         "docs/MOTION.md, seventh round)")
-    p.add_argument("--max-frames", type=int, default=None, help="use at most this many frames of each clip")
+    p.add_argument("--max-frames", type=int, default=None,
+                   help="use at most this many frames of each clip (with --split-by time: the first ones of each "
+                        "clip's training part, i.e. it drops the training frames nearest the held-out ones)")
     p.add_argument("--test-fraction", type=float, default=0.1,
                    help="share held out: of the clips, or of every clip's frames with --split-by time (default 0.1)")
     p.add_argument("--max-gap", type=int, default=None, metavar="N",
                    help="--data: training pairs at most N frames apart (default: any two frames of a clip; "
                         "docs/MOTION.md, Real clips)")
+    p.add_argument("--flip", action="store_true",
+                   help="--data: mirror half of the training pairs left-right (both frames of a pair)")
     p.add_argument("--split-by", choices=SPLITS_BY, default="clip",
                    help="clip: evaluate on unseen clips (default); time: on the last frames of every clip, "
                         "i.e. unseen poses of the people trained on (for very few clips; docs/MOTION.md, Real clips)")
@@ -130,7 +134,7 @@ def run_train(args) -> int:
         size=args.size, width=args.width, style_dim=args.style_dim, motion_dim=args.motion_dim,
         batch=args.batch, accum=args.accum, adv_weight=args.adv_weight, vgg19=args.vgg19, r1=args.r1,
         r1_every=args.r1_every, sample_every=args.sample_every, eval_every=args.eval_every, max_frames=args.max_frames,
-        test_fraction=args.test_fraction, split_by=args.split_by, max_gap=args.max_gap,
+        test_fraction=args.test_fraction, split_by=args.split_by, max_gap=args.max_gap, flip=args.flip,
         device=args.device or "auto", workers=args.workers,
         threads=args.threads, amp=not args.no_amp, cpu_amp=args.cpu_bf16, init=args.init, init_from=args.init_from,
         **training_kwargs(args),

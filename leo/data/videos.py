@@ -369,11 +369,15 @@ def check_max_gap(max_gap):
 
 class FramePairDataset(_StreamDataset):
     """Stage 1: sample ``k`` -> ``{"source", "target"}`` frames (3, S, S) in [-1, 1] of one clip:
-    two different frames, at most ``max_gap`` frames apart if given (None: anywhere in the clip)."""
+    two different frames, at most ``max_gap`` frames apart if given (None: anywhere in the clip);
+    with ``flip``, both mirrored left-right in half of the pairs (drawn after the frames, so the
+    same ``k`` picks the same frames either way)."""
 
-    def __init__(self, folder: VideoFolder, split: str = "train", seed: int = 0, max_gap: int | None = None):
+    def __init__(self, folder: VideoFolder, split: str = "train", seed: int = 0, max_gap: int | None = None,
+                 flip: bool = False):
         super().__init__(folder, split, seed)
         self.max_gap = check_max_gap(max_gap)
+        self.flip = bool(flip)
 
     def __getitem__(self, k: int) -> dict:
         i, frames, rng = self._clip_for(k, 2)
@@ -384,8 +388,10 @@ class FramePairDataset(_StreamDataset):
             lo, hi = max(0, a - self.max_gap), min(n - 1, a + self.max_gap)
         b = int(rng.integers(lo, hi))  # one of the hi - lo frames in [lo, hi] other than a
         b += b >= a  # two different frames
-        return {"source": to_float(frames[a]), "target": to_float(frames[b]), "clip": i,
-                "frame_index": torch.tensor([a, b])}
+        source, target = to_float(frames[a]), to_float(frames[b])
+        if self.flip and rng.random() < 0.5:
+            source, target = source.flip(-1), target.flip(-1)
+        return {"source": source, "target": target, "clip": i, "frame_index": torch.tensor([a, b])}
 
 
 class WindowDataset(_StreamDataset):

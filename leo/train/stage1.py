@@ -101,6 +101,7 @@ class Stage1Config(TrainConfig):
     split_by: str = "clip"               # "clip": unseen clips evaluate; "time": the last frames of every clip
     max_frames: int | None = None        # use at most this many frames per clip
     max_gap: int | None = None           # training pairs at most this many frames apart (None: any two frames)
+    flip: bool = False                   # mirror half of the training pairs left-right (both frames)
     device: str = field(default="auto", kw_only=True)
     workers: int = 2
     threads: int | None = None           # CPU threads for torch (None: torch's default)
@@ -157,6 +158,8 @@ class Stage1Config(TrainConfig):
         check_max_gap(self.max_gap)
         if self.max_gap is not None and self.synthetic_stream:
             raise ValueError("max_gap limits pairs of stored clips; synthetic_stream renders its own pairs")
+        if self.flip and self.synthetic_stream:
+            raise ValueError("flip mirrors pairs of stored clips; synthetic_stream renders its own pairs")
         check_split_by(self.split_by)
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers!r}")
@@ -196,6 +199,20 @@ def _grid(source, target, recon, path):
     n = source.shape[0]
     img = image_grid(torch.cat([source, target, recon.clamp(-1, 1)]).float().cpu(), nrow=n)
     save_image(path, img)
+
+
+def _sample_pairs(clips: list, columns: int = 4) -> dict:
+    """The sample grids' pairs: frame 0 -> the middle frame of up to ``columns`` held-out clips; with
+    fewer clips, more targets per clip (frame 0 -> the middle and the last frame for two clips)."""
+    per_clip = max(1, columns // len(clips))
+    src, tgt = [], []
+    for c in clips[:columns]:
+        n = c.shape[0] - 1
+        for j in range(1, per_clip + 1):
+            t = max(1, round(n * j / per_clip)) if per_clip > 1 else c.shape[0] // 2
+            src.append(c[0])
+            tgt.append(c[t])
+    return {"source": torch.stack(src), "target": torch.stack(tgt)}
 
 
 def held_out_clips(folder, n: int, split: str, max_frames: int = 48) -> list:
@@ -301,16 +318,14 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
         dataset = SyntheticPairStream(m["seed"], m["videos"], m["frames"], cfg.size, **options)
         log.message(f"training pairs: a fresh synthetic clip per pair (seed {m['seed']}, clips {m['videos']} and on)")
     else:
-        dataset = FramePairDataset(folder, "train", seed=cfg.seed, max_gap=cfg.max_gap)
+        dataset = FramePairDataset(folder, "train", seed=cfg.seed, max_gap=cfg.max_gap, flip=cfg.flip)
     # a streamed run trains on none of the stored clips: all of them are held out
     eval_split = "all" if cfg.synthetic_stream else ("test" if folder.test else "train")
     eval_clips = sample_pairs = None
     if ctx.is_main:
         eval_clips = held_out_clips(folder, cfg.eval_clips, eval_split)
         log.message(f"held-out evaluation: {len(eval_clips)} {eval_split} clips, {cfg.eval_pairs} (frame 0, frame t) pairs")
-        # sample grids: frame 0 -> the middle frame of up to 4 held-out clips
-        sample_pairs = {"source": torch.stack([c[0] for c in eval_clips[:4]]),
-                        "target": torch.stack([c[c.shape[0] // 2] for c in eval_clips[:4]])}
+        sample_pairs = _sample_pairs(eval_clips)
     sample_ids_per_step = cfg.batch * cfg.accum  # per rank
 
     # ---- models (same init on every rank; DDP also broadcasts rank 0's)
