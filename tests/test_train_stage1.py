@@ -287,6 +287,20 @@ def test_sample_grid_pairs_fill_four_columns():
     assert picked([clip(100 * i, 10 + i) for i in range(6)]) == ([0, 100, 200, 300], [5, 105, 206, 306])
 
 
+def test_held_out_clips_of_an_empty_split_is_a_clear_error():
+    from leo.data.videos import DataError
+    from leo.train.stage1 import held_out_clips
+
+    class NoUsableClips:  # a folder whose every clip of the split failed to decode
+        root = "/data/videos"
+
+        def iter_clips(self, split):
+            return iter(())
+
+    with pytest.raises(DataError, match="no usable clip in the 'test' split of /data/videos"):
+        held_out_clips(NoUsableClips(), 8, "test")
+
+
 def _cfg(out, data, **kw):
     base = dict(out=str(out), data=str(data), size=32, width=0.0625, style_dim=32, motion_dim=8, steps=4,
                 batch=2, workers=0, eval_pairs=4, eval_every=100, sample_every=100, save_every=100,

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from leo.animator import Animator
-from leo.data.videos import FramePairDataset, VideoFolder, check_max_gap, check_split_by
+from leo.data.videos import DataError, FramePairDataset, VideoFolder, check_max_gap, check_split_by
 from leo.discriminator import Discriminator
 from leo.train import losses
 from leo.train.common import (
@@ -222,6 +222,8 @@ def held_out_clips(folder, n: int, split: str, max_frames: int = 48) -> list:
         clips.append(frames[:max_frames])
         if len(clips) == n:
             break
+    if not clips:
+        raise DataError(f"no usable clip in the {split!r} split of {folder.root} to evaluate on")
     return clips
 
 
