@@ -412,6 +412,7 @@ def test_frame_pairs_flip(tmp_path):
         flipped += mirrored and not torch.equal(p["source"], p["source"].flip(-1))
     assert 70 < flipped < 130  # about half
 
+
 def test_missing_and_empty_folders(tmp_path):
     with pytest.raises(DataError, match="not found"):
         VideoFolder(tmp_path / "nope")
