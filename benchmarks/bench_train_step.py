@@ -6,7 +6,7 @@
   pass, flows decoded relative to those at zero motion, i.e. the source's zero-motion decoder pass in the
   same batch as the motion pass),
   L1 + 3 average-pooled L1 terms, backward, Adam, EMA update; no discriminator (adv weight 0). The
-  demo renders each pair's frames on the fly (about 7 ms per pair); that is data, not timed here.
+  demo renders each pair's frames on the fly (2 to 3 ms per pair on 2 CPU threads); that is data, not timed here.
 - ``G+D``: issue 11's step (the demo's recipe when the issue was filed): absolute flows, the same
   loss + 0.05 x the non-saturating adversarial loss through the discriminator, backward, Adam; then
   the discriminator on real and fake in one forward, logistic loss, backward, Adam.

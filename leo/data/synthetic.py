@@ -214,18 +214,19 @@ def _composite(background, capsules, size):
     """Draw the capsules of ``_layers`` (any frames of any clips, one row each) over their
     backgrounds: (M, 3, S, S) in [-1, 1]."""
     coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size
-    py, px = torch.meshgrid(coords, coords, indexing="ij")
-    p = torch.stack([px, py], -1)[None]  # (1, S, S, 2)
+    px, py = coords[None, :], coords[:, None]  # (1, S) and (S, 1): broadcast to the image
     out = background.clone()
     soft = 0.6 / size  # about one pixel of anti-aliasing
+    # x and y apart, each (M, S, S): a trailing axis of 2 made every op a strided one (2.7x slower)
     for a, b, r, color in capsules:
-        a, b, r = a[:, None, None, :], b[:, None, None, :], r[:, None, None]
-        ab = b - a
-        u = ((p - a) * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)
-        d = (p - a - u.clamp(0, 1)[..., None] * ab).norm(dim=-1)
-        alpha = torch.sigmoid((r - d) / soft)[:, None]  # (M,1,S,S)
+        ax, ay = a[:, 0, None, None], a[:, 1, None, None]
+        abx, aby = (b[:, 0] - a[:, 0])[:, None, None], (b[:, 1] - a[:, 1])[:, None, None]
+        dx, dy = px - ax, py - ay
+        u = ((dx * abx + dy * aby) / (abx * abx + aby * aby).clamp_min(1e-12)).clamp(0, 1)
+        ex, ey = dx - u * abx, dy - u * aby
+        alpha = torch.sigmoid((r[:, None, None] - (ex * ex + ey * ey).sqrt()) / soft)[:, None]  # (M,1,S,S)
         # a little shading along the limb makes rotations visible
-        shade = 0.85 + 0.15 * torch.cos(u.clamp(0, 1) * math.pi)[:, None]
+        shade = 0.85 + 0.15 * torch.cos(u * math.pi)[:, None]
         out = out * (1 - alpha) + (color[:, :, None, None] * shade).clamp(0, 1) * alpha
     return out.mul_(2).sub_(1).contiguous()
 
