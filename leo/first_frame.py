@@ -1,9 +1,15 @@
 """First-frame generator for unconditional video generation.
 
 LEO renders every frame by warping the first frame x1, so unconditional generation needs
-an image generator for x1. This module holds a small image diffusion model: a 2-D U-Net
-denoiser ``model(x_t, t, cond=None)`` trained with :class:`leo.diffusion.GaussianDiffusion`
-(same schedule, samplers and CUDA-graph sampling as the LMDM).
+an image generator for x1. This module holds two small image diffusion models, both trained
+with :class:`leo.diffusion.GaussianDiffusion` (same schedule, samplers and CUDA-graph sampling
+as the LMDM):
+
+- :class:`FirstFrameModel`: a 2-D U-Net denoiser ``model(x_t, t, cond=None)`` over pixels;
+- :class:`LatentFirstFrameModel`: an MLP denoiser over a linear latent of the images (their
+  principal components, fitted to the training frames). Far less expressive, but it learns in
+  seconds what the U-Net needs hours for; on a CPU budget of a minute (``leo demo``) the U-Net's
+  samples are coloured noise and this one's are recognizable frames (docs/MOTION.md).
 
 :func:`load_first_frame_generator` turns a checkpoint into ``generator(n, seed=None) ->
 (n, 3, S, S)`` in [-1, 1]; :func:`as_first_frame_generator` also accepts any user-supplied
@@ -205,17 +211,11 @@ class FirstFrameModel(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, map_location="cpu") -> "FirstFrameModel":
-        tensors, _, config = load_weights(path, expected_kind=KIND)
-        try:
-            model = cls(**config)
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: bad first-frame model config ({exc})") from None
-        try:
-            model.load_state_dict(tensors, strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{path}: first-frame weights do not match its config "
-                             f"({str(exc).strip().splitlines()[-1].strip()})") from None
-        return model.to(map_location)
+        model = load_first_frame_model(path, map_location)
+        if not isinstance(model, cls):
+            raise CheckpointError(f"{path}: holds a {type(model).__name__}, not a {cls.__name__} "
+                                  "(leo.first_frame.load_first_frame_model loads either)")
+        return model
 
     @torch.no_grad()
     def sample(self, n: int, seed=None, steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
@@ -240,6 +240,139 @@ class FirstFrameModel(nn.Module):
         finally:
             self.train(was_training)
         return x.clamp(-1, 1)
+
+
+class LatentFirstFrameModel(nn.Module):
+    """Diffusion denoiser over a linear latent of images (3, S, S) in [-1, 1].
+
+    An image x is ``z = (x.flatten() - mean) @ basis.T / scale``: its coordinates on the top
+    ``latent_dim`` principal components of the training frames (:meth:`fit_latent`), divided by
+    one common scale so that the latent's mean variance is 1 (one scale for all components: the
+    large ones, the background and the figure's place, dominate the loss as they dominate the
+    pixels). ``forward(z_t, t)`` is a residual MLP on (B, latent_dim); :meth:`sample` decodes
+    back to images. The images it can draw lie in the mean plus the span of the basis.
+    """
+
+    def __init__(self, image_size: int = 64, latent_dim: int = 128, hidden: int = 512, blocks: int = 3,
+                 diffusion_steps: int = 1000, schedule: str = "cosine", objective: str = "v"):
+        super().__init__()
+        for name, value in (("image_size", image_size), ("latent_dim", latent_dim), ("hidden", hidden),
+                            ("blocks", blocks)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        pixels = 3 * image_size * image_size
+        if latent_dim > pixels:
+            raise ValueError(f"latent_dim={latent_dim} exceeds the {pixels} values of a {image_size}x{image_size} image")
+        self.config = dict(backbone="linear-latent", image_size=int(image_size), latent_dim=int(latent_dim),
+                           hidden=int(hidden), blocks=int(blocks), diffusion_steps=int(diffusion_steps),
+                           schedule=str(schedule), objective=str(objective))
+        self.register_buffer("latent_mean", torch.zeros(pixels))
+        self.register_buffer("latent_basis", torch.zeros(latent_dim, pixels))
+        self.register_buffer("latent_scale", torch.ones(()))
+        self.time_mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.inp = nn.Linear(latent_dim, hidden)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+            for _ in range(blocks))
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, latent_dim))
+
+    @property
+    def image_size(self) -> int:
+        return self.config["image_size"]
+
+    @torch.no_grad()
+    def fit_latent(self, frames: torch.Tensor, max_frames: int = 2048, generator: torch.Generator | None = None) -> float:
+        """Set the latent from training frames (N, 3, S, S) in [-1, 1] (pass them with any
+        augmentation, e.g. flips, already applied): the mean, the top ``latent_dim`` principal
+        directions (of at most ``max_frames`` frames, drawn with ``generator``) and the scale.
+        Returns the fraction of the frames' variance the latent keeps."""
+        s, k = self.image_size, self.config["latent_dim"]
+        if frames.dim() != 4 or tuple(frames.shape[1:]) != (3, s, s):
+            raise ValueError(f"frames must be (N, 3, {s}, {s}), got {tuple(frames.shape)}")
+        if frames.shape[0] > max_frames:
+            frames = frames[torch.randperm(frames.shape[0], generator=generator)[:max_frames]]
+        n = frames.shape[0]
+        if n <= k:
+            raise ValueError(f"a latent of {k} dimensions needs more than {k} training frames, got {n}")
+        x = frames.reshape(n, -1).double()
+        mean = x.mean(0)
+        x = x - mean
+        # principal directions from the n x n Gram matrix (n <= max_frames is far below the pixel count)
+        evals, evecs = torch.linalg.eigh(x @ x.T)
+        evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
+        top = evals[:k]
+        if top[-1] <= 1e-12 * top[0].clamp_min(1e-30):
+            raise ValueError(f"the training frames span fewer than latent_dim={k} directions; use a smaller latent")
+        basis = (evecs[:, :k].T @ x) / top.sqrt()[:, None]  # unit rows
+        self.latent_mean.copy_(mean.float())
+        self.latent_basis.copy_(basis.float())
+        self.latent_scale.fill_(float((top.sum() / (n * k)).sqrt()))
+        return float(top.sum() / evals.sum())
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) images -> (B, latent_dim) latents."""
+        flat = images.reshape(images.shape[0], -1).to(self.latent_basis.dtype)
+        return (flat - self.latent_mean) @ self.latent_basis.T / self.latent_scale
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, latent_dim) latents -> (B, 3, S, S) images (not clamped)."""
+        s = self.image_size
+        flat = (z.to(self.latent_basis.dtype) * self.latent_scale) @ self.latent_basis + self.latent_mean
+        return flat.reshape(z.shape[0], 3, s, s)
+
+    def forward(self, z, t, cond=None, cond_mask=None):
+        k = self.config["latent_dim"]
+        if cond is not None:
+            raise ValueError("cond was given but a LatentFirstFrameModel is unconditional")
+        if z.dim() != 2 or z.shape[1] != k:
+            raise ValueError(f"z must have shape (B, {k}), got {tuple(z.shape)}")
+        t = t.reshape(-1).expand(z.shape[0]) if t.numel() == 1 else t
+        h = self.inp(z) + self.time_mlp(timestep_embedding(t, self.config["hidden"]).to(z.dtype))
+        for block in self.blocks:
+            h = h + block(h)
+        return self.out(h)
+
+    def make_diffusion(self):
+        from leo.diffusion import GaussianDiffusion
+
+        c = self.config
+        return GaussianDiffusion(num_steps=c["diffusion_steps"], schedule=c["schedule"], objective=c["objective"])
+
+    def save(self, path) -> None:
+        save_weights(path, self.state_dict(), KIND, self.config)
+
+    @torch.no_grad()
+    def sample(self, n: int, seed=None, steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
+               cuda_graph=None, diffusion=None) -> torch.Tensor:
+        """n images (n, 3, S, S) in [-1, 1]: latents sampled, decoded, clamped."""
+        if int(n) < 1:
+            raise ValueError(f"n must be a positive number of images, got {n}")
+        diffusion = diffusion or self.make_diffusion()
+        was_training = self.training
+        self.eval()
+        try:
+            z = diffusion.sample(self, (int(n), self.config["latent_dim"]), cond=None, sampler=sampler, steps=steps,
+                                 eta=eta, seed=seed, cuda_graph=cuda_graph)
+        finally:
+            self.train(was_training)
+        return self.decode(z).clamp(-1, 1)
+
+
+def load_first_frame_model(path, map_location="cpu") -> FirstFrameModel | LatentFirstFrameModel:
+    """The first-frame model of a checkpoint, whichever kind its config names."""
+    tensors, _, config = load_weights(path, expected_kind=KIND)
+    config = dict(config)
+    cls = LatentFirstFrameModel if config.pop("backbone", "unet") == "linear-latent" else FirstFrameModel
+    try:
+        model = cls(**config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: bad first-frame model config ({exc})") from None
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: first-frame weights do not match its config "
+                              f"({str(exc).strip().splitlines()[-1].strip()})") from None
+    return model.to(map_location)
 
 
 def _wrap_checked(fn: Callable, size: int | None, device) -> Callable:
@@ -271,12 +404,14 @@ def load_first_frame_generator(path, device="cpu", size: int | None = None, step
 
     ``size`` resizes the samples (e.g. to the animator's size when the image model is smaller).
     """
-    model = FirstFrameModel.from_checkpoint(path, map_location=device).eval()
+    model = load_first_frame_model(path, map_location=device).eval()
     diffusion = model.make_diffusion()
+    # the U-Net's samples are clipped at every step; the latent model's images after decoding
+    extra = dict(clip_x0=clip_x0) if isinstance(model, FirstFrameModel) else {}
 
     def sample(n, seed=None):
         return model.sample(n, seed=seed, steps=steps, sampler=sampler, cuda_graph=cuda_graph, diffusion=diffusion,
-                            clip_x0=clip_x0)
+                            **extra)
 
     gen = _wrap_checked(sample, size, device)
     gen.model = model
@@ -284,15 +419,15 @@ def load_first_frame_generator(path, device="cpu", size: int | None = None, step
 
 
 def as_first_frame_generator(spec, device="cpu", size: int | None = None, **kwargs) -> Callable:
-    """Accept a checkpoint path, a FirstFrameModel or any callable ``f(n, seed=None)``.
+    """Accept a checkpoint path, a FirstFrameModel or LatentFirstFrameModel, or any callable ``f(n, seed=None)``.
 
     The result always returns (n, 3, size, size) float tensors in [-1, 1] on ``device``.
     """
     if isinstance(spec, (str, os.PathLike)):
         return load_first_frame_generator(spec, device=device, size=size, **kwargs)
-    if isinstance(spec, FirstFrameModel):
+    if isinstance(spec, (FirstFrameModel, LatentFirstFrameModel)):
         model = spec.to(device).eval()
         return _wrap_checked(lambda n, seed=None: model.sample(n, seed=seed, **kwargs), size, device)
     if callable(spec):
         return _wrap_checked(spec, size, device)
-    raise TypeError(f"first-frame generator must be a checkpoint path, a FirstFrameModel or a callable, got {type(spec).__name__}")
+    raise TypeError(f"first-frame generator must be a checkpoint path, a first-frame model or a callable, got {type(spec).__name__}")

@@ -8,7 +8,9 @@ import torch
 from PIL import Image
 
 from leo.cli import main as leo_main
-from leo.first_frame import FirstFrameModel, as_first_frame_generator, load_first_frame_generator
+from leo.checkpoint_io import CheckpointError
+from leo.first_frame import (FirstFrameModel, LatentFirstFrameModel, as_first_frame_generator, load_first_frame_generator,
+                             load_first_frame_model)
 from leo.train import common
 from tests._util import assert_states_equal
 
@@ -244,3 +246,116 @@ def test_cli_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert leo_main(["train-first-frame", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "no videos" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the linear-latent model
+
+def test_latent_fit_encodes_and_decodes_frames_in_its_span():
+    g = torch.Generator().manual_seed(0)
+    bases = torch.rand(3, 3, 8, 8, generator=g) * 2 - 1
+    weights = torch.randn(40, 3, generator=g)
+    frames = 0.2 + 0.3 * torch.einsum("nk,kchw->nchw", weights, bases)  # a mean plus 3 directions
+    model = LatentFirstFrameModel(image_size=8, latent_dim=3, hidden=16, blocks=1)
+    kept = model.fit_latent(frames)
+    assert kept == pytest.approx(1.0, abs=1e-6)
+    z = model.encode(frames)
+    assert z.shape == (40, 3)
+    assert torch.allclose(model.decode(z), frames, atol=1e-4)
+    assert z.pow(2).mean().item() == pytest.approx(1.0, rel=1e-3)  # one common scale: mean variance 1
+    rows = model.latent_basis
+    assert torch.allclose(rows @ rows.T, torch.eye(3), atol=1e-4)  # orthonormal directions
+    # A frame off the span keeps only its projection: decode(encode(x)) is the nearest point of the span.
+    off = frames[:1] + 0.5 * torch.randn(1, 3, 8, 8, generator=g)
+    proj = model.decode(model.encode(off))
+    assert (proj - off).abs().mean() > 0.1
+    assert torch.allclose(model.decode(model.encode(proj)), proj, atol=1e-4)
+
+
+def test_latent_fit_errors():
+    model = LatentFirstFrameModel(image_size=8, latent_dim=4, hidden=16, blocks=1)
+    with pytest.raises(ValueError, match="more than 4 training frames"):
+        model.fit_latent(torch.rand(4, 3, 8, 8))
+    with pytest.raises(ValueError, match="fewer than latent_dim=4"):
+        model.fit_latent(torch.rand(2, 3, 8, 8).repeat(5, 1, 1, 1))  # 2 distinct frames: 1 direction
+    with pytest.raises(ValueError, match=r"frames must be \(N, 3, 8, 8\)"):
+        model.fit_latent(torch.rand(10, 3, 16, 16))
+    with pytest.raises(ValueError, match="latent_dim=200 exceeds"):
+        LatentFirstFrameModel(image_size=4, latent_dim=200)
+    with pytest.raises(ValueError, match="hidden must be a positive int"):
+        LatentFirstFrameModel(image_size=8, latent_dim=4, hidden=0)
+    with pytest.raises(ValueError, match="z must have shape"):
+        model(torch.zeros(2, 5), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="unconditional"):
+        model(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long), cond=torch.zeros(2, 3))
+
+
+def test_latent_checkpoint_roundtrip_and_generator(tmp_path):
+    torch.manual_seed(0)
+    model = LatentFirstFrameModel(image_size=8, latent_dim=3, hidden=16, blocks=2)
+    model.fit_latent(torch.rand(20, 3, 8, 8) * 2 - 1)
+    path = tmp_path / "ff.safetensors"
+    model.save(path)
+    back = load_first_frame_model(path)
+    assert isinstance(back, LatentFirstFrameModel)
+    assert_states_equal(model.state_dict(), back.state_dict(), "latent model")
+    with pytest.raises(CheckpointError, match="LatentFirstFrameModel, not a FirstFrameModel"):
+        FirstFrameModel.from_checkpoint(path)
+    gen = load_first_frame_generator(path, size=12, steps=3)
+    a, b = gen(2, seed=5), gen(2, seed=5)
+    assert a.shape == (2, 3, 12, 12) and torch.isfinite(a).all() and a.abs().max() <= 1
+    assert torch.equal(a, b)
+    direct = as_first_frame_generator(model, steps=3)(2, seed=5)
+    assert direct.shape == (2, 3, 8, 8)
+    # The U-Net's files still load through the same function.
+    unet = FirstFrameModel(**TINY)
+    unet.save(tmp_path / "unet.safetensors")
+    assert isinstance(load_first_frame_model(tmp_path / "unet.safetensors"), FirstFrameModel)
+
+
+def _three_image_videos(root, size=16):
+    """Three clips of still frames, each its own image (all left-right symmetric, so flips keep them)."""
+    images = np.zeros((3, size, size, 3), np.uint8)
+    images[0, : size // 2] = (230, 40, 40)  # red top, dark bottom
+    images[0, size // 2:] = (20, 20, 60)
+    images[1] = (40, 200, 90)  # green with a dark band in the middle
+    images[1, size // 2 - 3: size // 2 + 3] = (10, 10, 10)
+    images[2] = (200, 200, 240)  # pale with a blue centre column
+    images[2, :, size // 2 - 2: size // 2 + 2] = (30, 30, 220)
+    for v in range(3):
+        d = root / f"clip{v}"
+        d.mkdir(parents=True)
+        for t in range(6):
+            Image.fromarray(images[v]).save(d / f"{t:04d}.png")
+    return root, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def test_train_latent_first_frame_draws_the_training_images_not_blends(tmp_path):
+    data, images = _three_image_videos(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["train-first-frame", "--data", str(data), "--out", str(out), "--size", "16", "--latent-dim", "2",
+            "--latent-width", "64", "--frame-stride", "1", "--batch", "32", "--steps", "1500", "--save-every", "1500",
+            "--log-every", "100", "--lr", "2e-3", "--seed", "0", "--device", "cpu", "--samples", "4"]
+    assert leo_main(args) == 0
+    assert (out / "samples.png").is_file()
+    samples = load_first_frame_generator(out / "first_frame.safetensors", steps=20)(16, seed=1)
+    # every sample near one of the images; a model that learned nothing draws blends around their mean
+    dist = (samples[:, None] - images[None]).abs().mean(dim=(2, 3, 4))  # (16, 3)
+    gap = min((images[i] - images[j]).abs().mean().item() for i, j in ((0, 1), (0, 2), (1, 2)))
+    assert dist.min(1).values.max() < 0.15 * gap, (dist, gap)
+    assert len(set(dist.argmin(1).tolist())) >= 2  # not one image only
+
+
+def test_resume_with_another_kind_of_model_is_refused(blob_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert leo_main(_train_args(blob_data, out, 2)) == 0
+    assert leo_main(_train_args(blob_data, out, 4, ["--resume", "--latent-dim", "4"])) == 2
+    assert "holds another model" in capsys.readouterr().err
+
+
+def test_latent_cli_errors(blob_data, tmp_path, capsys):
+    assert leo_main(_train_args(blob_data, tmp_path / "o", 2, ["--latent-dim", "-1"])) == 2
+    assert "--latent-dim must be >= 0" in capsys.readouterr().err
+    assert leo_main(_train_args(blob_data, tmp_path / "o", 2, ["--latent-dim", "5000"])) == 2
+    assert "latent_dim=5000 exceeds the 768 values of a 16x16 image" in capsys.readouterr().err
+    assert leo_main(_train_args(blob_data, tmp_path / "o", 2, ["--latent-dim", "500"])) == 2  # 18 frames, 36 with flips
+    assert "a latent of 500 dimensions needs more than 500 training frames, got 36" in capsys.readouterr().err

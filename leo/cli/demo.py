@@ -18,7 +18,7 @@ import time
 from leo.cli.common import add_device, resolve_device
 
 # name: (videos, frames, size, animator width, animator steps, lmdm steps, first-frame steps,
-#        first-frame size, sampling steps, and each stage's time budget in minutes)
+#        first-frame size and latent, sampling steps, and each stage's time budget in minutes)
 PRESETS = {
     # Under 10 min on a 2-core CPU whatever state the machine is in: each stage trains until its step
     # cap or its time budget (6 + 1 + 1 min; the data, videos, measurements and the stages' own
@@ -29,15 +29,17 @@ PRESETS = {
     # the channels (width 1/16) and batch 4 at lr 3e-3: on 2 threads a step costs what a batch-2 step
     # of width 1/8 does, and learns the held-out motion faster (tenth round). No discriminator: with
     # source-relative flows it changed the held-out gain by less than 0.01 and cost 48% more time per
-    # step (sixth round). 400 first-frame steps: twice the steps did not move the unconditional video more
-    # ("Why the unconditional video moves least").
-    "full": dict(videos=24, frames=48, size=64, width=0.0625, style_dim=128, animator_steps=4400,
+    # step (sixth round). The first-frame model is an MLP over 128 principal components of the frames
+    # (leo.first_frame.LatentFirstFrameModel): in its minute the pixel U-Net drew coloured noise, this one
+    # recognizable frames (docs/MOTION.md, eighteenth round).
+    "full": dict(videos=24, frames=48, size=64, width=0.0625, style_dim=128, animator_steps=5000,
                  animator_batch=4, animator_lr=3e-3, animator_betas=(0.9, 0.99), animator_adv=0.0,
-                 animator_stream=True, lmdm_steps=1500, ff_steps=400, ff_size=32, sample_steps=25, video_frames=32,
+                 animator_stream=True, lmdm_steps=1500, ff_steps=3000, ff_size=64, ff_latent=128, sample_steps=25,
+                 video_frames=32,
                  window=16, heldout_clips=8, animator_minutes=6.0, lmdm_minutes=1.0, ff_minutes=1.0),
     "quick": dict(videos=4, frames=20, size=32, width=1 / 32, style_dim=32, animator_steps=4, animator_batch=2,
                   animator_lr=2e-3, animator_betas=(0.9, 0.99), animator_adv=0.0, animator_stream=True,
-                  lmdm_steps=6, ff_steps=6, ff_size=16, sample_steps=4, video_frames=10, window=8, heldout_clips=2,
+                  lmdm_steps=6, ff_steps=6, ff_size=16, ff_latent=16, sample_steps=4, video_frames=10, window=8, heldout_clips=2,
                   animator_minutes=None, lmdm_minutes=None, ff_minutes=None),
 }
 # `leo demo --data DIR` trains on a fixed set of clips, where a high learning rate fits (memorizes) the
@@ -109,6 +111,19 @@ def _stage1_settings_changed(ckpt, cfg) -> bool:
         return False
     new = cfg.to_dict()
     return any(saved.get(k) != v for k, v in new.items() if k not in RUNTIME_KEYS)
+
+
+def _first_frame_model_changed(ckpt, p) -> bool:
+    """Whether a first-frame checkpoint holds another model than the preset's (an earlier demo's
+    pixel U-Net, another size or latent): resuming it would fail."""
+    from leo.train.common import load_training_checkpoint
+
+    try:
+        model = load_training_checkpoint(ckpt)["config"]["extra"]["model"]
+    except Exception:  # unreadable: the trainer reports it (or starts afresh) itself
+        return False
+    return (model.get("backbone"), model.get("image_size"), model.get("latent_dim")) != (
+        "linear-latent", p["ff_size"], p["ff_latent"])
 
 
 def _recolor(img):
@@ -212,6 +227,7 @@ def run(args) -> int:
         p.update(animator_stream=False, **({} if args.quick else FIXED_CLIPS))
     if args.size is not None:
         p["size"] = args.size
+    p["ff_size"] = min(p["ff_size"], p["size"])  # generated at most at the animator's size
     for flag, key, budget in (("animator_steps", "animator_steps", "animator_minutes"),
                               ("lmdm_steps", "lmdm_steps", "lmdm_minutes"),
                               ("first_frame_steps", "ff_steps", "ff_minutes")):
@@ -302,13 +318,14 @@ def run(args) -> int:
     _step(f"4/5 training the first-frame generator ({_steps_text(p['ff_steps'], p['ff_minutes'])}, "
           f"{p['ff_size']}x{p['ff_size']})")
     ff_out = os.path.join(out, "first_frame")
+    ff_ckpt = os.path.join(ff_out, "checkpoint.pt")
+    if os.path.exists(ff_ckpt) and _first_frame_model_changed(ff_ckpt, p):
+        _remove_checkpoints(out, ("first_frame",), "holds another kind of first-frame model")
     s3 = train_first_frame(FirstFrameTrainConfig(
-        data=data, out=ff_out, image_size=p["ff_size"], base_channels=32 if not args.quick else 8,
-        channel_mults=(1, 2, 2) if p["ff_size"] >= 32 else (1, 2), attn_resolutions=(8,), frame_stride=2,
-        objective="v",  # v-prediction: well-posed at the noisiest steps, good samples after short training
-        steps=p["ff_steps"], max_minutes=p["ff_minutes"], batch=16 if not args.quick else 4, lr=1e-3, ema_decay=0.995,
+        data=data, out=ff_out, image_size=p["ff_size"], latent_dim=p["ff_latent"], frame_stride=2, objective="v",
+        steps=p["ff_steps"], max_minutes=p["ff_minutes"], batch=64, lr=1e-3, ema_decay=0.999,
         save_every=max(100, p["ff_steps"]), log_every=max(1, min(10, p["ff_steps"] // 4)), seed=args.seed,
-        device=str(device), sample_count=0, resume=os.path.exists(os.path.join(ff_out, "checkpoint.pt")),
+        device=str(device), sample_count=0, resume=os.path.exists(ff_ckpt),
     ))
 
     # 5. videos

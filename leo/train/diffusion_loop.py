@@ -15,6 +15,7 @@ checkpoint), every rank's RNG state in the checkpoint, progress/CSV on the main 
 from __future__ import annotations
 
 import copy
+import json
 import os
 from dataclasses import dataclass, fields
 from typing import Callable
@@ -103,6 +104,11 @@ def _run(cfg: LoopConfig, task: DiffusionTask, ctx: common.DistributedContext, h
         if task.data_key is not None and payload.get("data_key") not in (None, task.data_key):
             raise ValueError(f"--resume: {ckpt_path} was trained on other data/animator "
                              f"(key {payload.get('data_key')}, now {task.data_key})")
+        saved_model = (payload.get("config") or {}).get("extra", {}).get("model")
+        same = json.dumps(saved_model, sort_keys=True) == json.dumps(cfg.extra.get("model"), sort_keys=True)
+        if saved_model is not None and "model" in cfg.extra and not same:  # (json: a tuple saves as a list)
+            raise ValueError(f"--resume: {ckpt_path} holds another model ({saved_model}, now {cfg.extra['model']}); "
+                             "use another --out or delete the checkpoint")
         model.load_state_dict(payload["model"])
         ema.load_state_dict(payload["ema"])
         opt.load_state_dict(payload["optimizer"])
