@@ -23,8 +23,9 @@ PRESETS = {
     # Under 10 min on a 2-core CPU whatever state the machine is in: each stage trains until its step
     # cap or its time budget (6 + 1 + 1 min; the data, videos, measurements and the stages' own
     # evaluations add about half a minute, 1.5 min on a machine at a third of its speed), so a fast
-    # machine trains more animator steps and a slow one fewer (2-core EPYC, 2026-12: 3.2 to 9.8
-    # stage-1 steps/s, i.e. about 1150 to 3550 steps in the budget; `--no-time-budget` trains the caps). The animator trains on a fresh clip per pair (the 24 written clips are for the
+    # machine trains more animator steps and a slow one fewer (2-core EPYC, 2026-12: 3.2 stage-1 steps/s
+    # next to the test suite, 13.3 alone, i.e. about 1150 to 4800 steps in the budget; `--no-time-budget`
+    # trains the caps). The animator trains on a fresh clip per pair (the 24 written clips are for the
     # LMDM and stay unseen by the animator) with Adam beta1 0.9 (docs/MOTION.md, eighth round), at half
     # the channels (width 1/16) and batch 4 at lr 3e-3: on 2 threads a step costs what a batch-2 step
     # of width 1/8 does, and learns the held-out motion faster (tenth round). No discriminator: with
