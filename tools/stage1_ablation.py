@@ -114,6 +114,8 @@ def main(argv=None):
                    help="more EMA decays, kept and evaluated in the same run (keys emaDECAY_gain, ...)")
     p.add_argument("--seed", type=int, default=0, help="model init, pair sampling and the stream's clips")
     p.add_argument("--motion-gain", type=float, default=30.0, help="copy_amp's scale of the last motion fc layer")
+    p.add_argument("--mask-logit", type=float, default=5.0,
+                   help="copy init: the finest occlusion mask's starting logit (5: sigmoid 0.993, nearly saturated)")
     p.add_argument("--grad-clip", type=float, default=0.0, help="clip the generator's gradient norm (0: off)")
     p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up over this many steps")
     p.add_argument("--bf16", action="store_true", help="the generator's forward and loss under CPU bf16 autocast")
@@ -193,7 +195,7 @@ def main(argv=None):
     G = Animator(size=size, style_dim=a.style_dim, width=a.width, align_corners=a.align_corners, relative_latent=a.relative,
                  relative_flow=a.relative_flow)
     if a.init != "random":
-        G.init_copy_source(motion_gain=a.motion_gain if a.init == "copy_amp" else 1.0)
+        G.init_copy_source(mask_logit=a.mask_logit, motion_gain=a.motion_gain if a.init == "copy_amp" else 1.0)
     groups: dict[float, list] = {}
     for name, prm in G.named_parameters():
         k = next((k for sub, k in a.lr_mult if sub in name), 1.0)
