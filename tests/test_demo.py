@@ -128,3 +128,21 @@ def test_demo_stages_stop_at_their_time_budgets(tmp_path, capsys, monkeypatch):
     trained = json.loads((tmp_path / "exact" / "metrics.json").read_text())["training"]
     assert [trained[k]["steps"] for k in ("animator", "lmdm")] == [3, quick["lmdm_steps"]]
     assert all(t["ended_by"] == "steps" and t["max_minutes"] is None for t in trained.values())
+
+
+def test_demo_retrains_a_first_frame_model_of_another_kind(tmp_path, capsys, monkeypatch):
+    # An earlier demo's first-frame model of another kind or latent (e.g. the pixel U-Net of older
+    # versions) cannot be resumed into the preset's model: the demo starts that stage afresh.
+    from leo.cli import demo as demo_cli
+    from leo.first_frame import LatentFirstFrameModel, load_first_frame_model
+
+    out = tmp_path / "out"
+    assert leo_main(["demo", "--quick", "--out", str(out), "--device", "cpu"]) == 0
+    monkeypatch.setitem(demo_cli.PRESETS, "quick", dict(demo_cli.PRESETS["quick"], ff_latent=8))
+    capsys.readouterr()
+    assert leo_main(["demo", "--quick", "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "reusing the 4 synthetic videos" in printed
+    assert "holds another kind of first-frame model: first_frame starts afresh" in printed
+    model = load_first_frame_model(out / "first_frame" / "first_frame.safetensors")
+    assert isinstance(model, LatentFirstFrameModel) and model.config["latent_dim"] == 8
