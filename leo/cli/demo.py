@@ -35,7 +35,7 @@ PRESETS = {
     # recognizable frames (docs/MOTION.md, eighteenth round).
     "full": dict(videos=24, frames=48, size=64, width=0.0625, style_dim=128, animator_steps=5000,
                  animator_batch=4, animator_lr=3e-3, animator_betas=(0.9, 0.99), animator_adv=0.0,
-                 animator_stream=True, lmdm_steps=1500, ff_steps=3000, ff_size=64, ff_latent=128, sample_steps=25,
+                 animator_stream=True, lmdm_steps=1500, ff_steps=6000, ff_size=64, ff_latent=128, sample_steps=25,
                  video_frames=32,
                  window=16, heldout_clips=8, animator_minutes=6.0, lmdm_minutes=1.0, ff_minutes=1.0),
     "quick": dict(videos=4, frames=20, size=32, width=1 / 32, style_dim=32, animator_steps=4, animator_batch=2,

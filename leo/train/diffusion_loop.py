@@ -105,7 +105,8 @@ def _run(cfg: LoopConfig, task: DiffusionTask, ctx: common.DistributedContext, h
             raise ValueError(f"--resume: {ckpt_path} was trained on other data/animator "
                              f"(key {payload.get('data_key')}, now {task.data_key})")
         saved_model = (payload.get("config") or {}).get("extra", {}).get("model")
-        same = json.dumps(saved_model, sort_keys=True) == json.dumps(cfg.extra.get("model"), sort_keys=True)
+        same = (json.dumps(saved_model, sort_keys=True, default=str)
+                == json.dumps(cfg.extra.get("model"), sort_keys=True, default=str))
         if saved_model is not None and "model" in cfg.extra and not same:  # (json: a tuple saves as a list)
             raise ValueError(f"--resume: {ckpt_path} holds another model ({saved_model}, now {cfg.extra['model']}); "
                              "use another --out or delete the checkpoint")

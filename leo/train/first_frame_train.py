@@ -10,7 +10,6 @@ weights, loadable by :func:`leo.first_frame.load_first_frame_generator`),
 """
 from __future__ import annotations
 
-import copy
 import os
 import sys
 from dataclasses import dataclass, field
@@ -65,18 +64,34 @@ def collect_frames(data: str, size: int, frame_stride: int, frames_per_video: in
     return torch.cat([frames for _, frames in results]), video_source.data_fingerprint(videos)
 
 
-def make_sampler(frames_u8: torch.Tensor, encode=None):
-    """sample_batch(generator, b) -> (x0, None): images (b,3,S,S) in [-1,1] with random flips, or
-    ``encode(images)`` of them."""
+def make_sampler(frames_u8: torch.Tensor):
+    """sample_batch(generator, b) -> (x0 (b,3,S,S) in [-1,1], None), random flips."""
 
     def sample_batch(g, b):
         idx = torch.randint(0, frames_u8.shape[0], (b,), generator=g)
         x = frames_u8[idx].float() / 127.5 - 1
         flip = torch.rand(b, generator=g) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return (x if encode is None else encode(x)), None
+        return x, None
 
     return sample_batch
+
+
+def make_latent_sampler(latents: torch.Tensor):
+    """sample_batch(generator, b) -> (rows of ``latents`` drawn at random, None)."""
+
+    def sample_batch(g, b):
+        return latents[torch.randint(0, latents.shape[0], (b,), generator=g)], None
+
+    return sample_batch
+
+
+def _images(frames_u8: torch.Tensor, chunk: int = 256):
+    """The frames and their mirror images in [-1, 1], a chunk at a time."""
+    for i in range(0, frames_u8.shape[0], chunk):
+        x = frames_u8[i:i + chunk].float() / 127.5 - 1
+        yield x
+        yield x.flip(-1)
 
 
 def train_first_frame(cfg: FirstFrameTrainConfig, frames_u8: torch.Tensor | None = None,
@@ -100,30 +115,32 @@ def _train(cfg: FirstFrameTrainConfig, frames_u8, ctx: common.DistributedContext
     if frames_u8.dtype != torch.uint8 or frames_u8.dim() != 4 or tuple(frames_u8.shape[1:]) != (3, cfg.image_size, cfg.image_size):
         raise ValueError(f"frames must be uint8 (N, 3, {cfg.image_size}, {cfg.image_size}), got {frames_u8.dtype} {tuple(frames_u8.shape)}")
     common.seed_everything(cfg.seed)  # the initial weights depend on the seed alone
-    encode = None
     if cfg.latent_dim > 0:
         model = LatentFirstFrameModel(image_size=cfg.image_size, latent_dim=cfg.latent_dim, hidden=cfg.latent_hidden,
                                       objective=cfg.objective)
-        # fitted on every process alike (same frames, same seed), before the loop moves the model;
-        # a resumed run fits again and then loads the saved latent, the same one
-        x = frames_u8.float() / 127.5 - 1
+        # fitted on every process alike (same frames, same seed); a resumed run fits again and then loads
+        # the saved latent, the same one
+        g = torch.Generator().manual_seed(cfg.seed)
+        fit_frames = frames_u8 if len(frames_u8) <= 1024 else frames_u8[torch.randperm(len(frames_u8), generator=g)[:1024]]
         try:
-            kept = model.fit_latent(torch.cat([x, x.flip(-1)]), generator=torch.Generator().manual_seed(cfg.seed))
+            kept = model.fit_latent(torch.cat(list(_images(fit_frames))), generator=g)
         except ValueError as exc:
             raise ValueError(f"{cfg.data}: {exc} (the frames picked and their mirror images)") from None
         ctx.print(f"first-frame latent: {cfg.latent_dim} principal components keep {100 * kept:.1f}% of the "
                   "frames' variance", file=sys.stdout)
-        encode = copy.deepcopy(model).encode  # the data sampler encodes on the CPU, wherever the model goes
+        with torch.no_grad():  # every frame and its mirror image encoded once: a step only draws rows
+            sample_batch = make_latent_sampler(torch.cat([model.encode(x) for x in _images(frames_u8)]))
     else:
         model = FirstFrameModel(image_size=cfg.image_size, base_channels=cfg.base_channels,
                                 channel_mults=cfg.channel_mults, num_res_blocks=cfg.num_res_blocks,
                                 attn_resolutions=cfg.attn_resolutions, objective=cfg.objective)
+        sample_batch = make_sampler(frames_u8)
     diffusion = model.make_diffusion()
     loop = diffusion_loop.LoopConfig.of(cfg, cfg.out, desc="first-frame", model=model.config,
                                         frames=int(frames_u8.shape[0]))
     ctx.print(f"first-frame model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
               f"{frames_u8.shape[0]} training frames at {cfg.image_size}x{cfg.image_size}", file=sys.stdout)
-    task = diffusion_loop.DiffusionTask(model, diffusion, make_sampler(frames_u8, encode), export=_save_weights,
+    task = diffusion_loop.DiffusionTask(model, diffusion, sample_batch, export=_save_weights,
                                         export_name=WEIGHTS_NAME, data_key=data_key)
     summary = diffusion_loop.run(loop, task, ctx=ctx, hooks=hooks)
     if cfg.sample_count > 0 and ctx.is_main:
