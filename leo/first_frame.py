@@ -7,9 +7,9 @@ as the LMDM):
 
 - :class:`FirstFrameModel`: a 2-D U-Net denoiser ``model(x_t, t, cond=None)`` over pixels;
 - :class:`LatentFirstFrameModel`: an MLP denoiser over a linear latent of the images (their
-  principal components, fitted to the training frames). Far less expressive, but it learns in
-  seconds what the U-Net needs hours for; on a CPU budget of a minute (``leo demo``) the U-Net's
-  samples are coloured noise and this one's are recognizable frames (docs/MOTION.md).
+  principal components, fitted to the training frames). Far less expressive (its images stay in
+  the span of the components), but it learns fast: in the one CPU minute of ``leo demo`` the
+  U-Net's samples are coloured noise and this one's are recognizable frames (docs/MOTION.md).
 
 :func:`load_first_frame_generator` turns a checkpoint into ``generator(n, seed=None) ->
 (n, 3, S, S)`` in [-1, 1]; :func:`as_first_frame_generator` also accepts any user-supplied
