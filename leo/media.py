@@ -207,6 +207,12 @@ class VideoReader:
             raise MediaError(f"cannot read video {self.path}: {_short(exc)}") from None
         self._open.append(container)
         count = 0
+        # Our own RGB converter for this pass: frame.to_ndarray(format=...) would use PyAV's per-thread
+        # cached one, whose scaler threads a forked DataLoader worker inherits as dead handles and can
+        # wait on forever when it rebuilds the scaler for another frame size (seen as a hung CI run).
+        from av.video.reformatter import VideoReformatter
+
+        to_rgb = VideoReformatter()
         try:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
@@ -219,7 +225,7 @@ class VideoReader:
                 except _media_exc_types() as exc:
                     raise MediaError(f"corrupt video {self.path} (after {count} frames): {_short(exc)}") from None
                 count += 1
-                yield frame.to_ndarray(format="rgb24")
+                yield to_rgb.reformat(frame, format="rgb24").to_ndarray()
             if count == 0:
                 raise MediaError(f"no frames could be decoded from {self.path}")
         finally:

@@ -173,3 +173,42 @@ def test_real_clip(lia_samples):
     assert img.shape == (3, 64, 64) and img.std() > 0.05
     ted = read_image(lia_samples / "ted" / "subject1.png", 256)  # 384x384 -> 256
     assert ted.shape == (3, 256, 256)
+
+
+_FORKED_DECODE = """
+import multiprocessing as mp, sys
+from leo.media import VideoReader
+
+def child(path, q):
+    q.put(len(list(VideoReader(path))))
+
+if __name__ == "__main__":
+    list(VideoReader(sys.argv[1]))  # the parent decodes first (frames of another size)
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=child, args=(sys.argv[2], q))
+    p.start()
+    p.join(60)
+    assert not p.is_alive(), "the forked decoder hung"
+    print(q.get(timeout=5))
+"""
+
+
+def test_decoding_leaves_nothing_a_forked_worker_could_hang_on(tmp_path):
+    """DataLoader workers are forked after the parent has decoded videos (indexing a folder). A CI run
+    hung there once, in a worker rebuilding the RGB converter that PyAV caches per thread (its scaler
+    threads were the parent's); the reader now converts with a converter of its own. This runs that
+    scenario (parent decodes one size, a forked child another) under a timeout; it is not a
+    deterministic reproduction: the old code hung rarely."""
+    import subprocess
+    import sys
+
+    for name, (h, w) in (("a.mp4", (48, 64)), ("b.mp4", (32, 32))):
+        with VideoWriter(tmp_path / name, fps=10) as wr:
+            wr.write(_synthetic_frames(5, h, w))
+    script = tmp_path / "forked_decode.py"
+    script.write_text(_FORKED_DECODE)
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split()[-1] == "5"
