@@ -114,17 +114,18 @@ def _stage1_settings_changed(ckpt, cfg) -> bool:
     return any(saved.get(k) != v for k, v in new.items() if k not in RUNTIME_KEYS)
 
 
-def _first_frame_model_changed(ckpt, p) -> bool:
-    """Whether a first-frame checkpoint holds another model than the preset's (an earlier demo's
+def _first_frame_model_changed(ckpt, cfg) -> bool:
+    """Whether a first-frame checkpoint holds another model than ``cfg`` trains (an earlier demo's
     pixel U-Net, another size or latent): resuming it would fail."""
     from leo.train.common import load_training_checkpoint
+    from leo.train.diffusion_loop import holds_another_model
+    from leo.train.first_frame_train import build_model
 
     try:
-        model = load_training_checkpoint(ckpt)["config"]["extra"]["model"]
+        payload = load_training_checkpoint(ckpt)
     except Exception:  # unreadable: the trainer reports it (or starts afresh) itself
         return False
-    return (model.get("backbone"), model.get("image_size"), model.get("latent_dim")) != (
-        "linear-latent", p["ff_size"], p["ff_latent"])
+    return holds_another_model(payload, build_model(cfg).config)
 
 
 def _recolor(img):
@@ -320,14 +321,16 @@ def run(args) -> int:
           f"{p['ff_size']}x{p['ff_size']})")
     ff_out = os.path.join(out, "first_frame")
     ff_ckpt = os.path.join(ff_out, "checkpoint.pt")
-    if os.path.exists(ff_ckpt) and _first_frame_model_changed(ff_ckpt, p):
-        _remove_checkpoints(out, ("first_frame",), "holds another kind of first-frame model")
-    s3 = train_first_frame(FirstFrameTrainConfig(
+    ff_cfg = FirstFrameTrainConfig(
         data=data, out=ff_out, image_size=p["ff_size"], latent_dim=p["ff_latent"], frame_stride=2, objective="v",
         steps=p["ff_steps"], max_minutes=p["ff_minutes"], batch=64, lr=1e-3, ema_decay=0.999,
         save_every=max(100, p["ff_steps"]), log_every=max(1, min(10, p["ff_steps"] // 4)), seed=args.seed,
         device=str(device), sample_count=0, resume=os.path.exists(ff_ckpt),
-    ))
+    )
+    if ff_cfg.resume and _first_frame_model_changed(ff_ckpt, ff_cfg):
+        _remove_checkpoints(out, ("first_frame",), "holds another kind of first-frame model")
+        ff_cfg.resume = False
+    s3 = train_first_frame(ff_cfg)
 
     # 5. videos
     from leo.animator import Animator

@@ -67,6 +67,19 @@ class DiffusionTask:
     data_key: str | None = None
 
 
+def saved_model_config(payload: dict) -> dict | None:
+    """The model config a checkpoint of this loop was trained with (None: an older checkpoint)."""
+    return (payload.get("config") or {}).get("extra", {}).get("model")
+
+
+def holds_another_model(payload: dict, model_config: dict) -> bool:
+    """Whether a checkpoint of this loop was trained with another model config than ``model_config``
+    (compared as JSON: a tuple saves as a list). Checkpoints without one are assumed to match."""
+    saved = saved_model_config(payload)
+    return saved is not None and (json.dumps(saved, sort_keys=True, default=str)
+                                  != json.dumps(model_config, sort_keys=True, default=str))
+
+
 def step_generators(seed: int, rank: int, step: int, device) -> tuple[torch.Generator, torch.Generator]:
     """(cpu generator for data, device generator for diffusion noise), fixed by (seed, rank, step)."""
     base = (int(seed) * 1_000_003 + int(rank) * 7_919 + int(step) * 104_729) % (2**63 - 1)
@@ -104,12 +117,9 @@ def _run(cfg: LoopConfig, task: DiffusionTask, ctx: common.DistributedContext, h
         if task.data_key is not None and payload.get("data_key") not in (None, task.data_key):
             raise ValueError(f"--resume: {ckpt_path} was trained on other data/animator "
                              f"(key {payload.get('data_key')}, now {task.data_key})")
-        saved_model = (payload.get("config") or {}).get("extra", {}).get("model")
-        same = (json.dumps(saved_model, sort_keys=True, default=str)
-                == json.dumps(cfg.extra.get("model"), sort_keys=True, default=str))
-        if saved_model is not None and "model" in cfg.extra and not same:  # (json: a tuple saves as a list)
-            raise ValueError(f"--resume: {ckpt_path} holds another model ({saved_model}, now {cfg.extra['model']}); "
-                             "use another --out or delete the checkpoint")
+        if "model" in cfg.extra and holds_another_model(payload, cfg.extra["model"]):
+            raise ValueError(f"--resume: {ckpt_path} holds another model ({saved_model_config(payload)}, now "
+                             f"{cfg.extra['model']}); use another --out or delete the checkpoint")
         model.load_state_dict(payload["model"])
         ema.load_state_dict(payload["ema"])
         opt.load_state_dict(payload["optimizer"])

@@ -103,6 +103,16 @@ def train_first_frame(cfg: FirstFrameTrainConfig, frames_u8: torch.Tensor | None
         return _train(cfg, frames_u8, ctx, hooks)
 
 
+def build_model(cfg: FirstFrameTrainConfig) -> FirstFrameModel | LatentFirstFrameModel:
+    """The (untrained, for a latent model unfitted) model that ``cfg`` trains."""
+    if cfg.latent_dim > 0:
+        return LatentFirstFrameModel(image_size=cfg.image_size, latent_dim=cfg.latent_dim, hidden=cfg.latent_hidden,
+                                     objective=cfg.objective)
+    return FirstFrameModel(image_size=cfg.image_size, base_channels=cfg.base_channels, channel_mults=cfg.channel_mults,
+                           num_res_blocks=cfg.num_res_blocks, attn_resolutions=cfg.attn_resolutions,
+                           objective=cfg.objective)
+
+
 def _save_weights(model, path) -> None:
     model.save(path)
 
@@ -115,9 +125,8 @@ def _train(cfg: FirstFrameTrainConfig, frames_u8, ctx: common.DistributedContext
     if frames_u8.dtype != torch.uint8 or frames_u8.dim() != 4 or tuple(frames_u8.shape[1:]) != (3, cfg.image_size, cfg.image_size):
         raise ValueError(f"frames must be uint8 (N, 3, {cfg.image_size}, {cfg.image_size}), got {frames_u8.dtype} {tuple(frames_u8.shape)}")
     common.seed_everything(cfg.seed)  # the initial weights depend on the seed alone
+    model = build_model(cfg)
     if cfg.latent_dim > 0:
-        model = LatentFirstFrameModel(image_size=cfg.image_size, latent_dim=cfg.latent_dim, hidden=cfg.latent_hidden,
-                                      objective=cfg.objective)
         # fitted on every process alike (same frames, same seed); a resumed run fits again and then loads
         # the saved latent, the same one
         g = torch.Generator().manual_seed(cfg.seed)
@@ -131,9 +140,6 @@ def _train(cfg: FirstFrameTrainConfig, frames_u8, ctx: common.DistributedContext
         with torch.no_grad():  # every frame and its mirror image encoded once: a step only draws rows
             sample_batch = make_latent_sampler(torch.cat([model.encode(x) for x in _images(frames_u8)]))
     else:
-        model = FirstFrameModel(image_size=cfg.image_size, base_channels=cfg.base_channels,
-                                channel_mults=cfg.channel_mults, num_res_blocks=cfg.num_res_blocks,
-                                attn_resolutions=cfg.attn_resolutions, objective=cfg.objective)
         sample_batch = make_sampler(frames_u8)
     diffusion = model.make_diffusion()
     loop = diffusion_loop.LoopConfig.of(cfg, cfg.out, desc="first-frame", model=model.config,
