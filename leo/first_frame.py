@@ -280,8 +280,10 @@ class LatentFirstFrameModel(nn.Module):
     def image_size(self) -> int:
         return self.config["image_size"]
 
+    FIT_FRAMES = 2048  # fit_latent's default bound on the frames it reads
+
     @torch.no_grad()
-    def fit_latent(self, frames: torch.Tensor, max_frames: int = 2048, generator: torch.Generator | None = None) -> float:
+    def fit_latent(self, frames: torch.Tensor, max_frames: int = FIT_FRAMES, generator: torch.Generator | None = None) -> float:
         """Set the latent from training frames (N, 3, S, S) in [-1, 1] (pass them with any
         augmentation, e.g. flips, already applied): the mean, the top ``latent_dim`` principal
         directions (of at most ``max_frames`` frames, drawn with ``generator``) and the scale.

@@ -130,7 +130,8 @@ def _train(cfg: FirstFrameTrainConfig, frames_u8, ctx: common.DistributedContext
         # fitted on every process alike (same frames, same seed); a resumed run fits again and then loads
         # the saved latent, the same one
         g = torch.Generator().manual_seed(cfg.seed)
-        fit_frames = frames_u8 if len(frames_u8) <= 1024 else frames_u8[torch.randperm(len(frames_u8), generator=g)[:1024]]
+        limit = LatentFirstFrameModel.FIT_FRAMES // 2  # with their mirror images: all the fit reads
+        fit_frames = frames_u8 if len(frames_u8) <= limit else frames_u8[torch.randperm(len(frames_u8), generator=g)[:limit]]
         try:
             kept = model.fit_latent(torch.cat(list(_images(fit_frames))), generator=g)
         except ValueError as exc:
