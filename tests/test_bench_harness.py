@@ -98,3 +98,15 @@ def test_results_page_adds_the_default_allocator_tables(monkeypatch):
     assert reuse_at < page.index("# The warp benchmarks with the default allocator") < fresh_at
     assert "## bench_warp.py::test_warp_inpaint (default allocator)" in page
     assert page.count("LEO_BENCH_FRESH_PAGES=1 OMP_NUM_THREADS=2 python -m pytest") == 1
+
+
+def test_profile_train_step_finds_the_convolutions():
+    """tools/profile_train_step.py (docs/INTERNALS.md) attributes time and FLOPs to the step's
+    convolutions; it exits 1 where the profiler names none of them."""
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "profile_train_step.py"), "--recipe", "demo",
+                           "--steps", "2", "--threads", "1"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    line = next(s for s in proc.stdout.splitlines() if "convolutions (forward + backward)" in s)
+    share = float(line.split("ms per step, ")[1].split("%")[0])
+    gflop = float(line.split("; ")[1].split(" GFLOP per step")[0])
+    assert 0 < share < 100 and gflop > 0.1, line
