@@ -121,6 +121,7 @@ def test_demo_stages_stop_at_their_time_budgets(tmp_path, capsys, monkeypatch):
     assert trained["first_frame"] == {"steps": quick["ff_steps"], "step_cap": quick["ff_steps"], "ended_by": "steps",
                                       "max_minutes": None}
     assert "animator 1 of 50 steps (its 1e-09-min budget ended it)" in printed
+    assert "--no-time-budget trains every stage to its cap" in printed
     assert _count(out / "conditional.mp4") == quick["video_frames"]
     # --animator-steps trains exactly that many steps: the stage's budget no longer applies
     assert leo_main(["demo", "--quick", "--out", str(tmp_path / "exact"), "--device", "cpu",
@@ -128,6 +129,7 @@ def test_demo_stages_stop_at_their_time_budgets(tmp_path, capsys, monkeypatch):
     trained = json.loads((tmp_path / "exact" / "metrics.json").read_text())["training"]
     assert [trained[k]["steps"] for k in ("animator", "lmdm")] == [3, quick["lmdm_steps"]]
     assert all(t["ended_by"] == "steps" and t["max_minutes"] is None for t in trained.values())
+    assert "--no-time-budget trains every stage" not in capsys.readouterr().out
 
 
 def test_demo_retrains_a_first_frame_model_of_another_kind(tmp_path, capsys, monkeypatch):
