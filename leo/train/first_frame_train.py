@@ -64,12 +64,17 @@ def collect_frames(data: str, size: int, frame_stride: int, frames_per_video: in
     return torch.cat([frames for _, frames in results]), video_source.data_fingerprint(videos)
 
 
+def _to_float(frames_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, S, S) -> float32 in [-1, 1] (leo.media's mapping)."""
+    return frames_u8.float() / 127.5 - 1
+
+
 def make_sampler(frames_u8: torch.Tensor):
     """sample_batch(generator, b) -> (x0 (b,3,S,S) in [-1,1], None), random flips."""
 
     def sample_batch(g, b):
         idx = torch.randint(0, frames_u8.shape[0], (b,), generator=g)
-        x = frames_u8[idx].float() / 127.5 - 1
+        x = _to_float(frames_u8[idx])
         flip = torch.rand(b, generator=g) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x, None
@@ -89,7 +94,7 @@ def make_latent_sampler(latents: torch.Tensor):
 def _images(frames_u8: torch.Tensor, chunk: int = 256):
     """The frames and their mirror images in [-1, 1], a chunk at a time."""
     for i in range(0, frames_u8.shape[0], chunk):
-        x = frames_u8[i:i + chunk].float() / 127.5 - 1
+        x = _to_float(frames_u8[i:i + chunk])
         yield x
         yield x.flip(-1)
 
