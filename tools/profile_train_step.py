@@ -22,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
-from bench_train_step import RECIPES, Trainer, _images  # noqa: E402
+from bench_train_step import DEV, RECIPES, Trainer, _images  # noqa: E402
 
 CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_slow_conv2d_forward",
             "aten::_slow_conv2d_backward", "aten::thnn_conv2d")
@@ -44,6 +44,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=20)
     a = p.parse_args(argv)
+    if DEV != "cpu":  # bench_train_step builds its step on CUDA where CUDA is present
+        print("profile_train_step.py profiles the CPU step; run it with CUDA_VISIBLE_DEVICES= on a CUDA machine",
+              file=sys.stderr)
+        return 2
     torch.set_num_threads(a.threads)
     batch = RECIPES[a.recipe][4]
     trainer = Trainer("auto", a.recipe)
