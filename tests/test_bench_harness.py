@@ -110,3 +110,20 @@ def test_profile_train_step_finds_the_convolutions():
     share = float(line.split("ms per step, ")[1].split("%")[0])
     gflop = float(line.split("; ")[1].split(" GFLOP per step")[0])
     assert 0 < share < 100 and gflop > 0.1, line
+
+
+def test_train_step_vs_times_both_steps():
+    """tools/train_step_vs.py times two trees' steps in alternating processes; with --new-demo the
+    new tree's side is the demo's own step. Same tree on both sides here: rates positive, ratio printed."""
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "train_step_vs.py"), str(REPO), str(REPO),
+                           "--pairs", "1", "--seconds", "0.5", "--new-demo"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pair = next(s for s in proc.stdout.splitlines() if s.startswith("pair 1:"))
+    old = float(pair.split("old ")[1].split(" steps/s")[0])
+    new = float(pair.split("new ")[1].split(" steps/s")[0])
+    assert old > 0 and new > 0, pair
+    assert "new: the demo's own step" in proc.stdout, proc.stdout
+    bad = subprocess.run([sys.executable, str(REPO / "tools" / "train_step_vs.py"), str(REPO), str(REPO),
+                          "--new-demo", "--new-cpu-bf16"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--new-cpu-bf16" in bad.stderr, bad.stderr

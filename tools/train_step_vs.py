@@ -12,6 +12,9 @@ warm-up steps and counts steps for --seconds.
 Prints each pair's steps/s and the median ratio new / old. ``--new-cpu-bf16`` runs the new tree's
 step under CPU bf16 autocast, as `leo train-animator --cpu-bf16` does. The step is written out here rather
 than imported from benchmarks/bench_train_step.py, whose Trainer needs today's leo API.
+``--new-demo`` times the new tree's own `leo demo` stage-1 step instead (its benchmarks/bench_train_step.py
+"demo" recipe: width 1/16, source-relative flows, no discriminator, EMA), against the old tree's step
+above: the demo's step then against the demo's step now, a change of recipe and not only of speed.
 """
 from __future__ import annotations
 
@@ -23,12 +26,34 @@ import sys
 import time
 
 
-def _child(seconds: float, threads: int, bf16: bool = False) -> None:
+def _timed(step, seconds: float) -> None:
+    for _ in range(5):
+        step()
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        step()
+        n += 1
+    print(n / (time.perf_counter() - t0))
+
+
+def _demo_child(seconds: float) -> None:
+    """The current tree's `leo demo` stage-1 step (benchmarks/bench_train_step.py, recipe "demo")."""
+    sys.path.insert(0, os.path.join(os.getcwd(), "benchmarks"))
+    from bench_train_step import RECIPES, Trainer, _images
+
+    trainer, batch = Trainer("auto", "demo"), RECIPES["demo"][4]
+    src, tgt = _images(batch, 1), _images(batch, 2)
+    _timed(lambda: trainer.step(src, tgt), seconds)
+
+
+def _child(seconds: float, threads: int, bf16: bool = False, demo: bool = False) -> None:
     import contextlib
 
     import torch
 
     torch.set_num_threads(threads)
+    if demo:
+        return _demo_child(seconds)
     from leo.animator import Animator
     from leo.discriminator import Discriminator
     from leo.train import losses
@@ -72,19 +97,13 @@ def _child(seconds: float, threads: int, bf16: bool = False) -> None:
         d_loss.backward()
         opt_d.step()
 
-    for _ in range(5):
-        step()
-    t0, n = time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds:
-        step()
-        n += 1
-    print(n / (time.perf_counter() - t0))
+    _timed(step, seconds)
 
 
-def _rate(tree: str, seconds: float, threads: int, bf16: bool = False) -> float:
+def _rate(tree: str, seconds: float, threads: int, bf16: bool = False, demo: bool = False) -> float:
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree), OMP_NUM_THREADS=str(threads))
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", str(seconds), str(threads)]
-                         + (["--bf16"] if bf16 else []),
+                         + (["--bf16"] if bf16 else []) + (["--demo"] if demo else []),
                          env=env, cwd=os.path.abspath(tree), capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"timing {tree} failed:\n{out.stderr[-2000:]}")
@@ -94,7 +113,7 @@ def _rate(tree: str, seconds: float, threads: int, bf16: bool = False) -> float:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
-        _child(float(argv[1]), int(argv[2]), bf16=argv[3:4] == ["--bf16"])
+        _child(float(argv[1]), int(argv[2]), bf16="--bf16" in argv[3:], demo="--demo" in argv[3:])
         return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("old", help="source tree of the baseline (extensions built in place)")
@@ -104,13 +123,17 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--new-cpu-bf16", action="store_true",
                    help="time the new tree's step under CPU bf16 autocast (`leo train-animator --cpu-bf16`)")
+    p.add_argument("--new-demo", action="store_true",
+                   help="time the new tree's `leo demo` stage-1 step (its own recipe) instead of the G+D step")
     a = p.parse_args(argv)
+    if a.new_demo and a.new_cpu_bf16:
+        p.error("--new-demo times the demo's float32 step; leave out --new-cpu-bf16")
     ratios = []
     for i in range(a.pairs):
-        old, new = _rate(a.old, a.seconds, a.threads), _rate(a.new, a.seconds, a.threads, a.new_cpu_bf16)
+        old, new = _rate(a.old, a.seconds, a.threads), _rate(a.new, a.seconds, a.threads, a.new_cpu_bf16, a.new_demo)
         ratios.append(new / old)
         print(f"pair {i + 1}: old {old:.3f} steps/s, new {new:.3f} steps/s, ratio {new / old:.2f}", flush=True)
-    what = ", new under CPU bf16 autocast" if a.new_cpu_bf16 else ""
+    what = (", new under CPU bf16 autocast" if a.new_cpu_bf16 else "") + (", new: the demo's own step" if a.new_demo else "")
     print(f"median ratio new / old: {statistics.median(ratios):.2f} ({a.threads} thread(s), {a.pairs} pairs{what})")
     return 0
 
