@@ -190,3 +190,23 @@ def test_dtype_means_autocast_in_generate_and_edit(tmp_path, capsys, dtype):
                      "--out", str(edited), "--dtype", dt, "--no-progress"]) == 0
     assert videos[dtype].shape == videos["float32"].shape == (5, 3, 32, 32)
     assert (videos[dtype] - videos["float32"]).abs().mean() < 0.1
+
+
+def test_read_image_arg_names_the_option(tmp_path):
+    """Every command reads its images through read_image_arg: a missing or unreadable file is a
+    UserError that names the option; a good one comes back as (3, size, size) in [-1, 1]."""
+    from PIL import Image
+
+    from leo.cli import UserError
+    from leo.cli.common import read_image_arg
+
+    with pytest.raises(UserError, match="^--image: file not found"):
+        read_image_arg(tmp_path / "none.png", 32, "--image")
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not a png" * 10)
+    with pytest.raises(UserError, match="^--first-frame: cannot read image"):
+        read_image_arg(junk, 32, "--first-frame")
+    good = tmp_path / "good.png"
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(good)
+    img = read_image_arg(good, 32, "--source")
+    assert img.shape == (3, 32, 32) and img.min() >= -1 and img.max() <= 1

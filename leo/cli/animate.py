@@ -13,8 +13,8 @@ import os
 import torch
 
 from leo.cli import UserError
-from leo.cli.common import (add_animator, add_device, add_dtype, add_progress, load_animator, positive, precision,
-                            progress, resolve_device)
+from leo.cli.common import (add_animator, add_device, add_dtype, add_progress, first_line, load_animator, positive,
+                            precision, progress, read_image_arg, resolve_device)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -67,15 +67,6 @@ def _load_model(args, device):
     return load_animator(args.animator, device, kernels=args.kernels, size=args.size)
 
 
-def _read_source(path, size, device):
-    from leo.media import MediaError, read_image
-
-    try:
-        return read_image(path, size).unsqueeze(0).to(device)
-    except MediaError as exc:
-        raise UserError(str(exc)) from None
-
-
 # --------------------------------------------------------------------------- animate
 def run_animate(args) -> int:
     from leo.media import MediaError, VideoReader, VideoWriter
@@ -87,13 +78,13 @@ def run_animate(args) -> int:
     if os.path.splitext(args.out)[1].lower() not in (".mp4", ".m4v", ".mov", ".mkv", ".gif"):
         raise UserError(f"--out must end in .mp4, .m4v, .mov, .mkv or .gif, got {args.out}")
     if not os.path.isfile(args.driving):
-        raise UserError(f"driving video not found: {args.driving}")
+        raise UserError(f"--driving: file not found: {args.driving}")
     model = _load_model(args, device)
-    source = _read_source(args.source, model.size, device)
+    source = read_image_arg(args.source, model.size, "--source").unsqueeze(0).to(device)
     try:
         reader = VideoReader(args.driving, model.size)
     except MediaError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(f"--driving: {first_line(exc)}") from None
     total = reader.num_frames if args.max_frames is None else min(reader.num_frames or args.max_frames, args.max_frames)
     relative = args.mode == "relative"
     done = 0
@@ -152,7 +143,7 @@ def run_manipulate(args) -> int:
     device = resolve_device(args.device)
     model = _load_model(args, device)
     dirs = _parse_directions(args.directions, model.motion_dim)
-    source = _read_source(args.source, model.size, device)
+    source = read_image_arg(args.source, model.size, "--source").unsqueeze(0).to(device)
     values = torch.linspace(-args.range, args.range, steps)
     # LIA's manipulation: latent = wa + Q alpha_source + Q (value * e_direction).
     codes = torch.zeros(len(dirs), steps, model.motion_dim)

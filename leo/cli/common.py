@@ -139,6 +139,17 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def read_image_arg(path, size: int, flag: str):
+    """The image at ``path`` (option ``flag``) as a (3, size, size) tensor in [-1, 1]; a missing or
+    unreadable file is a UserError naming the option."""
+    from leo.media import MediaError, read_image
+
+    try:
+        return read_image(path, size)
+    except (MediaError, OSError) as exc:
+        raise UserError(f"{flag}: {first_line(exc)}") from None
+
+
 # --------------------------------------------------------------------------- model loading
 def load_animator(path, device, kernels: str = "auto", size: int | None = None, flag: str = "--animator"):
     """The animator from any accepted checkpoint, on ``device``, in eval mode."""

@@ -9,8 +9,8 @@ import torch
 
 from leo.cli import UserError
 from leo.cli.common import (add_animator, add_device, add_dtype, add_progress, check_dims, first_line,
-                            load_animator, load_first_frame, load_lmdm, precision, resolve_device,
-                            run_outside_autocast)
+                            load_animator, load_first_frame, load_lmdm, precision, read_image_arg,
+                            resolve_device, run_outside_autocast)
 
 
 def register(sub):
@@ -73,15 +73,6 @@ def _check_out(path):
         raise UserError(f"--out: folder does not exist: {folder}")
 
 
-def _read_image(path, size, flag):
-    from leo.media import MediaError, read_image
-
-    try:
-        return read_image(path, size)
-    except (MediaError, FileNotFoundError, OSError) as exc:
-        raise UserError(f"{flag}: {first_line(exc)}") from None
-
-
 def run_generate(args) -> int:
     from leo.media import MediaError, VideoWriter
     from leo.pipeline import LEOPipeline
@@ -111,7 +102,7 @@ def run_generate(args) -> int:
         gen = load_first_frame(args.first_frame_model, device, size=pipe.size)
         first = gen(1, seed=args.seed)[0].float().clamp(-1, 1)
     else:
-        first = _read_image(args.image, pipe.size, "--image")
+        first = read_image_arg(args.image, pipe.size, "--image")
     try:
         with VideoWriter(args.out, args.fps) as writer, precision(device, args.dtype):
             pipe.generate(
@@ -136,7 +127,7 @@ def run_edit(args) -> int:
     device = resolve_device(args.device)
     animator = load_animator(args.animator, device)
     pipe = LEOPipeline(animator, None, render_batch=args.batch)  # editing needs no LMDM
-    edited = _read_image(args.first_frame, pipe.size, "--first-frame")
+    edited = read_image_arg(args.first_frame, pipe.size, "--first-frame")
     try:
         with VideoReader(args.video, pipe.size) as reader:
             fps = args.fps or reader.fps or 25.0
