@@ -210,3 +210,30 @@ def test_read_image_arg_names_the_option(tmp_path):
     Image.new("RGB", (40, 30), (255, 0, 0)).save(good)
     img = read_image_arg(good, 32, "--source")
     assert img.shape == (3, 32, 32) and img.min() >= -1 and img.max() <= 1
+
+
+@pytest.mark.parametrize("command", ["train-animator", "train-lmdm", "train-first-frame", "demo"])
+def test_training_commands_check_data_the_same_way(command, tmp_path, capsys):
+    """Every command that trains on --data rejects a missing path, an image file, a folder without
+    clips and a folder whose only clip is unreadable with one line naming --data, before training."""
+    from PIL import Image
+
+    from leo.animator import Animator
+
+    image = tmp_path / "still.png"
+    Image.new("RGB", (16, 16)).save(image)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "clip.mp4").write_bytes(b"\x00junk" * 50)
+    animator = tmp_path / "a.safetensors"
+    Animator(size=32, style_dim=32, motion_dim=4, width=1 / 32).save(animator)
+    extra = {"train-animator": ["--steps", "2", "--size", "32", "--no-progress"],
+             "train-lmdm": ["--animator", str(animator), "--steps", "2"],
+             "train-first-frame": ["--steps", "2"], "demo": ["--quick"]}[command]
+    cases = [(tmp_path / "none", "data folder not found"), (image, "is not a video file"),
+             (tmp_path / "empty", "no videos"), (tmp_path / "junk", "could be read" if "train-" in command
+                                                  and command != "train-animator" else "is readable")]
+    for i, (data, needle) in enumerate(cases):
+        rc = main([command, "--data", str(data), "--out", str(tmp_path / f"out{i}")] + extra)
+        err = _err(capsys).strip().splitlines()[-1]
+        assert rc == 2 and err.startswith("leo: error: --data: ") and needle in err, (data, rc, err)

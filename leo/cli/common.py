@@ -275,9 +275,28 @@ def add_diffusion_training_args(p, default_steps):
                    help="diffusion prediction target (default: eps for first-frame, v for LMDM)")
 
 
+@contextlib.contextmanager
+def data_errors(flag: str = "--data"):
+    """A leo.data.videos.DataError raised inside (the data source is missing, holds no clip, or
+    none of its clips can be read) becomes a one-line UserError naming ``flag``."""
+    from leo.data.videos import DataError
+
+    try:
+        yield
+    except DataError as exc:
+        raise UserError(f"{flag}: {exc}") from None
+
+
+def check_data_arg(path, flag: str = "--data") -> None:
+    """A training data source (a folder of videos or frame folders, or one video file) holds at
+    least one clip (leo.data.videos.find_clips decides); else a UserError naming ``flag``."""
+    from leo.data.videos import require_clips
+
+    with data_errors(flag):
+        require_clips(path)
+
+
 def check_diffusion_training_args(args):
-    if not os.path.isdir(args.data):
-        raise UserError(f"--data: folder not found: {args.data}")
     for name in ("steps", "batch", "save_every", "log_every"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -287,8 +306,10 @@ def check_diffusion_training_args(args):
 def run_diffusion_trainer(train, cfg) -> int:
     """Run a diffusion trainer (train-lmdm, train-first-frame): bad input becomes a one-line error;
     returns 0 when training finished, 130 when a signal stopped it (the checkpoint is saved)."""
+    check_data_arg(cfg.data)  # after every flag: those are cheaper to check than a folder
     try:
-        summary = train(cfg)
+        with data_errors():  # the clips exist but none can be read
+            summary = train(cfg)
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
     # Under torchrun only rank 0 writes the weights, so only it says so.

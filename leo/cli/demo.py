@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 
-from leo.cli.common import add_device, resolve_device
+from leo.cli.common import add_device, check_data_arg, data_errors, resolve_device
 
 # name: (videos, frames, size, animator width, animator steps, lmdm steps, first-frame steps,
 #        first-frame size and latent, sampling steps, and each stage's time budget in minutes)
@@ -246,8 +246,8 @@ def run(args) -> int:
         if args.no_time_budget:
             p[budget] = None
     device = resolve_device(args.device)
-    if args.data is not None and not os.path.isdir(args.data):
-        raise UserError(f"--data: folder not found: {args.data}")
+    if args.data is not None:
+        check_data_arg(args.data)
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     _step(f"device {device}, output {out}, preset {'quick' if args.quick else 'full'}")
@@ -302,7 +302,8 @@ def run(args) -> int:
     if os.path.exists(s1_ckpt) and _stage1_settings_changed(s1_ckpt, s1_cfg):
         _remove_checkpoints(out, ("animator",), why="was trained with other settings")
     s1_cfg.resume = os.path.exists(s1_ckpt)
-    s1 = train_stage1(s1_cfg)
+    with data_errors():  # --data's clips exist but none can be read
+        s1 = train_stage1(s1_cfg)
     animator_path = s1.get("animator") or os.path.join(out, "animator", "animator.safetensors")
     if _fingerprint(animator_path) != animator_before:  # an LMDM checkpoint holds codes of the old animator
         _remove_checkpoints(out, ("lmdm",))

@@ -8,7 +8,7 @@ with gloo):
 from __future__ import annotations
 
 from leo.cli import UserError
-from leo.cli.common import add_training_args, resolve_device, training_kwargs
+from leo.cli.common import add_training_args, check_data_arg, resolve_device, training_kwargs
 from leo.data.videos import SPLITS_BY
 
 
@@ -120,8 +120,6 @@ def run_train(args) -> int:
     from leo.train.stage1 import Stage1Config, train_stage1
 
     resolve_device(args.device)  # a one-line error for an unknown or missing device
-    if args.data is not None and not os.path.exists(args.data):
-        raise UserError(f"--data {args.data}: no such folder")
     if args.synthetic is not None and args.synthetic < 2:
         raise UserError("--synthetic needs at least 2 videos (one is held out)")
     if args.init_from is not None and not os.path.isfile(args.init_from):
@@ -142,10 +140,14 @@ def run_train(args) -> int:
         relative_flow=not (args.absolute_latent or args.absolute_flow),
         pyramid=args.pyramid, ema=args.ema, betas=(args.beta1, 0.99),
     )
+    if args.data is not None:  # after every flag (the config above checks them): those are cheaper
+        check_data_arg(args.data)
     try:
         cfg.validate()
         summary = train_stage1(cfg)
-    except (ValueError, FileExistsError, FileNotFoundError, DataError, CheckpointError) as exc:
+    except DataError as exc:  # e.g. --data's clips exist but none can be read
+        raise UserError(f"--data: {exc}" if args.data is not None else str(exc)) from None
+    except (ValueError, FileExistsError, FileNotFoundError, CheckpointError) as exc:
         raise UserError(str(exc)) from None
     if int(os.environ.get("RANK", "0")) == 0:
         ev0, ev1 = summary.get("initial_eval") or {}, summary.get("final_eval") or {}

@@ -91,6 +91,15 @@ def find_clips(root: str | os.PathLike) -> list[Clip]:
     return sorted(clips, key=lambda c: _natural_key(c.name))
 
 
+def require_clips(root: str | os.PathLike) -> list[Clip]:
+    """:func:`find_clips`, with a DataError when ``root`` holds no clip (every trainer's message)."""
+    clips = find_clips(root)
+    if not clips:
+        raise DataError(f"no videos ({', '.join(VIDEO_EXTENSIONS)}) or frame folders "
+                        f"({', '.join(IMAGE_EXTENSIONS)}) found in {os.fspath(root)}")
+    return clips
+
+
 SPLITS_BY = ("clip", "time")
 
 
@@ -203,10 +212,7 @@ class VideoFolder:
         self.split_by, self.test_fraction = split_by, test_fraction
         self.cache_bytes = int(cache_mb * 2**20)
         self.verbose = verbose
-        clips = find_clips(root)
-        if not clips:
-            raise DataError(f"no videos ({', '.join(VIDEO_EXTENSIONS)}) or frame folders "
-                            f"({', '.join(IMAGE_EXTENSIONS)}) found in {self.root}")
+        clips = require_clips(root)
         self.skipped_at_index: list[tuple[str, str]] = []
         if probe:
             good = []

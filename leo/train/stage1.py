@@ -301,14 +301,14 @@ def _train(cfg: Stage1Config, ctx: DistributedContext, run: RunDir, hooks: dict)
     amp = cfg.amp and device.type == "cuda"
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    log = TrainLogger(out, total_steps=cfg.steps, start_step=ckpt["step"] if ckpt else 0, enabled=ctx.is_main,
-                      desc="stage1", samples_per_step=cfg.batch * cfg.accum * ctx.world_size,
-                      progress=cfg.progress)
 
-    # ---- data
+    # ---- data (read before the progress bar starts: an unusable folder's error is the last line printed)
     data_root = _prepare_data(cfg, ctx, out)
     folder = VideoFolder(data_root, size=cfg.size, test_fraction=cfg.test_fraction, split_seed=0, split_by=cfg.split_by,
                          max_frames=cfg.max_frames, verbose=ctx.is_main)
+    log = TrainLogger(out, total_steps=cfg.steps, start_step=ckpt["step"] if ckpt else 0, enabled=ctx.is_main,
+                      desc="stage1", samples_per_step=cfg.batch * cfg.accum * ctx.world_size,
+                      progress=cfg.progress)
     log.message(f"data: {folder.summary()}")
     if cfg.synthetic_stream:  # the same generator past the written clips, so those stay unseen
         from leo.data.synthetic import SyntheticPairStream, read_manifest

@@ -16,26 +16,17 @@ from typing import Iterator
 
 import torch
 
-from leo.data.videos import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, DataError, find_clips, frame_files
-
-VIDEO_EXTS, IMAGE_EXTS = VIDEO_EXTENSIONS, IMAGE_EXTENSIONS  # one list each, leo.data.videos'
+from leo.data.videos import DataError, frame_files, require_clips
 
 
 def list_videos(data_dir) -> list[str]:
     """The paths of :func:`leo.data.videos.find_clips`'s clips (video files and frame folders).
 
-    FileNotFoundError when ``data_dir`` does not exist, ValueError when it holds no clip."""
+    FileNotFoundError when ``data_dir`` does not exist, DataError (a ValueError) when it holds no clip."""
     data_dir = os.fspath(data_dir)
     if not os.path.exists(data_dir):
         raise FileNotFoundError(f"data folder not found: {data_dir}")
-    try:
-        found = [c.path for c in find_clips(data_dir)]
-    except DataError as exc:
-        raise ValueError(str(exc)) from None
-    if not found:
-        raise ValueError(f"no videos ({'/'.join(e[1:] for e in VIDEO_EXTENSIONS)}) or frame folders "
-                         f"({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}) found in {data_dir}")
-    return found
+    return [c.path for c in require_clips(data_dir)]
 
 
 def data_fingerprint(videos: list[str]) -> str:
@@ -77,15 +68,16 @@ def map_videos(videos: list[str], size: int, fn, chunk: int = 64, progress: bool
     counted. Returns ``(results, skipped_paths)``."""
     from tqdm.auto import tqdm
 
-    results, skipped = [], []
+    results, skipped, reasons = [], [], []
     for v in tqdm(videos, desc=desc, disable=not progress, file=sys.stderr, dynamic_ncols=True):
         try:
             results.append((v, fn(iter_video_chunks(v, size, chunk))))
         except (ValueError, OSError, RuntimeError) as exc:  # MediaError is a ValueError
             warnings.warn(f"skipping unreadable video {v}: {exc}")
             skipped.append(v)
+            reasons.append(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
     if skipped:
         print(f"skipped {len(skipped)} of {len(videos)} videos that could not be read", file=sys.stderr)
     if not results:
-        raise ValueError(f"none of the {len(videos)} videos could be read")
+        raise DataError(f"none of the {len(videos)} videos could be read (e.g. {skipped[0]}: {reasons[0]})")
     return results, skipped
