@@ -237,3 +237,34 @@ def test_training_commands_check_data_the_same_way(command, tmp_path, capsys):
         rc = main([command, "--data", str(data), "--out", str(tmp_path / f"out{i}")] + extra)
         err = _err(capsys).strip().splitlines()[-1]
         assert rc == 2 and err.startswith("leo: error: --data: ") and needle in err, (data, rc, err)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["generate", "--eta", "nan"], "--eta must be a finite number >= 0"),
+    (["generate", "--fps", "0"], "--fps must be a finite number > 0"),
+    (["generate", "--fps", "inf"], "--fps must be a finite number > 0"),
+    (["manipulate", "--range", "nan"], "--range must be a finite number > 0"),
+    (["manipulate", "--fps", "-1"], "--fps must be a finite number > 0"),
+    (["train-lmdm", "--lr", "nan"], "--lr must be a finite number > 0"),
+    (["train-first-frame", "--ema-decay", "2"], "--ema-decay must be in [0, 1)"),
+    (["train-first-frame", "--ema-decay", "nan"], "--ema-decay must be in [0, 1)"),
+    (["train-animator", "--lr", "inf"], "--lr must be a finite number > 0"),
+    (["train-animator", "--adv-weight", "nan"], "adv_weight must be a finite number >= 0"),
+])
+def test_float_flags_refuse_nan_infinity_and_out_of_range(argv, needle, tmp_path, capsys):
+    """A float flag out of range (NaN and infinity included) is a one-line error before any work,
+    never a traceback or a silently different run (--adv-weight nan used to train without the
+    discriminator, --ema-decay 2 to export a diverged average)."""
+    command = argv[0]
+    base = {"generate": ["--animator", "a", "--lmdm", "m", "--image", "i.png", "--frames", "3",
+                         "--out", str(tmp_path / "g.mp4")],
+            "manipulate": ["--animator", "a", "--source", "s.png", "--out", str(tmp_path / "m.png")],
+            "train-lmdm": ["--animator", str(tmp_path / "a.safetensors"), "--data", str(tmp_path),
+                           "--out", str(tmp_path / "o")],
+            "train-first-frame": ["--data", str(tmp_path), "--out", str(tmp_path / "o")],
+            "train-animator": ["--synthetic", "2", "--out", str(tmp_path / "o"), "--no-progress"]}[command]
+    (tmp_path / "a.safetensors").write_bytes(b"")  # never read: the flags are checked first
+    assert main([command] + base + argv[1:]) == 2
+    err = _err(capsys).strip()
+    assert err.startswith("leo: error:") and needle in err and "\n" not in err, err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "g.mp4").exists()

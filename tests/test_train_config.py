@@ -74,3 +74,27 @@ def test_from_dict_maps_the_old_keys_of_saved_configs():
     assert (cfg.out, cfg.batch) == ("o", 2)
     # a key given both ways: the current spelling wins
     assert Stage2Config.from_dict({**old, "out": "new"}).out == "new"
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+@pytest.mark.parametrize("lr", [0.0, -1e-3, float("nan"), float("inf")])
+def test_every_config_refuses_a_learning_rate_that_is_not_positive_and_finite(kind, lr):
+    with pytest.raises(ValueError, match="lr must be a positive, finite number"):
+        CONFIGS[kind](out="runs/x", lr=lr)
+
+
+@pytest.mark.parametrize("kind", ["lmdm", "first_frame"])
+@pytest.mark.parametrize("decay", [-0.1, 1.0, 2.0, float("nan")])
+def test_diffusion_configs_refuse_an_ema_decay_outside_0_1(kind, decay):
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        CONFIGS[kind](out="runs/x", ema_decay=decay)
+    assert CONFIGS[kind](out="runs/x", ema_decay=0.0).ema_decay == 0.0
+
+
+@pytest.mark.parametrize("name", ["l1_weight", "vgg_weight", "adv_weight", "r1"])
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
+def test_stage1_refuses_loss_weights_that_are_negative_or_not_finite(name, value):
+    cfg = CONFIGS["stage1"](out="runs/x", **{name: value})
+    with pytest.raises(ValueError, match=f"{name} must be a finite number >= 0"):
+        cfg.validate()
+    CONFIGS["stage1"](out="runs/x", **{name: 0.0}).validate()

@@ -13,8 +13,8 @@ import os
 import torch
 
 from leo.cli import UserError
-from leo.cli.common import (add_animator, add_device, add_dtype, add_progress, first_line, load_animator, positive,
-                            precision, progress, read_image_arg, resolve_device)
+from leo.cli.common import (add_animator, add_device, add_dtype, add_progress, finite, first_line, load_animator,
+                            positive, precision, progress, read_image_arg, resolve_device)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -136,10 +136,8 @@ def run_manipulate(args) -> int:
         raise UserError(f"--out must be a video (.mp4/.mkv/.mov/.gif) or an image (.png/.jpg), got {args.out}")
     steps = args.steps if args.steps is not None else (7 if sheet else 16)
     positive("--steps", steps)
-    if not args.range > 0 or args.range != args.range or args.range == float("inf"):
-        raise UserError(f"--range must be a positive number, got {args.range}")
-    if not args.fps > 0:
-        raise UserError(f"--fps must be positive, got {args.fps}")
+    finite("--range", args.range)
+    finite("--fps", args.fps)
     device = resolve_device(args.device)
     model = _load_model(args, device)
     dirs = _parse_directions(args.directions, model.motion_dim)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import sys
 
@@ -132,6 +133,15 @@ def positive(name: str, value, allow_none: bool = False):
         return
     if value is None or value < 1:
         raise UserError(f"{name} must be a positive integer, got {value}")
+
+
+def finite(name: str, value, minimum: float = 0.0, strict: bool = True, allow_none: bool = False):
+    """A float flag: a finite number above ``minimum`` (at least it with ``strict=False``); NaN and
+    infinity are refused with a UserError naming the flag."""
+    if value is None and allow_none:
+        return
+    if value is None or not math.isfinite(value) or not (value > minimum if strict else value >= minimum):
+        raise UserError(f"{name} must be a finite number {'>' if strict else '>='} {minimum:g}, got {value}")
 
 
 def first_line(exc: BaseException) -> str:
@@ -260,6 +270,7 @@ def training_kwargs(args) -> dict:
         check_max_minutes(args.max_minutes)
     except ValueError as exc:
         raise UserError(f"--max-minutes: {exc}") from None
+    finite("--lr", args.lr)
     return dict(steps=args.steps, max_minutes=args.max_minutes, lr=args.lr, save_every=args.save_every,
                 log_every=args.log_every, seed=args.seed, resume=args.resume, progress=not args.no_progress)
 
@@ -300,6 +311,8 @@ def check_diffusion_training_args(args):
     for name in ("steps", "batch", "save_every", "log_every"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not 0 <= args.ema_decay < 1:  # also refuses NaN
+        raise UserError(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
     resolve_device(args.device)
 
 

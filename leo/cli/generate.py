@@ -8,7 +8,7 @@ import os
 import torch
 
 from leo.cli import UserError
-from leo.cli.common import (add_animator, add_device, add_dtype, add_progress, check_dims, first_line,
+from leo.cli.common import (add_animator, add_device, add_dtype, add_progress, check_dims, finite, first_line,
                             load_animator, load_first_frame, load_lmdm, precision, read_image_arg,
                             resolve_device, run_outside_autocast)
 
@@ -83,6 +83,8 @@ def run_generate(args) -> int:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
     if args.batch < 1:
         raise UserError(f"--batch must be >= 1, got {args.batch}")
+    finite("--fps", args.fps)
+    finite("--eta", args.eta, strict=False)
     if args.unconditional and not args.first_frame_model:
         raise UserError("--unconditional needs --first-frame-model PATH")
     if args.first_frame_model and not args.unconditional:
@@ -121,6 +123,7 @@ def run_edit(args) -> int:
 
     if args.batch < 1:
         raise UserError(f"--batch must be >= 1, got {args.batch}")
+    finite("--fps", args.fps, allow_none=True)
     _check_out(args.out)
     if not os.path.isfile(args.video):
         raise UserError(f"--video: file not found: {args.video}")

@@ -110,6 +110,8 @@ class TrainConfig:
         if "out" in names and self.out is None:
             raise TypeError(f"{type(self).__name__}() missing required argument: 'out'")
         check_max_minutes(self.max_minutes)
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < float("inf"):
+            raise ValueError(f"lr must be a positive, finite number, got {self.lr!r}")
 
     @classmethod
     def current_keys(cls, d: dict) -> dict:

@@ -34,6 +34,11 @@ class DiffusionTrainConfig(common.TrainConfig):
     batch: int = 16                     # per process
     ema_decay: float = 0.999
 
+    def __post_init__(self, out_dir, batch_size, quiet):
+        super().__post_init__(out_dir, batch_size, quiet)
+        if not 0 <= self.ema_decay < 1:  # also refuses NaN
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+
 
 @dataclass
 class LoopConfig(DiffusionTrainConfig):

@@ -151,10 +151,12 @@ class Stage1Config(TrainConfig):
             raise ValueError(f"ema must be in [0, 1) (0: off), got {self.ema!r}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        if self.lr <= 0 or (self.d_lr is not None and self.d_lr <= 0):
-            raise ValueError(f"lr must be positive, got {self.lr!r}")
-        if self.r1 < 0:
-            raise ValueError(f"r1 must be >= 0, got {self.r1!r}")
+        if self.d_lr is not None and not 0 < self.d_lr < float("inf"):  # lr: TrainConfig checks it
+            raise ValueError(f"d_lr must be a positive, finite number, got {self.d_lr!r}")
+        for name in ("l1_weight", "vgg_weight", "adv_weight", "r1"):  # not x >= 0 also refuses NaN
+            v = getattr(self, name)
+            if not v >= 0 or v == float("inf"):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         check_max_gap(self.max_gap)
         if self.max_gap is not None and self.synthetic_stream:
             raise ValueError("max_gap limits pairs of stored clips; synthetic_stream renders its own pairs")
