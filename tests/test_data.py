@@ -572,3 +572,7 @@ def test_make_synthetic_cli_writes_the_demo_kind_of_clips(tmp_path, capsys):
     assert (frame - expected).abs().max() <= 1.5 / 255 * 2, "the PNG holds the rendered frame (uint8 rounding only)"
     assert main(["make-synthetic", "--out", str(out), "--videos", "1", "--moves", "99"]) == 2
     assert "moves" in capsys.readouterr().err
+    for flag, value in (("--videos", "0"), ("--frames", "1"), ("--size", "4")):
+        assert main(["make-synthetic", "--out", str(tmp_path / "bad"), flag, value]) == 2
+        assert f"{flag} must be >=" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

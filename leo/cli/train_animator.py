@@ -100,9 +100,10 @@ def register(sub):
 def run_make_synthetic(args) -> int:
     from leo.data.synthetic import write_dataset
 
-    for name in ("videos", "frames", "size"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name} must be >= 1")
+    # a clip needs two frames to show motion; the trainers read frames of at least 8x8
+    for name, least in (("videos", 1), ("frames", 2), ("size", 8)):
+        if getattr(args, name) < least:
+            raise UserError(f"--{name} must be >= {least}, got {getattr(args, name)}")
     try:
         paths = write_dataset(args.out, args.videos, args.frames, args.size, args.seed, args.format, args.fps,
                               body=args.body, moves=args.moves, limbs=args.limbs)
