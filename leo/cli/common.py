@@ -277,7 +277,7 @@ def training_kwargs(args) -> dict:
 
 def add_diffusion_training_args(p, default_steps):
     """The flags `train-lmdm` and `train-first-frame` share."""
-    p.add_argument("--data", required=True, help="folder of videos (mp4/mov/avi/webm) or frame folders (png/jpg)")
+    p.add_argument("--data", required=True, help="folder of videos (mp4/mov/avi/webm) and/or frame folders (png/jpg), or one video file")
     add_training_args(p, default_steps, "AdamW", "output folder (weights, checkpoint.pt, metrics.csv)")
     p.add_argument("--batch", type=int, default=16, help="batch per process (default 16)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the exported weights (default 0.999)")

@@ -15,7 +15,7 @@ from leo.data.videos import SPLITS_BY
 def register(sub):
     p = sub.add_parser("train-animator", help="train the animator (stage 1) on videos or synthetic data")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", metavar="DIR", help="folder of videos (mp4/mov/avi/webm) and/or frame folders (png/jpg)")
+    src.add_argument("--data", metavar="DIR", help="folder of videos (mp4/mov/avi/webm) and/or frame folders (png/jpg), or one video file")
     src.add_argument("--synthetic", metavar="N", type=int, help="generate N synthetic videos into OUT/data and train on them")
     add_training_args(p, 2000, "Adam (both networks)",
                       "run folder: checkpoint.pt, metrics.csv, loss.png, samples/, animator.safetensors", "RUN_DIR")
