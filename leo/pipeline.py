@@ -75,6 +75,8 @@ class LEOPipeline:
         S = self.size
         if img.shape != (1, 3, S, S):
             raise ValueError(f"{name} must be (3, {S}, {S}) or (1, 3, {S}, {S}), got {tuple(img.shape)}")
+        if not img.is_floating_point() or not torch.isfinite(img).all():  # else a whole video of NaN
+            raise ValueError(f"{name} must be a floating-point image of finite values in [-1, 1]")
         dev, dt = self._anim_device_dtype()
         return img.to(dev, dt)
 

@@ -176,6 +176,10 @@ def test_generate_with_real_animator(animator):
     img = torch.rand(3, 32, 32) * 2 - 1
     frames = pipe.generate(img, 6, seed=0, steps=2)
     assert frames.shape == (6, 3, 32, 32) and torch.isfinite(frames).all()
+    for bad in (torch.full((3, 32, 32), float("nan")), torch.full((3, 32, 32), float("inf")),
+                torch.zeros(3, 32, 32, dtype=torch.uint8)):
+        with pytest.raises(ValueError, match="first_frame must be a floating-point image of finite values"):
+            pipe.generate(bad, 6, seed=0, steps=2)  # never a video of NaN
 
 
 # ---------------------------------------------------------------------- the commands
