@@ -250,6 +250,7 @@ def test_training_commands_check_data_the_same_way(command, tmp_path, capsys):
     (["train-first-frame", "--ema-decay", "nan"], "--ema-decay must be in [0, 1)"),
     (["train-animator", "--lr", "inf"], "--lr must be a finite number > 0"),
     (["train-animator", "--adv-weight", "nan"], "adv_weight must be a finite number >= 0"),
+    (["init-lmdm", "--init-std", "nan"], "--init-std must be a finite number >= 0"),
 ])
 def test_float_flags_refuse_nan_infinity_and_out_of_range(argv, needle, tmp_path, capsys):
     """A float flag out of range (NaN and infinity included) is a one-line error before any work,
@@ -262,7 +263,8 @@ def test_float_flags_refuse_nan_infinity_and_out_of_range(argv, needle, tmp_path
             "train-lmdm": ["--animator", str(tmp_path / "a.safetensors"), "--data", str(tmp_path),
                            "--out", str(tmp_path / "o")],
             "train-first-frame": ["--data", str(tmp_path), "--out", str(tmp_path / "o")],
-            "train-animator": ["--synthetic", "2", "--out", str(tmp_path / "o"), "--no-progress"]}[command]
+            "train-animator": ["--synthetic", "2", "--out", str(tmp_path / "o"), "--no-progress"],
+            "init-lmdm": ["--out", str(tmp_path / "o")]}[command]
     (tmp_path / "a.safetensors").write_bytes(b"")  # never read: the flags are checked first
     assert main([command] + base + argv[1:]) == 2
     err = _err(capsys).strip()

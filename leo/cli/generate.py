@@ -147,6 +147,7 @@ def run_edit(args) -> int:
 def run_init(args) -> int:
     from leo.lmdm import LMDM
 
+    finite("--init-std", args.init_std, strict=False)
     try:
         mult = tuple(int(m) for m in args.channel_mult.split(","))
     except ValueError:
