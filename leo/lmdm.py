@@ -115,6 +115,8 @@ class LMDM(nn.Module):
                           ("head_dim", head_dim), ("groups", groups), ("window", window)):
             if not isinstance(val, int) or val < 1:
                 raise ValueError(f"{name} must be a positive int, got {val!r}")
+        if window < 2:  # a window's first code is its starting code: a window of 1 adds no frame
+            raise ValueError(f"window must be at least 2 frames, got {window}")
         if not channel_mult or min(channel_mult) < 1:
             raise ValueError(f"channel_mult must be a non-empty tuple of positive ints, got {channel_mult!r}")
         if head_dim not in (16, 32, 64, 128):

@@ -23,8 +23,6 @@ class LEOPipeline:
     ``lmdm`` may be None for a pipeline that only edits / extracts codes."""
 
     def __init__(self, animator, lmdm, diffusion=None, render_batch: int = 16):
-        if lmdm is not None and lmdm.window < 2:
-            raise ValueError(f"the LMDM window must be >= 2 to chain chunks, got {lmdm.window}")
         if render_batch < 1:
             raise ValueError(f"render_batch must be >= 1, got {render_batch}")
         self.animator = animator

@@ -70,6 +70,8 @@ def test_bad_config_names_the_argument():
         LMDM(width=0)
     with pytest.raises(ValueError, match="channel_mult"):
         LMDM(channel_mult=())
+    with pytest.raises(ValueError, match="window must be at least 2 frames"):
+        LMDM(window=1)  # its only code would be the starting code: the pipeline would chain forever
 
 
 def test_residual_round_trip_and_statistics():
