@@ -102,9 +102,13 @@ class FirstFrameModel(nn.Module):
         objective: str = "eps",
     ):
         super().__init__()
+        if not channel_mults or any(not isinstance(m, int) or m < 1 for m in channel_mults):
+            raise ValueError(f"channel_mults must be a non-empty sequence of positive ints, got {tuple(channel_mults)!r}")
+        if num_res_blocks < 1:
+            raise ValueError(f"num_res_blocks must be a positive int, got {num_res_blocks!r}")
         if image_size < 4 or image_size % (2 ** (len(channel_mults) - 1)) != 0:
             raise ValueError(
-                f"image_size={image_size} must be divisible by 2**(len(channel_mults)-1)="
+                f"image_size={image_size} must be at least 4 and divisible by 2**(len(channel_mults)-1)="
                 f"{2 ** (len(channel_mults) - 1)}"
             )
         if base_channels < 1:

@@ -270,3 +270,20 @@ def test_float_flags_refuse_nan_infinity_and_out_of_range(argv, needle, tmp_path
     err = _err(capsys).strip()
     assert err.startswith("leo: error:") and needle in err and "\n" not in err, err
     assert not (tmp_path / "o").exists() and not (tmp_path / "g.mp4").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--size", "0"], "image_size=0 must be at least 4"),
+    (["--channel-mults", "0"], "channel_mults must be a non-empty sequence of positive ints"),
+    (["--channels", "0"], "base_channels must be positive"),
+    (["--samples", "-1"], "--samples must be >= 0"),
+])
+def test_train_first_frame_checks_its_model_before_reading_videos(argv, needle, tmp_path, capsys):
+    """A bad model setting is named before any video is read (the folder's one clip is unreadable
+    here, so reading it first would report the data instead); --channel-mults 0 was a traceback."""
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "clip.mp4").write_bytes(b"\x00junk" * 50)
+    assert main(["train-first-frame", "--data", str(tmp_path / "clips"), "--out", str(tmp_path / "o"),
+                 "--steps", "1", "--no-progress"] + argv) == 2
+    err = _err(capsys).strip().splitlines()[-1]
+    assert err.startswith("leo: error:") and needle in err, err

@@ -31,6 +31,8 @@ def run_first_frame(args) -> int:
     from leo.train.first_frame_train import FirstFrameTrainConfig, train_first_frame
 
     check_diffusion_training_args(args)
+    if args.samples < 0:
+        raise UserError(f"--samples must be >= 0, got {args.samples}")
     if args.latent_dim < 0 or args.latent_width < 1:
         raise UserError(f"--latent-dim must be >= 0 and --latent-width >= 1, got {args.latent_dim} and "
                         f"{args.latent_width}")
@@ -38,7 +40,7 @@ def run_first_frame(args) -> int:
         data=args.data, out=args.out, image_size=args.size, base_channels=args.channels,
         channel_mults=args.channel_mults, attn_resolutions=args.attn_res,
         objective=args.objective or ("v" if args.latent_dim else "eps"), latent_dim=args.latent_dim, latent_hidden=args.latent_width,
-        frame_stride=args.frame_stride, frames_per_video=args.frames_per_video, sample_count=max(0, args.samples),
+        frame_stride=args.frame_stride, frames_per_video=args.frames_per_video, sample_count=args.samples,
         batch=args.batch, ema_decay=args.ema_decay, device=args.device, amp=args.amp, **training_kwargs(args),
     )
     return run_diffusion_trainer(train_first_frame, cfg)

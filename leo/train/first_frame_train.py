@@ -123,14 +123,14 @@ def _save_weights(model, path) -> None:
 
 
 def _train(cfg: FirstFrameTrainConfig, frames_u8, ctx: common.DistributedContext, hooks) -> dict:
+    common.seed_everything(cfg.seed)  # the initial weights depend on the seed alone
+    model = build_model(cfg)  # before the frames: a bad model setting fails before any video is read
     data_key = None
     if frames_u8 is None:
         frames_u8, data_key = collect_frames(cfg.data, cfg.image_size, cfg.frame_stride, cfg.frames_per_video,
                                              progress=ctx.is_main and cfg.progress)
     if frames_u8.dtype != torch.uint8 or frames_u8.dim() != 4 or tuple(frames_u8.shape[1:]) != (3, cfg.image_size, cfg.image_size):
         raise ValueError(f"frames must be uint8 (N, 3, {cfg.image_size}, {cfg.image_size}), got {frames_u8.dtype} {tuple(frames_u8.shape)}")
-    common.seed_everything(cfg.seed)  # the initial weights depend on the seed alone
-    model = build_model(cfg)
     if cfg.latent_dim > 0:
         # fitted on every process alike (same frames, same seed); a resumed run fits again and then loads
         # the saved latent, the same one
