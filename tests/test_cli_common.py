@@ -251,9 +251,10 @@ def test_training_commands_check_data_the_same_way(command, tmp_path, capsys):
     (["train-animator", "--lr", "inf"], "--lr must be a finite number > 0"),
     (["train-animator", "--adv-weight", "nan"], "adv_weight must be a finite number >= 0"),
     (["init-lmdm", "--init-std", "nan"], "--init-std must be a finite number >= 0"),
+    (["train-lmdm", "--encode-batch", "0"], "--encode-batch must be a positive int"),
 ])
-def test_float_flags_refuse_nan_infinity_and_out_of_range(argv, needle, tmp_path, capsys):
-    """A float flag out of range (NaN and infinity included) is a one-line error before any work,
+def test_numeric_flags_refuse_nan_infinity_and_out_of_range(argv, needle, tmp_path, capsys):
+    """A numeric flag out of range (NaN and infinity included) is a one-line error before any work,
     never a traceback or a silently different run (--adv-weight nan used to train without the
     discriminator, --ema-decay 2 to export a diverged average)."""
     command = argv[0]

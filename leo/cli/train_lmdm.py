@@ -38,6 +38,8 @@ def run_lmdm(args) -> int:
         raise UserError(f"--p-uncond must be in [0, 1], got {args.p_uncond}")
     if args.window < 2:
         raise UserError(f"--window must be at least 2, got {args.window}")
+    if args.encode_batch < 1:
+        raise UserError(f"--encode-batch must be a positive int, got {args.encode_batch}")
     cfg = Stage2Config(
         data=args.data, animator=args.animator, out=args.out, window=args.window, p_uncond=args.p_uncond,
         cache_dir=args.cache_dir, encode_batch=args.encode_batch, channels=args.channels, objective=args.objective or "v",

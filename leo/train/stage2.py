@@ -167,6 +167,8 @@ def train_lmdm(cfg: Stage2Config, hooks: dict | None = None) -> dict:
         raise ValueError(f"p_uncond must be in [0, 1], got {cfg.p_uncond}")
     if cfg.window < 2:
         raise ValueError(f"window must be >= 2, got {cfg.window}")
+    if cfg.encode_batch < 1:  # before any video is read: else it reads as unreadable videos
+        raise ValueError(f"encode_batch must be a positive int, got {cfg.encode_batch}")
     ctx = common.DistributedContext(device=cfg.device)
     try:
         cache_dir = cfg.cache_dir or os.path.join(cfg.out, "code_cache")
