@@ -239,14 +239,7 @@ class Animator(nn.Module):
         relative_flow: bool = False,
     ):
         super().__init__()
-        _check_int("size", size, MIN_SIZE, MAX_SIZE)
-        if size & (size - 1):
-            raise ValueError(f"size must be a power of two from {MIN_SIZE} to {MAX_SIZE}, got {size}")
-        _check_int("style_dim", style_dim, 1, 1 << 16)
-        _check_int("motion_dim", motion_dim, 1, style_dim)
-        _check_int("channel_multiplier", channel_multiplier, 1, 64)
-        if isinstance(width, bool) or not isinstance(width, (int, float)) or not (0 < width <= 16):
-            raise ValueError(f"width must be a number in (0, 16], got {width!r}")
+        check_animator_args(size, style_dim, motion_dim, channel_multiplier, width)
         self.size, self.style_dim, self.motion_dim = size, style_dim, motion_dim
         self.channel_multiplier, self.width = channel_multiplier, float(width)
         self.channels = channel_table(size, channel_multiplier, width)
@@ -538,6 +531,19 @@ class _Head(torch.autograd.Function):
         out[: ctx.n] = g
         out[ctx.n :].zero_()
         return out, None
+
+
+def check_animator_args(size=256, style_dim=512, motion_dim=20, channel_multiplier=1, width=1.0) -> None:
+    """The architecture arguments of :class:`Animator` (ValueError naming the bad one); trainers call it
+    before they prepare any data."""
+    _check_int("size", size, MIN_SIZE, MAX_SIZE)
+    if size & (size - 1):
+        raise ValueError(f"size must be a power of two from {MIN_SIZE} to {MAX_SIZE}, got {size}")
+    _check_int("style_dim", style_dim, 1, 1 << 16)
+    _check_int("motion_dim", motion_dim, 1, style_dim)
+    _check_int("channel_multiplier", channel_multiplier, 1, 64)
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not (0 < width <= 16):
+        raise ValueError(f"width must be a number in (0, 16], got {width!r}")
 
 
 def _check_int(name, value, lo, hi):

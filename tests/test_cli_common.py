@@ -252,6 +252,8 @@ def test_training_commands_check_data_the_same_way(command, tmp_path, capsys):
     (["train-animator", "--adv-weight", "nan"], "adv_weight must be a finite number >= 0"),
     (["init-lmdm", "--init-std", "nan"], "--init-std must be a finite number >= 0"),
     (["train-lmdm", "--encode-batch", "0"], "--encode-batch must be a positive int"),
+    (["train-animator", "--size", "48"], "size must be a power of two from 32 to 512"),
+    (["demo", "--size", "48"], "--size must be a power of two from 32 to 512"),
 ])
 def test_numeric_flags_refuse_nan_infinity_and_out_of_range(argv, needle, tmp_path, capsys):
     """A numeric flag out of range (NaN and infinity included) is a one-line error before any work,
@@ -265,7 +267,8 @@ def test_numeric_flags_refuse_nan_infinity_and_out_of_range(argv, needle, tmp_pa
                            "--out", str(tmp_path / "o")],
             "train-first-frame": ["--data", str(tmp_path), "--out", str(tmp_path / "o")],
             "train-animator": ["--synthetic", "2", "--out", str(tmp_path / "o"), "--no-progress"],
-            "init-lmdm": ["--out", str(tmp_path / "o")]}[command]
+            "init-lmdm": ["--out", str(tmp_path / "o")],
+            "demo": ["--quick", "--out", str(tmp_path / "o")]}[command]
     (tmp_path / "a.safetensors").write_bytes(b"")  # never read: the flags are checked first
     assert main([command] + base + argv[1:]) == 2
     err = _err(capsys).strip()

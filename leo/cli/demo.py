@@ -233,6 +233,12 @@ def run(args) -> int:
     if args.data is not None:  # the user's videos: no fresh clips to stream, so the fixed-clip recipe
         p.update(animator_stream=False, **({} if args.quick else FIXED_CLIPS))
     if args.size is not None:
+        from leo.animator import check_animator_args
+
+        try:
+            check_animator_args(size=args.size)
+        except ValueError as exc:
+            raise UserError(f"--{exc}") from None  # "--size must be a power of two ..."
         p["size"] = args.size
     p["ff_size"] = min(p["ff_size"], p["size"])  # generated at most at the animator's size
     for flag, key, budget in (("animator_steps", "animator_steps", "animator_minutes"),

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from leo.animator import Animator
+from leo.animator import Animator, check_animator_args
 from leo.data.videos import DataError, FramePairDataset, VideoFolder, check_max_gap, check_split_by
 from leo.discriminator import Discriminator
 from leo.train import losses
@@ -159,6 +159,7 @@ class Stage1Config(TrainConfig):
             v = getattr(self, name)
             if not v >= 0 or v == float("inf"):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        check_animator_args(self.size, self.style_dim, self.motion_dim, width=self.width)  # before any data is written
         check_max_gap(self.max_gap)
         if self.max_gap is not None and self.synthetic_stream:
             raise ValueError("max_gap limits pairs of stored clips; synthetic_stream renders its own pairs")
