@@ -59,6 +59,12 @@ def _from_old(old: str, value):
     return (not value) if old == "quiet" else value  # quiet=True is progress=False
 
 
+def check_positive_finite(name: str, value) -> None:
+    """``value`` (a learning rate) is a positive, finite number; ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be a positive, finite number, got {value!r}")
+
+
 def check_max_minutes(value) -> None:
     """``max_minutes`` (``--max-minutes``) is None or a positive, finite number of minutes."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
@@ -110,8 +116,7 @@ class TrainConfig:
         if "out" in names and self.out is None:
             raise TypeError(f"{type(self).__name__}() missing required argument: 'out'")
         check_max_minutes(self.max_minutes)
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < float("inf"):
-            raise ValueError(f"lr must be a positive, finite number, got {self.lr!r}")
+        check_positive_finite("lr", self.lr)
 
     @classmethod
     def current_keys(cls, d: dict) -> dict:

@@ -39,6 +39,7 @@ from leo.train.common import (
     TrainConfig,
     TrainLogger,
     adam,
+    check_positive_finite,
     ema_update,
     gather_rng,
     open_run,
@@ -151,10 +152,9 @@ class Stage1Config(TrainConfig):
             raise ValueError(f"ema must be in [0, 1) (0: off), got {self.ema!r}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        for name in ("lr", "d_lr"):  # again here: a resumed run's config is edited after construction
-            v = getattr(self, name)
-            if (v is not None or name == "lr") and not 0 < v < float("inf"):
-                raise ValueError(f"{name} must be a positive, finite number, got {v!r}")
+        check_positive_finite("lr", self.lr)  # again here: a resumed run's config is edited after construction
+        if self.d_lr is not None:
+            check_positive_finite("d_lr", self.d_lr)
         for name in ("l1_weight", "vgg_weight", "adv_weight", "r1"):  # not x >= 0 also refuses NaN
             v = getattr(self, name)
             if not v >= 0 or v == float("inf"):

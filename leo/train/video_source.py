@@ -68,16 +68,17 @@ def map_videos(videos: list[str], size: int, fn, chunk: int = 64, progress: bool
     counted. Returns ``(results, skipped_paths)``."""
     from tqdm.auto import tqdm
 
-    results, skipped, reasons = [], [], []
+    results, skipped, first_reason = [], [], None
     for v in tqdm(videos, desc=desc, disable=not progress, file=sys.stderr, dynamic_ncols=True):
         try:
             results.append((v, fn(iter_video_chunks(v, size, chunk))))
         except (ValueError, OSError, RuntimeError) as exc:  # MediaError is a ValueError
             warnings.warn(f"skipping unreadable video {v}: {exc}")
             skipped.append(v)
-            reasons.append(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            if first_reason is None:  # the error message names one (its first line)
+                first_reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if skipped:
         print(f"skipped {len(skipped)} of {len(videos)} videos that could not be read", file=sys.stderr)
     if not results:
-        raise DataError(f"none of the {len(videos)} videos could be read (e.g. {skipped[0]}: {reasons[0]})")
+        raise DataError(f"none of the {len(videos)} videos could be read (e.g. {skipped[0]}: {first_reason})")
     return results, skipped
