@@ -21,6 +21,9 @@ Implementations (each with its own models and optimizers, same initial weights a
 - custom ops: the same models with ``LEO_KERNELS_BACKEND=cpu``, i.e. every blur and bias + activation
   through the leo_kernels custom ops (the default path before the ATen fast path);
 - eager ops: ``kernels="reference"`` (leo_kernels' eager references, grouped modulated convs);
+- compiled eager ops: the eager-ops models under torch.compile (``nn.Module.compile``), what a user
+  would write instead of leo's kernels. Compiling them takes about 2 minutes per recipe on a 2-core
+  CPU, so on CPU the short settings compile the demo recipe only (``LEO_BENCH_FULL=1``: both);
 - leo, still pass on its own (demo recipe): leo's path with the source's zero-motion decoder pass run as
   a pass of its own before the motion pass (``Synthesis.still_flows``), as training did before the two
   shared a batch;
@@ -98,7 +101,7 @@ def _separate_still_pass(dec):
 class Trainer:
     """Animator (+ discriminator) with Adam, stepped the way leo.train.stage1 steps them."""
 
-    def __init__(self, kernels, recipe, env=None, cpu_bf16=False, separate_still=False):
+    def __init__(self, kernels, recipe, env=None, cpu_bf16=False, separate_still=False, compiled=False):
         relative_flow, self.adv, lr, betas, _, width = RECIPES[recipe]
         torch.manual_seed(0)
         self.G = Animator(size=SIZE, style_dim=STYLE_DIM, motion_dim=MOTION_DIM, width=width, kernels=kernels,
@@ -112,6 +115,10 @@ class Trainer:
             self.opt_d = adam(self.D.parameters(), lr=lr, betas=betas)
         else:
             self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        if compiled:  # in place: the optimizers and the EMA keep the same parameters
+            for model in (self.G, getattr(self, "D", None)):
+                if model is not None:
+                    model.compile(dynamic=False)
         self.env, self.steps, self.cpu_bf16 = env, 0, cpu_bf16
 
     def step(self, src, tgt):
@@ -155,8 +162,10 @@ def test_train_step(benchmark, recipe, batch):
         "leo": Trainer("auto", recipe),
         "custom ops": Trainer("auto", recipe, env="cpu" if not _CUDA else None),
         "eager ops": Trainer("reference", recipe),
-        "leo, CPU bf16 autocast": Trainer("auto", recipe, cpu_bf16=True),
     }
+    if FULL or recipe == "demo":  # the first step compiles (about 2 minutes per recipe on 2 CPU cores)
+        trainers["compiled eager ops"] = Trainer("reference", recipe, compiled=True)
+    trainers["leo, CPU bf16 autocast"] = Trainer("auto", recipe, cpu_bf16=True)
     if RECIPES[recipe][0]:  # source-relative flows: the still pass in its own pass, as before
         trainers["leo, still pass on its own"] = Trainer("auto", recipe, separate_still=True)
     if _CUDA:  # on CUDA the default path is the custom ops; CPU autocast does not apply

@@ -99,10 +99,11 @@ def pytest_terminal_summary(terminalreporter):
     tr.section("leo: paired timings (median ms per call, GB/s; speedup = median of per-pair ratios)")
     for name, info in RESULTS:
         tr.write_line(f"{name}: {info.get('case', '')}")
+        width = max([16, *map(len, info["impls"])])
         for impl, st in info["impls"].items():
             gbs = f"{st['GB/s']:8.2f} GB/s" if st["GB/s"] is not None else ""
             if impl in info["ours"]:
                 note = "(ours)"
             else:
                 note = "speedup of " + ", ".join(f"{o}: {r:.2f}x" for o, r in info["speedup"][impl].items())
-            tr.write_line(f"    {impl:<16} {st['median_ms']:12.3f} ms {gbs:>14}   {note}")
+            tr.write_line(f"    {impl:<{width}} {st['median_ms']:12.3f} ms {gbs:>14}   {note}")
