@@ -22,7 +22,7 @@ Implementations (each with its own models and optimizers, same initial weights a
   through the leo_kernels custom ops (the default path before the ATen fast path);
 - eager ops: ``kernels="reference"`` (leo_kernels' eager references, grouped modulated convs);
 - compiled eager ops: the eager-ops models under torch.compile (``nn.Module.compile``), what a user
-  would write instead of leo's kernels. Compiling them takes about 2 minutes per recipe on a 2-core
+  would write instead of leo's kernels. Compiling them takes 1.5-2 minutes per recipe on a 2-core
   CPU, so on CPU the short settings compile the demo recipe only (``LEO_BENCH_FULL=1``: both);
 - leo, still pass on its own (demo recipe): leo's path with the source's zero-motion decoder pass run as
   a pass of its own before the motion pass (``Synthesis.still_flows``), as training did before the two
@@ -163,7 +163,7 @@ def test_train_step(benchmark, recipe, batch):
         "custom ops": Trainer("auto", recipe, env="cpu" if not _CUDA else None),
         "eager ops": Trainer("reference", recipe),
     }
-    if FULL or recipe == "demo":  # the first step compiles (about 2 minutes per recipe on 2 CPU cores)
+    if FULL or recipe == "demo":  # the first step compiles (1.5-2 minutes per recipe on 2 CPU cores)
         trainers["compiled eager ops"] = Trainer("reference", recipe, compiled=True)
     trainers["leo, CPU bf16 autocast"] = Trainer("auto", recipe, cpu_bf16=True)
     if RECIPES[recipe][0]:  # source-relative flows: the still pass in its own pass, as before

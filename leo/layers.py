@@ -649,10 +649,12 @@ class FlowWarpLevel(KernelUser):
             x = x.float()
         feat = _as(feat, x)
         skip = _as(skip, x) if skip is not None else None
-        if torch.is_inference_mode_enabled() and aten_path(self.backend, x) and _has_warp_kernel():
+        if (not torch.compiler.is_compiling() and torch.is_inference_mode_enabled()
+                and aten_path(self.backend, x) and _has_warp_kernel()):
             # Inference (leo animate): the compiled CPU kernel itself. The custom op would do the
             # same, plus its Python dispatch and, on its first call, importing torch._dynamo
-            # (about 1 s of CPU at process start).
+            # (about 1 s of CPU at process start). Not under torch.compile, which cannot trace
+            # is_inference_mode_enabled (a graph break per decoder level) and dispatches anyway.
             fmt = torch.channels_last if is_channels_last(feat) else torch.contiguous_format
             warped, blended, composed = torch.ops.leo_kernels._warp_inpaint_fwd(
                 feat, x, _as(logits, x).contiguous(), None if skip is None else skip.contiguous(), self.align_corners)

@@ -441,3 +441,28 @@ def test_checkpoint_errors(tmp_path):
     save_weights(tmp_path / "lmdm.safetensors", {"w": torch.zeros(2)}, "lmdm", {})
     with pytest.raises(CheckpointError, match="lmdm"):
         Animator.from_checkpoint(tmp_path / "lmdm.safetensors")
+
+
+@pytest.mark.parametrize("kernels", ["auto", "reference"])
+@pytest.mark.parametrize("relative_flow", [False, True])
+def test_traces_into_one_graph(kernels, relative_flow):
+    """torch.compile sees the whole animator as one graph (a graph break per decoder level, from
+    the inference-only kernel shortcut, made compiled training slower than eager); also the
+    discriminator. torch._dynamo.explain traces without compiling."""
+    from leo.discriminator import Discriminator
+
+    torch.manual_seed(0)
+    G = Animator(size=32, style_dim=32, motion_dim=8, width=1 / 32, kernels=kernels, align_corners=True,
+                 relative_latent=True, relative_flow=relative_flow)
+    D = Discriminator(size=32, width=1 / 32, kernels=kernels)
+    src, tgt = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    try:
+        for mode in (torch.enable_grad, torch.inference_mode):
+            with mode():
+                explained = {"animator": torch._dynamo.explain(G)(src, tgt),
+                             "discriminator": torch._dynamo.explain(D)(torch.cat([src, tgt]), 2)}
+            for name, ex in explained.items():
+                assert ex.graph_break_count == 0, (name, mode.__name__, [str(b.reason)[:200] for b in ex.break_reasons])
+                assert ex.graph_count == 1, (name, mode.__name__)
+    finally:
+        torch._dynamo.reset()
