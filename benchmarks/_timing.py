@@ -24,8 +24,8 @@ from typing import Callable
 
 import torch
 
-# Short settings by default on CPU (all files in about 5 minutes on 2 cores, 9 with a cold torch.compile cache); the full set of shapes,
-# dtypes and baselines when CUDA is present or LEO_BENCH_FULL=1.
+# Short settings by default on CPU (all files in about 5 minutes on 2 cores, 9 with a cold torch.compile
+# cache); the full set of shapes, dtypes and baselines when CUDA is present or LEO_BENCH_FULL=1.
 FULL = torch.cuda.is_available() or os.environ.get("LEO_BENCH_FULL", "") == "1"
 
 # (benchmark name, extra_info) of every compare() in this session, for conftest's summary.

@@ -116,9 +116,9 @@ class Trainer:
         else:
             self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         if compiled:  # in place: the optimizers and the EMA keep the same parameters
-            for model in (self.G, getattr(self, "D", None)):
-                if model is not None:
-                    model.compile(dynamic=False)
+            self.G.compile(dynamic=False)
+            if self.adv:
+                self.D.compile(dynamic=False)
         self.env, self.steps, self.cpu_bf16 = env, 0, cpu_bf16
 
     def step(self, src, tgt):

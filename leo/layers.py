@@ -653,8 +653,9 @@ class FlowWarpLevel(KernelUser):
                 and aten_path(self.backend, x) and _has_warp_kernel()):
             # Inference (leo animate): the compiled CPU kernel itself. The custom op would do the
             # same, plus its Python dispatch and, on its first call, importing torch._dynamo
-            # (about 1 s of CPU at process start). Not under torch.compile, which cannot trace
-            # is_inference_mode_enabled (a graph break per decoder level) and dispatches anyway.
+            # (about 1 s of CPU at process start). Not under torch.compile: it cannot trace
+            # is_inference_mode_enabled (a graph break per decoder level), and a compiled graph
+            # has no per-call Python dispatch to save.
             fmt = torch.channels_last if is_channels_last(feat) else torch.contiguous_format
             warped, blended, composed = torch.ops.leo_kernels._warp_inpaint_fwd(
                 feat, x, _as(logits, x).contiguous(), None if skip is None else skip.contiguous(), self.align_corners)
